@@ -1,0 +1,54 @@
+# StableDreamer developer commands. `make demo` and `make test` set everything up first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Keep tests and tools from writing into the user's home: caches live in the repo's build folder.
+export HF_HUB_OFFLINE := 1
+export HF_HOME := $(CURDIR)/build/cache/hf
+export XDG_CACHE_HOME := $(CURDIR)/build/cache/xdg
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
+export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
+
+.PHONY: setup demo test lint format bench lock clean
+
+setup: $(STAMP)
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see ENVIRONMENT notes).
+$(STAMP): requirements.lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools==84.2.1 wheel
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/stabledreamer demo --out runs/demo --overwrite
+	@echo "demo outputs: runs/demo/ (gaussians.ply, metrics.json, turntable.png, heldout.png, debug/)"
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) bench/render.py
+
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock.txt.new
+	echo 'torch==2.13.0' >> requirements.lock.txt.new
+	mv requirements.lock.txt.new requirements.lock.txt
+
+clean:
+	rm -rf $(VENV) build dist runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Guidance models behind one contract (``base.Guidance``): each predicts noise."""

@@ -1,0 +1,49 @@
+"""The guidance contract: every guidance predicts noise.
+
+A guidance maps renders into its own space (pixels for DeepFloyd IF and the oracle, VAE latents
+for Stable Diffusion), tells the noise schedule's alpha_t and sigma_t, and predicts the noise in a
+noised input, classifier-free guidance already applied. It does nothing else: the loss, the
+weighting w(t), clipping, ``nan_to_num`` and the debug values are made by ``stabledreamer.sds``
+for every guidance alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+from ..cameras import Cameras
+
+
+@dataclass
+class GuidanceContext:
+    """What a guidance may look at besides the noised input."""
+
+    cameras: Cameras  # the cameras of the batch (view-dependent prompts, the oracle's target views)
+    background: Tensor  # [B, 3] the background each render was composited on
+    step: int  # global training step
+
+
+@runtime_checkable
+class Guidance(Protocol):
+    name: str
+    num_train_timesteps: int
+    """T: timesteps are integers in [0, T)."""
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """Renders [B, H, W, 3] in [0, 1] -> model input x [B, c, h, w], differentiable."""
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Model space x [B, c, h, w] -> images [B, h', w', 3] in [0, 1] (debug strips only)."""
+
+    def alphas_sigmas(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha_t, sigma_t [B] for integer timesteps t [B]: x_t = alpha_t x + sigma_t eps."""
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
+        """eps_hat [B, c, h, w] for the noised input x_t at timesteps t (no grad needed)."""
+
+
+class GuidanceError(RuntimeError):
+    """A guidance could not be built or run; the message says what to do."""

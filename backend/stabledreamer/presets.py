@@ -1,0 +1,52 @@
+"""Named configurations. A preset is a function returning a fresh ``RunConfig``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import RunConfig, StageConfig
+from .gaussians import InitConfig
+from .sds import NoiseConfig
+from .strategy import StrategyConfig
+
+
+def reconstruct() -> RunConfig:
+    """Oracle reconstruction of a target mesh (``demo`` and ``reconstruct``): one pixel-space
+    stage at 128 x 128, sized to finish within 5 minutes on a 2-core CPU."""
+    stage = StageConfig(
+        name="reconstruct",
+        guidance="oracle",
+        steps=1500,
+        resolution=128,
+        background="random",
+        noise=NoiseConfig(t_min=0.02, t_max_start=0.98, t_max_end=0.3, schedule="linear"),
+        strategy=StrategyConfig(max_gaussians=40_000),
+    )
+    return RunConfig(preset="reconstruct", init=InitConfig(num_points=4000), stages=[stage])
+
+
+def smoke() -> RunConfig:
+    """A few steps at tiny resolution: for tests and quick checks of the whole pipeline."""
+    cfg = reconstruct()
+    cfg.preset = "smoke"
+    cfg.init = InitConfig(num_points=500)
+    cfg.oracle.bank_views = 8
+    cfg.oracle.supersample = 2
+    cfg.eval_resolution = 32
+    cfg.checkpoint_every = 2
+    cfg.debug_every = 2
+    cfg.camera.batch_size = 2
+    st = cfg.stages[0]
+    st.steps, st.resolution = 4, 32
+    st.strategy.start_step, st.strategy.every = 1, 2
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"reconstruct": reconstruct, "smoke": smoke}
+
+
+def get_preset(name: str) -> RunConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

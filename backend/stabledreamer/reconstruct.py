@@ -1,0 +1,166 @@
+"""Oracle reconstruction of a target mesh: the offline main job (``reconstruct`` and ``demo``).
+
+The target is normalised into the unit ball for training; every output is written back in the
+target's own frame (its original centre and size; .glb/.gltf files in Blender's Z-up frame, as
+Blender's importer shows them), so a result overlays its source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import gaussians as G
+from .atomic import write_json
+from .cameras import heldout_cameras, orbit_cameras
+from .config import RunConfig, StageConfig, from_dict, to_dict
+from .debug_images import image_grid, save_png
+from .guidance.oracle import OracleGuidance
+from .ply import save_ply
+from .render import render
+from .target_mesh import TargetMesh, load_target
+from .trainer import Progress, Trainer
+
+PROCEDURAL_DEMO = "procedural:demo"
+
+
+class RunDirError(ValueError):
+    """The output folder cannot be used as asked; the message says what to pass."""
+
+
+def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber an existing run unless asked; ``overwrite`` empties a run folder."""
+    if resume:
+        if not (out / "config.json").is_file():
+            raise RunDirError(f"{out}: not a run folder (no config.json); nothing to resume")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"{out} already exists; pass --overwrite to replace it or --resume to continue it"
+            )
+        if not (out / "config.json").is_file():
+            raise RunDirError(
+                f"{out} is not empty and is not a run folder (no config.json); "
+                "choose another --out, --overwrite only replaces run folders"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    return from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+
+
+def resolve_target(spec: str, run_dir: Path) -> TargetMesh:
+    if spec == PROCEDURAL_DEMO:
+        from .procedural import write_demo_target
+
+        path = run_dir / "target.glb"
+        if not path.is_file():
+            write_demo_target(path)
+        return load_target(path)
+    return load_target(spec)
+
+
+def to_target_frame(params: dict[str, Tensor], target: TargetMesh) -> dict[str, Tensor]:
+    """Gaussians from the normalised training frame back to the target's own frame."""
+    out = G.detached(params)
+    out["means"] = torch.as_tensor(target.to_original(out["means"]), dtype=torch.float32)
+    out["scales"] = out["scales"] - math.log(target.scale)
+    return out
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """PSNR in dB per image of [B, H, W, 3] images in [0, 1]."""
+    mse = ((a - b) ** 2).flatten(1).mean(dim=1).clamp_min(1e-10)
+    return -10.0 * torch.log10(mse)
+
+
+@torch.no_grad()
+def evaluate(params: dict[str, Tensor], oracle: OracleGuidance, cfg: RunConfig, run_dir: Path):
+    """Held-out PSNR on white over the evaluation ring; writes heldout.png and turntable.png."""
+    res = cfg.eval_resolution
+    cams = heldout_cameras(
+        res, res, distance=_mid(cfg.camera.distance), fov_y_deg=_mid(cfg.camera.fov_y_deg)
+    )
+    white = torch.ones(len(cams), 3)
+    pred = render(params, cams, white).rgb.clamp(0, 1)
+    truth = oracle.target_views(cams, white)
+    scores = psnr(pred, truth)
+    save_png(run_dir / "heldout.png", image_grid(torch.cat([pred, truth]), columns=len(cams)))
+    turn = orbit_cameras(
+        torch.arange(8) * 45.0,
+        20.0,
+        _mid(cfg.camera.distance),
+        _mid(cfg.camera.fov_y_deg),
+        res,
+        res,
+    )
+    spin = render(params, turn, torch.ones(len(turn), 3)).rgb
+    save_png(run_dir / "turntable.png", image_grid(spin, columns=4))
+    return {"psnr_heldout": float(scores.mean()), "psnr_heldout_views": scores.tolist()}
+
+
+def _mid(r: tuple[float, float]) -> float:
+    return 0.5 * (r[0] + r[1])
+
+
+def run_reconstruction(
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    callback: Callable[[Progress], bool | None] | None = None,
+) -> dict:
+    """Fit Gaussians to ``cfg.target``; returns the metrics (also in ``out/metrics.json``)."""
+    out = Path(out)
+    cfg.validate()
+    # Read the target before touching the output folder: a bad mesh leaves nothing behind.
+    target = None if resume or cfg.target == PROCEDURAL_DEMO else load_target(cfg.target)
+    prepare_run_dir(out, overwrite, resume)
+    if resume:
+        cfg = load_run_config(out)
+    target = target or resolve_target(cfg.target, out)
+    if not resume:
+        write_json(out / "config.json", to_dict(cfg))
+    oracles: dict[int, OracleGuidance] = {}
+
+    def factory(stage: StageConfig, index: int) -> OracleGuidance:
+        if stage.guidance != "oracle":
+            raise ValueError(f"reconstruct runs oracle stages only, not {stage.guidance!r}")
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)  # same bank on resume
+        oracles[index] = OracleGuidance(
+            target, cfg.oracle, cfg.camera, stage.resolution, stage.resolution, gen
+        )
+        return oracles[index]
+
+    trainer = Trainer(cfg, out, factory, callback=callback)
+    if resume:
+        trainer.restore()
+    start = time.perf_counter()
+    params = trainer.train()
+    train_s = trainer.state.elapsed_s
+    oracle = oracles.get(len(cfg.stages) - 1) or factory(cfg.stages[-1], len(cfg.stages) - 1)
+    metrics = evaluate(params, oracle, cfg, out)
+    save_ply(to_target_frame(params, target), out / "gaussians.ply")
+    metrics.update(
+        gaussians=G.count(params),
+        steps=cfg.total_steps,
+        seconds=round(train_s, 2),
+        seconds_this_session=round(time.perf_counter() - start, 2),
+        preset=cfg.preset,
+        target=cfg.target,
+        oracle_mode=cfg.oracle.mode,
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,87 @@
+"""StableDreamer's wire protocol: messages, codec, limits, preview encoding, keys, client.
+
+Depends on numpy and pyzmq only (never torch or bpy), so the backend, the tests and the Blender
+add-on import the same package. Specification: ``docs/protocol.md``.
+"""
+
+from .codec import decode, encode, recv, recv_routed, send, send_routed
+from .endpoints import DEFAULT_ENDPOINT, DEFAULT_PORT, is_loopback
+from .errors import ErrorCode, ProtocolError
+from .limits import DEFAULT_LIMITS, Limits
+from .messages import (
+    MESSAGE_TYPES,
+    PREVIEW_CREDIT,
+    STATES,
+    TERMINAL_STATES,
+    Attach,
+    Cancel,
+    DebugImage,
+    Detach,
+    Error,
+    Fetch,
+    Hello,
+    JobInfo,
+    Jobs,
+    JobState,
+    ListJobs,
+    Message,
+    Ping,
+    Pong,
+    Preview,
+    PreviewAck,
+    Progress,
+    Result,
+    ResultChunk,
+    ResultFile,
+    Status,
+    Submit,
+    new_id,
+)
+from .version import PROTOCOL_MAJOR, PROTOCOL_MINOR, PROTOCOL_VERSION, __version__
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_LIMITS",
+    "DEFAULT_PORT",
+    "MESSAGE_TYPES",
+    "PREVIEW_CREDIT",
+    "PROTOCOL_MAJOR",
+    "PROTOCOL_MINOR",
+    "PROTOCOL_VERSION",
+    "STATES",
+    "TERMINAL_STATES",
+    "Attach",
+    "Cancel",
+    "DebugImage",
+    "Detach",
+    "Error",
+    "ErrorCode",
+    "Fetch",
+    "Hello",
+    "JobInfo",
+    "JobState",
+    "Jobs",
+    "Limits",
+    "ListJobs",
+    "Message",
+    "Ping",
+    "Pong",
+    "Preview",
+    "PreviewAck",
+    "Progress",
+    "ProtocolError",
+    "Result",
+    "ResultChunk",
+    "ResultFile",
+    "Status",
+    "Submit",
+    "__version__",
+    "decode",
+    "encode",
+    "is_loopback",
+    "new_id",
+    "recv",
+    "recv_routed",
+    "send",
+    "send_routed",
+]

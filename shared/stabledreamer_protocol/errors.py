@@ -1,0 +1,102 @@
+"""The one exception of the protocol, and the error codes that travel in ``error`` messages.
+
+A :class:`ProtocolError` is both what the decoder raises on a malformed message and what the
+backend turns into an ``error`` reply (``messages.Error.from_exception``).
+``message`` says what went wrong, ``hint`` what the user can do about it (Dream Textures'
+"errors that carry their fix"); the add-on shows both with ``report()``.
+"""
+
+from __future__ import annotations
+
+
+class ErrorCode:
+    """Codes used on the wire. New codes may appear in minor versions: treat unknown ones as
+    ``internal``."""
+
+    # Framing and schema (raised by the decoder).
+    BAD_FRAME = "bad_frame"
+    FRAME_COUNT = "frame_count"
+    TOO_LARGE = "too_large"
+    HEADER_TOO_LARGE = "header_too_large"
+    BAD_JSON = "bad_json"
+    BAD_HEADER = "bad_header"
+    VERSION_MISMATCH = "version_mismatch"
+    UNKNOWN_TYPE = "unknown_type"
+    UNEXPECTED_TYPE = "unexpected_type"
+    BAD_DESCRIPTOR = "bad_descriptor"
+    BAD_DTYPE = "bad_dtype"
+    BAD_SHAPE = "bad_shape"
+    BUFFER_LENGTH = "buffer_length"
+    BAD_BUFFER = "bad_buffer"
+    BAD_FIELD = "bad_field"
+    BAD_SIGNATURE = "bad_signature"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    TOO_MANY_POINTS = "too_many_points"
+    # Requests the backend refuses.
+    QUEUE_FULL = "queue_full"
+    UNKNOWN_JOB = "unknown_job"
+    JOB_CONFLICT = "job_conflict"
+    NOT_READY = "not_ready"
+    UNKNOWN_PRESET = "unknown_preset"
+    UNSUPPORTED = "unsupported"
+    BAD_OVERRIDE = "bad_override"
+    INSECURE_KEY_FILE = "insecure_key_file"
+    # Failures while running a job.
+    OUT_OF_MEMORY = "out_of_memory"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    JOB_FAILED = "job_failed"
+    INTERNAL = "internal"
+    # Client side only (never sent).
+    TIMEOUT = "timeout"
+    CHECKSUM = "checksum"
+
+
+DEFAULT_HINTS: dict[str, str] = {
+    ErrorCode.VERSION_MISMATCH: "Update the add-on and the backend to the same release.",
+    ErrorCode.BAD_SIGNATURE: "Both sides must use the same HMAC key (or none).",
+    ErrorCode.PROMPT_TOO_LONG: "Shorten the prompt.",
+    ErrorCode.TOO_MANY_POINTS: "Use fewer points (decimate the point cloud).",
+    ErrorCode.TOO_LARGE: "Send less data in one message (decimate the mesh or point cloud).",
+    ErrorCode.QUEUE_FULL: "Wait for a job to finish or cancel one, then submit again.",
+    ErrorCode.UNKNOWN_JOB: "The backend does not know this job; it may have been restarted "
+    "without its run folder. Submit it again.",
+    ErrorCode.JOB_CONFLICT: "This job id is already used by a different request: "
+    "pick a new job id.",
+    ErrorCode.NOT_READY: "Wait for the job to finish before fetching its result.",
+    ErrorCode.UNKNOWN_PRESET: "Pick one of the presets the backend lists.",
+    ErrorCode.OUT_OF_MEMORY: "Use a lighter preset or fewer Gaussians, or free GPU memory.",
+    ErrorCode.MODEL_UNAVAILABLE: "Download the model on the backend machine, or pick another.",
+    ErrorCode.INSECURE_KEY_FILE: "Make the secret key file readable by you only (chmod 600).",
+    ErrorCode.TIMEOUT: "Is the backend running, at this address, with matching keys?",
+}
+
+
+class ProtocolError(Exception):
+    """A malformed or refused message, with a stable ``code``, a ``message`` and a user ``hint``.
+
+    ``ref`` is the id of the offending message and ``job`` its job id, when the decoder got far
+    enough to read them (so the server can address its ``error`` reply).
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        hint: str | None = None,
+        *,
+        ref: str | None = None,
+        job: str | None = None,
+    ) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+        self.hint = hint if hint is not None else DEFAULT_HINTS.get(code, "")
+        self.ref = ref
+        self.job = job
+
+    def __reduce__(self):  # keep picklable for multiprocessing (never sent over the wire)
+        return (_rebuild, (self.code, self.message, self.hint, self.ref, self.job))
+
+
+def _rebuild(code, message, hint, ref, job):
+    return ProtocolError(code, message, hint, ref=ref, job=job)

@@ -1,0 +1,119 @@
+"""One valid instance of every message type (used by the round-trip and fuzz tests)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from stabledreamer_protocol import messages as m
+
+
+def gaussians(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "means": rng.normal(size=(n, 3)).astype(np.float32),
+        "log_scales": rng.uniform(-7, 0, size=(n, 3)).astype(np.float32),
+        "quats": rng.normal(size=(n, 4)).astype(np.float32),
+        "rgb": rng.uniform(0, 1, size=(n, 3)).astype(np.float32),
+        "opacities": rng.uniform(0, 1, size=n).astype(np.float32),
+    }
+
+
+def samples() -> list[m.Message]:
+    rng = np.random.default_rng(1)
+    chunk = rng.integers(0, 256, 1000, dtype=np.uint8)
+    return [
+        m.Hello(software="test", features=["preview_ack"]),
+        m.Hello(
+            re="abc",
+            software="backend 0.1",
+            device="cuda:0 NVIDIA H100",
+            models=["deepfloyd-if-i-xl", "sd-2.1-base"],
+            presets=["fast", "quality"],
+            default_preset="fast",
+            limits={"max_prompt_chars": 500},
+            queue_length=2,
+        ),
+        m.Ping(),
+        m.Pong(re="x1"),
+        m.Submit(
+            job="job-1",
+            prompt="a ceramic teapot",
+            negative="blurry",
+            preset="fast",
+            seed=42,
+            overrides={"stage1.steps": 200, "nested": {"a": [1, 2.5, None]}},
+            preview_points=50_000,
+            init_points=rng.normal(size=(100, 3)).astype(np.float32),
+            init_colors=rng.uniform(size=(100, 3)).astype(np.float32),
+        ),
+        m.Submit(
+            job="job-2",
+            target_format="arrays",
+            target_name="Suzanne",
+            target_vertices=rng.normal(size=(8, 3)).astype(np.float32),
+            target_faces=np.array([[0, 1, 2], [2, 3, 7]], dtype=np.int32),
+            target_colors=rng.uniform(size=(8, 3)).astype(np.float32),
+        ),
+        m.Submit(
+            job="job-3",
+            prompt="",
+            target_format="glb",
+            target_file=np.frombuffer(b"glTF\x02\x00\x00\x00" * 10, dtype=np.uint8),
+        ),
+        m.Cancel(job="job-1"),
+        m.Status(job="job-1"),
+        m.ListJobs(),
+        m.Attach(job="job-1", preview_points=1000),
+        m.Detach(job="job-1"),
+        m.PreviewAck(job="job-1", step=300),
+        m.Fetch(job="job-1", file="mesh.glb", index=3),
+        m.JobState(job="job-1", state="running", stage="stage1", step=10, total=1000, seed=42),
+        m.Jobs(
+            jobs=[
+                m.JobInfo(job="job-1", state="running", stage="stage2", step=5, total=9),
+                m.JobInfo(job="job-2", state="queued", prompt="a cat", created=1.7e9),
+            ]
+        ),
+        m.Progress(
+            job="job-1",
+            stage="stage1",
+            step=100,
+            total=1000,
+            losses={"sds": 0.25, "opacity": 1e-3, "diverged": None},
+            num_gaussians=12345,
+            timestep=0.7,
+            elapsed_s=12.5,
+            eta_s=100.0,
+        ),
+        m.Preview.from_gaussians("job-1", **gaussians(257), stage="stage1", step=100),
+        m.DebugImage(
+            job="job-1",
+            stage="stage1",
+            step=100,
+            timestep=0.5,
+            labels=["render", "noisy", "x0"],
+            image=rng.integers(0, 256, (64, 192, 3), dtype=np.uint8),
+        ),
+        m.Result(
+            job="job-1",
+            files=[
+                m.ResultFile("mesh.glb", 2500, "0" * 64, "model/gltf-binary"),
+                m.ResultFile("gaussians.ply", 0, hashlib.sha256(b"").hexdigest()),
+            ],
+            chunk_size=1024,
+            metrics={"psnr": 27.5, "chamfer": None},
+        ),
+        m.ResultChunk(
+            job="job-1",
+            re="f1",
+            file="mesh.glb",
+            index=0,
+            offset=0,
+            sha256=hashlib.sha256(chunk).hexdigest(),
+            data=chunk,
+        ),
+        m.Error(code="queue_full", message="8 jobs queued", hint="wait", re="r1"),
+        m.Error(code="job_failed", message="CUDA out of memory", job="job-1"),
+    ]
