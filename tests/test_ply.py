@@ -70,3 +70,10 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         save_ply(G.init_ball(G.InitConfig(num_points=20), torch.Generator()), tmp_path / "g.ply")
     assert (tmp_path / "g.ply").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["g.ply"]
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    g = G.init_ball(G.InitConfig(num_points=10), torch.Generator().manual_seed(0))
+    save_ply(g, tmp_path / "g.ply")
+    mode = (tmp_path / "g.ply").stat().st_mode & 0o777
+    assert mode & 0o044  # readable by others, as with open(); mkstemp alone would give 0600

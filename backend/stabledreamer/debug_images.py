@@ -51,10 +51,6 @@ def debug_strip(guidance, rgb: Tensor, sds) -> Tensor:
     return torch.cat(row, dim=2)[0].cpu()
 
 
-def save_debug_strip(path: str | os.PathLike, guidance, rgb: Tensor, sds) -> None:
-    save_png(path, debug_strip(guidance, rgb, sds))
-
-
 def image_grid(images: Tensor, columns: int) -> Tensor:
     """[B, H, W, 3] -> one [rows*H, columns*W, 3] sheet (missing cells white)."""
     B, H, W, _ = images.shape

@@ -22,8 +22,9 @@ class StrategyConfig:
     max_gaussians: int = 100_000
     """Cap on the count: growth stops there (highest-gradient candidates go first)."""
     grow_grad2d: float = 0.0002
-    """Mean screen-space gradient norm above which a Gaussian grows (gsplat / 3DGS default,
-    measured against gsplat's normalisation of the gradient to [-1, 1] screen space)."""
+    """Mean screen-space gradient norm above which a Gaussian grows (gsplat / 3DGS default for a
+    mean-reduced photometric loss, gradients normalised to [-1, 1] screen space). It scales with
+    the loss: presets whose loss is a sum over pixels (SDS) set their own value."""
     grow_scale3d: float = 0.01
     """Below this size (fraction of the scene scale) a Gaussian is duplicated, above it split
     (3DGS)."""

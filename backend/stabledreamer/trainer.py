@@ -23,7 +23,7 @@ from . import gaussians as G
 from .cameras import Cameras, sample_cameras
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, StageConfig, to_dict
-from .debug_images import save_debug_strip
+from .debug_images import debug_strip, save_png
 from .guidance.base import Guidance, GuidanceContext
 from .regularizers import regularization_losses, weighted_sum
 from .render import render
@@ -55,6 +55,10 @@ class Progress:
     elapsed_s: float
     eta_s: float
     t: list[int] = field(default_factory=list)
+    params: dict[str, Tensor] | None = field(default=None, repr=False)
+    """The live parameters (for previews): read them, copy what you keep, never modify."""
+    debug_image: Tensor | None = field(default=None, repr=False)
+    """[H, 3W, 3] render | noisy | x0_hat, on the steps that wrote a debug strip."""
 
 
 @dataclass
@@ -184,7 +188,7 @@ class Trainer:
             for k, o in s.optimizers.items():
                 if k == "means":
                     o.param_groups[0]["lr"] = _means_lr(stage, step)
-            losses, t = self._step(stage, guidance, strategy, bank, done_before + step)
+            losses, t, strip = self._step(stage, guidance, strategy, bank, done_before + step)
             s.step += 1
             s.elapsed_s = time.perf_counter() - t_start
             global_done = done_before + s.step
@@ -202,6 +206,8 @@ class Trainer:
                 s.elapsed_s,
                 rate * (cfg.total_steps - global_done),
                 t,
+                s.params,
+                strip,
             )
             cancel = self.callback(progress) if self.callback else False
             if s.step % cfg.checkpoint_every == 0 or s.step == stage.steps or cancel:
@@ -246,12 +252,13 @@ class Trainer:
                     f"parameter {k!r} became NaN/inf at {stage.name} step {s.step}; the last good "
                     "checkpoint is kept: lower the learning rates, then resume"
                 )
+        strip = None
         if cfg.debug_every and (s.step + 1) % cfg.debug_every == 0:
-            path = self.run_dir / "debug" / f"{stage.name}_{s.step + 1:06d}.png"
-            save_debug_strip(path, guidance, out.rgb.detach(), sds)
+            strip = debug_strip(guidance, out.rgb.detach(), sds)
+            save_png(self.run_dir / "debug" / f"{stage.name}_{s.step + 1:06d}.png", strip)
         losses = {
             "sds": float(sds.loss.detach()),
             **{k: float(v.detach()) for k, v in regs.items()},
             "total": float(loss.detach()),
         }
-        return losses, t.tolist()
+        return losses, t.tolist(), strip
