@@ -34,8 +34,9 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 """Job states; ``done``, ``failed`` and ``cancelled`` are terminal. Which stage a running job is
 in (``stage1``, ``stage2``, ``mesh``...) is the separate ``stage`` field."""
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
-TARGET_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "arrays")
-"""``submit`` reconstruction targets: a mesh file's bytes, or vertex/face arrays."""
+TARGET_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "arrays", "demo")
+"""``submit`` reconstruction targets: a mesh file's bytes, vertex/face arrays, or ``demo`` (the
+backend's built-in demo object; no buffers). ``demo`` is new in protocol 1.1."""
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -418,6 +419,9 @@ class Submit(Message):
             faces = arrays["target_faces"]
             if faces.size and (faces.min() < 0 or faces.max() >= nv):
                 f.fail("target_faces", f"indices must be in [0, {nv})", ErrorCode.BAD_BUFFER)
+        elif fmt == "demo":
+            if "target_file" in arrays or mesh_keys:
+                f.fail("target", "format 'demo' takes no target buffers")
         elif fmt is not None:
             if "target_file" not in arrays or mesh_keys:
                 f.fail("target", f"format {fmt!r} needs exactly the target_file buffer")
@@ -498,6 +502,43 @@ class Detach(Message):
     TYPE = "detach"
     DIRECTION = COMMAND
     JOB = "required"
+
+
+@dataclass(kw_only=True)
+class Delete(Message):
+    """Forget a job: cancel it if it is queued or running, then remove its record, checkpoints
+    and results from the backend's disk. Answered by ``jobs`` (the jobs that remain), or
+    ``error`` ``unknown_job``. New in 1.1 (feature ``delete``)."""
+
+    TYPE = "delete"
+    DIRECTION = COMMAND
+    JOB = "required"
+
+
+@dataclass(kw_only=True)
+class GetLogs(Message):
+    """Ask for the backend's recent log lines (numbered from 1), those after line ``since``,
+    at most ``max_lines`` (the newest ones); with ``job``, only that job's lines. Answered by
+    ``logs``. New in 1.1 (feature ``logs``)."""
+
+    TYPE = "get_logs"
+    DIRECTION = COMMAND
+    JOB = "optional"
+    since: int = 0
+    max_lines: int = 200
+
+    def body(self):
+        return {"since": self.since, "max_lines": self.max_lines}
+
+    @classmethod
+    def parse(cls, f, arrays):
+        return dict(
+            since=f.integer("since"), max_lines=f.integer("max_lines", 200, lo=1, hi=MAX_LOG_LINES)
+        )
+
+
+MAX_LOG_LINES = 1000
+"""Most lines in one ``logs`` reply."""
 
 
 @dataclass(kw_only=True)
@@ -898,6 +939,30 @@ class ResultChunk(Message):
 
 
 @dataclass(kw_only=True)
+class Logs(Message):
+    """Answer to ``get_logs``: ``lines`` oldest first (each ``"time level source: text"``),
+    ``cursor`` the number of the last line included (pass it as ``since`` next time to get only
+    newer lines). The backend keeps the reply within ``max_header_bytes`` by leaving out the
+    oldest lines."""
+
+    TYPE = "logs"
+    DIRECTION = EVENT
+    JOB = "optional"
+    lines: list[str] = field(default_factory=list)
+    cursor: int = 0
+
+    def body(self):
+        return {"lines": list(self.lines), "cursor": self.cursor}
+
+    @classmethod
+    def parse(cls, f, arrays):
+        return dict(
+            lines=f.strings("lines", max_items=MAX_LOG_LINES, max_chars=f.limits.max_text_chars),
+            cursor=f.integer("cursor"),
+        )
+
+
+@dataclass(kw_only=True)
 class Error(Message):
     """A refused request or a failed job: ``code`` (see ``ErrorCode``), ``message`` (what went
     wrong), ``hint`` (what the user can do). ``re`` names the offending request when known,
@@ -951,6 +1016,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ListJobs,
         Attach,
         Detach,
+        Delete,
+        GetLogs,
         PreviewAck,
         Fetch,
         JobState,
@@ -960,6 +1027,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         DebugImage,
         Result,
         ResultChunk,
+        Logs,
         Error,
     )
 }

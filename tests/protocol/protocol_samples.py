@@ -117,3 +117,18 @@ def samples() -> list[m.Message]:
         m.Error(code="queue_full", message="8 jobs queued", hint="wait", re="r1"),
         m.Error(code="job_failed", message="CUDA out of memory", job="job-1"),
     ]
+
+
+def samples_1_1() -> list[m.Message]:
+    """Messages added in protocol 1.1 (separate: tests index ``samples()`` by position)."""
+    return [
+        m.Submit(job="job-4", target_format="demo", target_name="demo"),
+        m.Delete(job="job-1"),
+        m.GetLogs(since=10, max_lines=50),
+        m.GetLogs(job="job-1"),
+        m.Logs(lines=["12:00:01 INFO service: job job-1 queued"], cursor=11),
+    ]
+
+
+def all_samples() -> list[m.Message]:
+    return samples() + samples_1_1()

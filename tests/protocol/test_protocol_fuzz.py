@@ -6,7 +6,7 @@ import copy
 import json
 import random
 
-from protocol_samples import samples
+from protocol_samples import all_samples
 
 from stabledreamer_protocol import Message, ProtocolError, decode, encode
 
@@ -105,7 +105,7 @@ def malformed(rng: random.Random, valid: list[list[bytes]]) -> list:
 
 def test_fuzz_decoder_raises_only_protocol_error():
     rng = random.Random(12345)
-    valid = [[bytes(f) for f in encode(s)] for s in samples()]
+    valid = [[bytes(f) for f in encode(s)] for s in all_samples()]
     outcomes = {"ok": 0}
     for _ in range(ROUNDS):
         frames = malformed(rng, valid)

@@ -1,0 +1,268 @@
+"""Job records under the state folder, the queue order, and a job's run configuration.
+
+Layout of ``STATE/jobs/j-<id>/`` (the ``j-`` prefix keeps ids such as ``..`` harmless)::
+
+    job.json        the record (JobRecord), rewritten atomically on every change
+    target.<ext>    the uploaded target mesh (``.npz`` for vertex/face arrays)
+    run/            the run folder (config, checkpoints, outputs) of ``run_reconstruction``
+
+A folder without ``job.json`` is a submission that was interrupted before it was recorded; it is
+removed on load. A record found ``running`` on load belonged to a killed service: it goes back to
+``queued`` and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path, write_json
+
+log = logging.getLogger("stabledreamer.service")
+
+RECORD = "job.json"
+RUN = "run"
+ACTIVE_STATES = ("queued", "running")
+PROCEDURAL_DEMO = "procedural:demo"
+DEFAULT_PRESET = "reconstruct"
+FORBIDDEN_OVERRIDES = ("target", "preset")
+"""Config keys a client may not set: the target comes with the submit (a client must never name
+a file on the backend's disk), the preset is the ``preset`` field."""
+
+
+@dataclass
+class JobRecord:
+    job: str
+    seq: int
+    """Submission order (the queue is oldest first)."""
+    digest: str
+    """``Submit.digest()``: a resubmission with the same digest is harmless."""
+    kind: str
+    """``reconstruct`` (uploaded target) or ``demo`` (the built-in object)."""
+    preset: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    target_name: str = ""
+    target_file: str = ""
+    """File name of the uploaded target inside the job folder ("" for the demo)."""
+    preview_points: int | None = None
+    state: str = "queued"
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    message: str = ""
+    error_code: str = ""
+    result: dict[str, Any] | None = None
+    """``{"files": [...], "chunk_size": n, "metrics": {...}}`` once done."""
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    starts: int = 0
+    """How many times a worker started (or resumed) this job."""
+    crashes: int = 0
+    """How many times its worker process died without reporting (each time it resumes)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def job_dir_name(job: str) -> str:
+    return f"j-{job}"
+
+
+class JobStore:
+    """Every job's record, in memory and on disk (``STATE/jobs``)."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.root = Path(state_dir) / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, JobRecord] = {}
+        self._seq = 0
+
+    def load(self) -> list[JobRecord]:
+        """Read every record; returns those that were running (now queued again)."""
+        interrupted = []
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or not folder.name.startswith("j-"):
+                continue
+            path = folder / RECORD
+            if not path.is_file():
+                log.warning("removing %s: a submission interrupted before it was recorded", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            try:
+                rec = JobRecord.from_dict(json.loads(path.read_text()))
+            except (ValueError, TypeError, OSError) as e:
+                log.warning("skipping %s: unreadable job record (%s)", path, e)
+                continue
+            if job_dir_name(rec.job) != folder.name:
+                log.warning("skipping %s: record names job %r", path, rec.job)
+                continue
+            if rec.state == "running":
+                rec.state = "queued"
+                rec.message = "interrupted; resumes from its last checkpoint"
+                interrupted.append(rec)
+                self.save(rec)
+            self.records[rec.job] = rec
+            self._seq = max(self._seq, rec.seq)
+        self.records = dict(sorted(self.records.items(), key=lambda kv: kv[1].seq))
+        return interrupted
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def dir(self, job: str) -> Path:
+        return self.root / job_dir_name(job)
+
+    def run_dir(self, job: str) -> Path:
+        return self.dir(job) / RUN
+
+    def get(self, job: str) -> JobRecord | None:
+        return self.records.get(job)
+
+    def create(self, rec: JobRecord, files: dict[str, bytes]) -> None:
+        """Write the uploaded files, then the record (the record last: see the module doc)."""
+        folder = self.dir(rec.job)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            with atomic_path(folder / name) as tmp:
+                tmp.write_bytes(data)
+        self.save(rec)
+        self.records[rec.job] = rec
+
+    def save(self, rec: JobRecord) -> None:
+        rec.updated = time.time()
+        write_json(self.dir(rec.job) / RECORD, rec.to_dict())
+
+    def delete(self, job: str) -> None:
+        self.records.pop(job, None)
+        self.remove_files(job)
+
+    def remove_files(self, job: str) -> None:
+        folder = self.dir(job)
+        # Remove the record first so a crash half-way leaves a folder that load() cleans up.
+        (folder / RECORD).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def queued(self) -> list[JobRecord]:
+        return [r for r in self.records.values() if r.state == "queued"]
+
+    def active_count(self) -> int:
+        return sum(r.state in ACTIVE_STATES for r in self.records.values())
+
+    def queue_position(self, job: str) -> int | None:
+        for i, r in enumerate(self.queued()):
+            if r.job == job:
+                return i
+        return None
+
+
+# --- configuration (imports torch: only the service's submit path and the worker use it) -------
+
+
+class ConfigError(ValueError):
+    """A preset or override the backend cannot run; ``code`` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_config(preset: str, overrides: dict[str, Any], seed: int, target: str):
+    """The ``RunConfig`` of a job: the preset, then the overrides (dotted keys; a stage may be
+    named by its name, ``"reconstruct.steps"``, or by index, ``"stages.0.steps"``)."""
+    from ..config import RunConfig, from_dict, to_dict
+    from ..presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ConfigError(
+            "unknown_preset", f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
+        )
+    cfg = PRESETS[preset]()
+    data = to_dict(cfg)
+    for key, value in overrides.items():
+        _override(data, key, value)
+    data["seed"] = seed
+    data["target"] = target
+    try:
+        cfg = from_dict(RunConfig, data)
+        cfg.validate()
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError("bad_override", f"the overrides give an invalid config: {e}") from None
+    return cfg
+
+
+def _override(data: dict, key: str, value: Any) -> None:
+    def fail(what: str):
+        raise ConfigError("bad_override", f"override {key[:80]!r}: {what}")
+
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        fail("not a dotted config key")
+    if parts[0] in FORBIDDEN_OVERRIDES:
+        fail(f"{parts[0]!r} cannot be overridden (it comes with the submit)")
+    if parts[0] not in data:
+        names = [s["name"] for s in data["stages"]]
+        if parts[0] in names:
+            parts = ["stages", str(names.index(parts[0])), *parts[1:]]
+        else:
+            fail(f"unknown setting {parts[0]!r}")
+    node: Any = data
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                fail(f"{p!r} is not an index below {len(node)}")
+            k: Any = int(p)
+        elif isinstance(node, dict):
+            if p not in node:
+                fail(f"unknown setting {p!r}")
+            k = p
+        else:
+            fail(f"{parts[i - 1]!r} has no settings")
+        if last:
+            node[k] = _typed(node[k], value, fail)
+        else:
+            node = node[k]
+
+
+def _typed(old: Any, new: Any, fail) -> Any:
+    if isinstance(old, dict):
+        fail("is a group of settings; override its fields one by one")
+    if old is None:
+        return new
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            fail(f"must be true or false, not {type(new).__name__}")
+        return new
+    if isinstance(old, int):
+        if isinstance(new, bool) or not isinstance(new, int):
+            fail(f"must be an integer, not {type(new).__name__}")
+        return new
+    if isinstance(old, float):
+        if isinstance(new, bool) or not isinstance(new, int | float):
+            fail(f"must be a number, not {type(new).__name__}")
+        return float(new)
+    if isinstance(old, str):
+        if not isinstance(new, str):
+            fail(f"must be a string, not {type(new).__name__}")
+        return new
+    if isinstance(old, list | tuple):
+        if not isinstance(new, list) or len(new) != len(old):
+            fail(f"must be a list of {len(old)} values")
+        return [_typed(o, n, fail) for o, n in zip(old, new, strict=True)]
+    fail("cannot be overridden")

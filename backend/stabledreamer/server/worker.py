@@ -1,0 +1,301 @@
+"""One job in a child process, so the service loop stays responsive and a crash stays contained.
+
+The service starts a worker (multiprocessing "spawn") before it is needed: the worker imports
+torch and warms up, says ``("ready", info)`` and waits for ``("run", spec)``. It then runs
+``run_reconstruction`` (resuming from the run folder's checkpoint when there is one) and reports
+over its end of a ``multiprocessing.Pipe`` (internal, between our own processes; never on the
+wire). Worker -> service::
+
+    ("ready", {"device": str})
+    ("started", {"resumed": bool})
+    ("progress", {...})                  every step (at most every PROGRESS_INTERVAL_S)
+    ("preview", {...numpy arrays...})    at most every ``preview_interval_s``
+    ("debug", {..., "image": uint8 [H, W, 3]})
+    ("log", level, text)
+    ("done", metrics, manifest) | ("failed", code, message) | ("cancelled",) | ("stopped",)
+
+Service -> worker: ``("run", spec)``, ``("cancel",)``, ``("stop",)`` (checkpoint and exit: the
+service is shutting down; the job resumes later), ``("preview_points", n)``, ``("exit",)``.
+Cancel and stop are read by the progress callback, so they take effect within one step (the
+trainer checkpoints first).
+
+The worker never outlives the service: on Linux the kernel kills it when its parent dies
+(``PR_SET_PDEATHSIG``); elsewhere a watchdog thread notices the parent is gone within a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PROGRESS_INTERVAL_S = 0.1
+DEBUG_INTERVAL_S = 1.0
+CHUNK_SIZE = 1 << 20
+MEDIA_TYPES = {
+    "gaussians.ply": "application/x-ply",
+    "mesh.glb": "model/gltf-binary",
+    "metrics.json": "application/json",
+    "turntable.png": "image/png",
+    "heldout.png": "image/png",
+}
+"""Result files, in manifest order (those a run wrote)."""
+TIMESTEPS = 1000
+"""Diffusion timesteps of the guidance models (DDPM's 1000: IF, SD, the oracle); the progress
+reports t / TIMESTEPS in [0, 1]."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make sure this process ends when the service does, even on SIGKILL."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()
+
+
+def worker_main(conn, parent_pid: int) -> None:
+    """Entry point of the child process."""
+    die_with_parent(parent_pid)
+    # Ctrl-C in a terminal reaches the whole process group; the service decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        info = _warm_up()
+        conn.send(("ready", info))
+        while True:
+            msg = conn.recv()
+            if msg[0] == "run":
+                _run(conn, msg[1])
+                # Everything is reported and saved: skip the slow interpreter teardown of
+                # torch, so the next job (and the GPU) is free at once.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+            if msg[0] == "exit":
+                return
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+
+
+def _warm_up() -> dict[str, Any]:
+    """Import what a job needs and touch the lazily imported parts (the first Adam step pulls in
+    torch's compiler modules, seconds on a small CPU), so a job starts at once."""
+    import torch
+
+    from .. import reconstruct  # noqa: F401
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(1)
+    opt.step()
+    # The trainer runs on the CPU until the CUDA path lands; say so rather than name a GPU.
+    return {"device": "cpu"}
+
+
+class Reporter:
+    """The trainer's progress callback: reports to the service, reads cancel/stop."""
+
+    def __init__(self, conn, job: str, spec: dict[str, Any]) -> None:
+        self.conn, self.job = conn, job
+        self.preview_points: int = spec.get("preview_points", 0)
+        self.preview_interval_s: float = spec.get("preview_interval_s", 0.5)
+        self.stop_reason: str | None = None
+        self._last_progress = self._last_preview = self._last_debug = 0.0
+
+    def read_commands(self) -> None:
+        while self.conn.poll():
+            msg = self.conn.recv()
+            if msg[0] in ("cancel", "stop"):
+                # A stop (shutdown) never turns into a cancel and the other way round.
+                self.stop_reason = self.stop_reason or msg[0]
+            elif msg[0] == "preview_points":
+                self.preview_points = int(msg[1])
+
+    def __call__(self, p) -> bool:
+        self.read_commands()
+        now = time.monotonic()
+        stage_end = p.step == p.stage_steps
+        if stage_end or now - self._last_progress >= PROGRESS_INTERVAL_S:
+            self._last_progress = now
+            self.conn.send(
+                (
+                    "progress",
+                    {
+                        "stage": p.stage,
+                        "step": p.step,
+                        "total": p.stage_steps,
+                        "losses": {k: float(v) for k, v in p.losses.items()},
+                        "num_gaussians": int(p.gaussians),
+                        "timestep": (min(max(p.t[0] / TIMESTEPS, 0.0), 1.0) if p.t else None),
+                        "elapsed_s": float(p.elapsed_s),
+                        "eta_s": float(p.eta_s),
+                    },
+                )
+            )
+        if (
+            self.preview_points > 0
+            and p.params is not None
+            and (stage_end or now - self._last_preview >= self.preview_interval_s)
+        ):
+            self._last_preview = now
+            self.conn.send(("preview", self._preview(p)))
+        if p.debug_image is not None and (stage_end or now - self._last_debug >= DEBUG_INTERVAL_S):
+            self._last_debug = now
+            self.conn.send(("debug", self._debug(p)))
+        return self.stop_reason is not None
+
+    def _preview(self, p) -> dict[str, Any]:
+        import torch
+
+        from .. import gaussians as G
+
+        with torch.no_grad():
+            params = p.params
+            n = G.count(params)
+            opacities = torch.sigmoid(params["opacities"].detach())
+            if n > self.preview_points:
+                keep = torch.topk(opacities, self.preview_points).indices.sort().values
+            else:
+                keep = slice(None)
+            arrays = {
+                "means": params["means"].detach()[keep],
+                "log_scales": params["scales"].detach()[keep],
+                "quats": params["quats"].detach()[keep],
+                "rgb": G.sh0_to_rgb(params["sh0"].detach()[keep][:, 0, :]).clamp(0.0, 1.0),
+                "opacities": opacities[keep],
+            }
+            arrays = {k: v.float().cpu().numpy() for k, v in arrays.items()}
+        return {"stage": p.stage, "step": p.step, "total_gaussians": n, **arrays}
+
+    def _debug(self, p) -> dict[str, Any]:
+        import torch
+
+        image = p.debug_image.detach().float().clamp(0, 1)
+        side = 4096
+        h, w = image.shape[:2]
+        if h > side or w > side:  # the protocol's max_image_side
+            step = -(-max(h, w) // side)
+            image = image[::step, ::step]
+        u8 = (image * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+        timestep = min(max(p.t[0] / TIMESTEPS, 0.0), 1.0) if p.t else None
+        return {
+            "stage": p.stage,
+            "step": p.step,
+            "timestep": timestep,
+            "labels": ["render", "noisy input", "x0 estimate"],
+            "image": u8,
+        }
+
+
+def _target_path(spec: dict[str, Any]) -> str:
+    from .jobs import PROCEDURAL_DEMO
+
+    if spec["kind"] == "demo":
+        return PROCEDURAL_DEMO
+    path = Path(spec["job_dir"]) / spec["target_file"]
+    if path.suffix == ".npz":  # vertex/face arrays: written as a coloured PLY (Z-up, like Blender)
+        ply = path.with_suffix(".ply")
+        if not ply.is_file():
+            _arrays_to_ply(path, ply)
+        path = ply
+    return str(path)
+
+
+def _arrays_to_ply(src: Path, dst: Path) -> None:
+    import numpy as np
+    import trimesh
+
+    from ..atomic import atomic_path
+
+    with np.load(src, allow_pickle=False) as z:
+        vertices, faces = z["vertices"], z["faces"]
+        colors = z["colors"] if "colors" in z.files else None
+    kw = {}
+    if colors is not None:
+        rgba = np.concatenate([np.clip(colors, 0, 1), np.ones((len(colors), 1))], axis=1)
+        kw["vertex_colors"] = (rgba * 255 + 0.5).astype(np.uint8)
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False, **kw)
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(mesh.export(file_type="ply"))
+
+
+def manifest(run_dir: Path) -> dict[str, Any]:
+    files = []
+    for name, media in MEDIA_TYPES.items():
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        h = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK_SIZE):
+                h.update(block)
+                size += len(block)
+        files.append({"name": name, "size": size, "sha256": h.hexdigest(), "media_type": media})
+    return {"files": files, "chunk_size": CHUNK_SIZE}
+
+
+def _run(conn, spec: dict[str, Any]) -> None:
+    import torch
+
+    from ..checkpoint import checkpoint_path
+    from ..reconstruct import run_reconstruction
+    from ..trainer import TrainingCancelled, TrainingDiverged
+    from .jobs import ConfigError, build_config
+
+    job = spec["job"]
+    run_dir = Path(spec["run_dir"])
+    reporter = Reporter(conn, job, spec)
+    try:
+        resume = (run_dir / "config.json").is_file() and checkpoint_path(run_dir).is_file()
+        cfg = None
+        if not resume:
+            if run_dir.exists():  # killed before its first checkpoint: start again
+                shutil.rmtree(run_dir)
+            cfg = build_config(spec["preset"], spec["overrides"], spec["seed"], _target_path(spec))
+        conn.send(("started", {"resumed": resume}))
+        what = "resuming from the last checkpoint" if resume else "started"
+        conn.send(("log", logging.INFO, what))
+        if resume:
+            from ..reconstruct import load_run_config
+
+            cfg = load_run_config(run_dir)
+        metrics = run_reconstruction(cfg, run_dir, resume=resume, callback=reporter)
+        reporter.read_commands()
+        conn.send(("done", metrics, manifest(run_dir)))
+    except TrainingCancelled:
+        conn.send(("stopped",) if reporter.stop_reason == "stop" else ("cancelled",))
+    except ConfigError as e:
+        conn.send(("failed", e.code, str(e)))
+    except torch.OutOfMemoryError as e:
+        conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
+    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
+        # TargetError (a bad mesh), RunDirError and config errors are ValueErrors with a fix.
+        conn.send(("failed", "job_failed", str(e)))
+    except (EOFError, BrokenPipeError):
+        return
+    except Exception as e:
+        traceback.print_exc()
+        conn.send(("failed", "internal", f"{type(e).__name__}: {e}"))
