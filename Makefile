@@ -17,13 +17,14 @@ export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
 setup: $(STAMP)
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see ENVIRONMENT notes).
-$(STAMP): requirements.lock.txt pyproject.toml
+$(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools==84.2.1 wheel
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.lock.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
+	npm ci --prefix tools/gltf-validator --cache build/cache/npm --no-audit --no-fund  # glTF validator
 	touch $(STAMP)
 
 demo: setup

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     _add_run_options(demo)
+    _add_service_parsers(sub)
+    _add_mesh_parser(sub)
     return parser
 
 
@@ -99,14 +101,15 @@ def _config_from_args(args):
 
 
 def _progress_printer(quiet: bool):
+    """A progress bar over all stages: stage, step/total, loss, Gaussian count, ETA."""
     if quiet:
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=1, unit="step", dynamic_ncols=True, file=sys.stderr, delay=0.5)
 
     def callback(p) -> None:
-        if bar.total != p.total_steps:
+        if bar.total != p.total_steps:  # first call (also after --resume): the real total
             bar.reset(total=p.total_steps)
             bar.update(p.global_step - 1)
         bar.set_description(f"{p.stage} [{p.stage_index + 1}/{p.stage_count}]", refresh=False)
@@ -144,7 +147,164 @@ def cmd_reconstruct(args) -> int:
         f"psnr_heldout {metrics['psnr_heldout']:.2f} dB, {metrics['gaussians']} Gaussians, "
         f"{metrics['seconds']:.0f} s"
     )
-    print(f"outputs in {out}/: gaussians.ply metrics.json turntable.png heldout.png debug/")
+    if "chamfer" in metrics:
+        print(
+            f"mesh: {metrics['mesh_faces']} faces, chamfer {metrics['chamfer']:.4f}, "
+            f"mesh_psnr_heldout {metrics['mesh_psnr_heldout']:.2f} dB"
+        )
+    elif "mesh_error" in metrics:
+        print(f"mesh: not written ({metrics['mesh_error']})")
+    names = [
+        n
+        for n in ("gaussians.ply", "mesh.glb", "metrics.json", "turntable.png", "heldout.png")
+        if (out / n).exists()
+    ]
+    print(f"outputs in {out}/: {' '.join(names)} debug/ checkpoints/")
+    return 0
+
+
+def _add_service_parsers(sub) -> None:
+    from stabledreamer_protocol import DEFAULT_ENDPOINT
+
+    srv = sub.add_parser(
+        "serve",
+        help="run the backend service: jobs over ZeroMQ for the Blender add-on (and any client)",
+    )
+    srv.add_argument(
+        "--bind", default=DEFAULT_ENDPOINT, help="endpoint to listen on (default %(default)s)"
+    )
+    srv.add_argument(
+        "--state",
+        default="runs/service",
+        help="folder for job records, checkpoints and results (default %(default)s)",
+    )
+    srv.add_argument(
+        "--keys",
+        help="CURVE key folder (default: $STABLEDREAMER_KEYS or ~/.config/stabledreamer/keys; "
+        "made on first run)",
+    )
+    srv.add_argument(
+        "--no-curve",
+        action="store_true",
+        help="no encryption or client keys (refused unless --bind is loopback)",
+    )
+    srv.add_argument("--if-model", help="DeepFloyd IF stage I weights (hub id or folder)")
+    srv.add_argument("--sd-model", help="Stable Diffusion weights (hub id or folder)")
+    srv.add_argument(
+        "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
+    )
+    srv.add_argument(
+        "--preview-points",
+        type=int,
+        default=100_000,
+        help="most Gaussians per preview (default %(default)s)",
+    )
+
+    keys = sub.add_parser(
+        "keys",
+        help="make CURVE keys: the server keypair, a client keypair, authorised client keys",
+    )
+    keys.add_argument("dir", help="key folder (created owner-only)")
+    keys.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also make and authorise the keypair NAME (repeatable)",
+    )
+
+
+def cmd_serve(args) -> int:
+    import dataclasses
+
+    from stabledreamer_protocol import DEFAULT_LIMITS
+
+    from .server.security import SecurityError, check_bind
+
+    try:  # before the heavy imports: a refused bind answers at once
+        check_bind(args.bind, curve=not args.no_curve)
+    except SecurityError as e:
+        raise ValueError(str(e)) from None
+    from .server.service import ServiceConfig, serve
+
+    limits = DEFAULT_LIMITS
+    if args.max_queue is not None:
+        if args.max_queue <= 0:
+            raise ValueError(f"--max-queue must be positive, got {args.max_queue}")
+        limits = dataclasses.replace(limits, max_queue=args.max_queue)
+    if not 0 <= args.preview_points <= limits.max_preview_points:
+        raise ValueError(f"--preview-points must be in [0, {limits.max_preview_points}]")
+    models = [f"if:{args.if_model}"] if args.if_model else []
+    models += [f"sd:{args.sd_model}"] if args.sd_model else []
+    cfg = ServiceConfig(
+        bind=args.bind,
+        state=Path(args.state),
+        curve=not args.no_curve,
+        keys=Path(args.keys) if args.keys else None,
+        limits=limits,
+        preview_points=args.preview_points,
+        models=models,
+    )
+    import zmq
+
+    try:
+        code = serve(cfg)
+    except SecurityError as e:
+        raise ValueError(str(e)) from None
+    except zmq.ZMQError as e:
+        raise ValueError(f"cannot listen on {args.bind}: {e}") from None
+    # Everything is closed and saved: skip the interpreter's slow teardown of torch.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def cmd_keys(args) -> int:
+    from .server.security import make_keys
+
+    for line in make_keys(args.dir, args.client):
+        print(line)
+    return 0
+
+
+def _add_mesh_parser(sub) -> None:
+    from .mesh.config import MeshConfig
+
+    d = MeshConfig()
+    p = sub.add_parser(
+        "mesh",
+        help="turn a 3DGS .ply into a textured mesh (.glb: UVs, baked base-colour texture)",
+    )
+    p.add_argument("gaussians", help="3D Gaussian Splatting .ply (as written by every run)")
+    p.add_argument("--out", required=True, help="the .glb file to write")
+    p.add_argument("--faces", type=int, default=d.faces, help="face target (default %(default)s)")
+    p.add_argument(
+        "--texture-size",
+        type=int,
+        default=d.texture_size,
+        help="base-colour texture size in texels, square (default %(default)s)",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=d.grid,
+        help="density grid: voxels along the longest side (default %(default)s)",
+    )
+
+
+def cmd_mesh(args) -> int:
+    from .mesh import MeshConfig, gaussians_to_mesh
+    from .ply import load_ply
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".glb":
+        raise ValueError(f"--out must name a .glb file, got {out}")
+    cfg = MeshConfig(faces=args.faces, texture_size=args.texture_size, grid=args.grid)
+    cfg.validate()  # before reading the file: a bad option answers at once
+    mesh = gaussians_to_mesh(load_ply(args.gaussians), cfg)
+    mesh.save(out)
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in mesh.timings.items())
+    print(f"{len(mesh.faces)} faces, {cfg.texture_size}px texture -> {out} ({steps})")
     return 0
 
 
@@ -155,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors = (ValueError, FileNotFoundError, TrainingDiverged, TrainingCancelled)
     try:
-        return {"reconstruct": cmd_reconstruct, "demo": cmd_reconstruct}[args.command](args)
+        return {
+            "reconstruct": cmd_reconstruct,
+            "demo": cmd_reconstruct,
+            "serve": cmd_serve,
+            "keys": cmd_keys,
+            "mesh": cmd_mesh,
+        }[args.command](args)
     except KeyboardInterrupt:
         print(
             "stabledreamer: interrupted; the last checkpoint is kept (use --resume)",

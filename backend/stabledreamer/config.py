@@ -15,6 +15,7 @@ from typing import Any
 from .cameras import CameraConfig
 from .gaussians import InitConfig
 from .guidance.oracle import OracleConfig
+from .mesh.config import MeshConfig
 from .regularizers import RegularizerConfig
 from .sds import NoiseConfig
 from .strategy import StrategyConfig
@@ -77,6 +78,8 @@ class RunConfig:
     """Held-out evaluation image size."""
     threads: int = 0
     """CPU threads for torch; 0 = torch's default."""
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """The textured mesh written at the end of a run (``mesh.glb``)."""
 
     def validate(self) -> None:
         if not self.stages:

@@ -1,0 +1,7 @@
+"""The one error type of the mesh step."""
+
+from __future__ import annotations
+
+
+class MeshError(ValueError):
+    """The Gaussians cannot be turned into a mesh as asked; the message says why and what to do."""
