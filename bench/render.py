@@ -1,7 +1,11 @@
-"""Benchmark ``render`` on CPU: forward and forward+backward times, peak memory, dense reference.
+"""Benchmark ``render`` on CPU: native C++ vs pure-torch rasteriser vs dense reference.
 
 Scene: N Gaussians uniform in a ball of radius 0.5, scales 0.02 (small jitter), opacity 0.27,
-random colours; orbit camera at distance 2.5, fov 49 deg. Times are medians after warm-up.
+random colours; orbit camera at distance 2.5, fov 49 deg. Times are the minimum over repeats
+after warm-up (other processes on a shared machine only ever add time); the 1-minute load
+average is printed before and after, so a loaded run is visible as such.
+Columns: the native path (``STABLEDREAMER_RASTER=native``), the pure-torch path (``=torch``) and
+the dense float64 reference, with torch/native and dense/native forward+backward ratios.
 Peak memory: increase of the process RSS high-water mark (/proc/self/status VmHWM, reset via
 /proc/self/clear_refs) over the first forward+backward of a case; glibc keeps freed arenas
 (raster_cpu sets mallopt), so later calls reuse that memory and the number is an upper bound.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,9 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
 import torch  # noqa: E402
+
+from stabledreamer import raster_native  # noqa: E402
 from stabledreamer.cameras import orbit_cameras  # noqa: E402
 from stabledreamer.raster_reference import render_reference  # noqa: E402
-from stabledreamer.render import render  # noqa: E402
+from stabledreamer.render import RASTER_ENV, render  # noqa: E402
 
 DENSE_LIMIT = 2.1e7  # N x H x W pairs above which the dense reference is skipped (memory)
 
@@ -64,7 +70,7 @@ def _rss_kib() -> int:
 
 
 def time_case(fn, scene, cams, bg, repeats: int) -> tuple[float, float, float]:
-    """Median forward ms, median forward+backward ms, peak RSS increase MiB."""
+    """Min forward ms, min forward+backward ms, peak RSS increase MiB."""
     params = {k: v.clone().requires_grad_() for k, v in scene.items()}
 
     def fwd():
@@ -88,7 +94,24 @@ def time_case(fn, scene, cams, bg, repeats: int) -> tuple[float, float, float]:
         t0 = time.perf_counter()
         fwd_bwd()
         t_fb.append(time.perf_counter() - t0)
-    return statistics.median(t_f) * 1e3, statistics.median(t_fb) * 1e3, peak
+    return min(t_f) * 1e3, min(t_fb) * 1e3, peak
+
+
+def with_raster(path: str, fn):
+    """``fn`` run with the CPU rasteriser forced to ``path`` ("native" or "torch")."""
+
+    def run(*args):
+        old = os.environ.get(RASTER_ENV)
+        os.environ[RASTER_ENV] = path
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                os.environ.pop(RASTER_ENV)
+            else:
+                os.environ[RASTER_ENV] = old
+
+    return run
 
 
 def main() -> None:
@@ -102,13 +125,17 @@ def main() -> None:
     sizes = [20_000] if args.quick else [5_000, 20_000, 100_000]
     reses = [64, 128] if args.quick else [64, 128, 256]
     bg = torch.tensor([1.0, 1.0, 1.0])
+    native = raster_native.available()
+    isa = raster_native.isa() if native else f"unavailable: {raster_native.build_error()}"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak = RSS high-water "
-        "increase during one fwd+bwd"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, native kernels: {isa}; "
+        f"load average {os.getloadavg()[0]:.2f}; min ms over {args.repeats} repeats; "
+        "peak = RSS high-water increase during one fwd+bwd"
     )
     print(
-        f"{'N':>7} {'res':>5} {'C':>2} | {'fwd ms':>8} {'fwd+bwd ms':>10} {'peak MiB':>8} | "
-        f"{'dense f+b ms':>12} {'ratio':>6}"
+        f"{'N':>7} {'res':>5} {'C':>2} | {'native fwd':>10} {'f+b':>7} {'MiB':>5} | "
+        f"{'torch fwd':>9} {'f+b':>7} {'MiB':>5} | {'dense f+b':>9} | {'torch/nat':>9} "
+        f"{'dense/nat':>9}"
     )
     cases = [(n, r, 1) for n in sizes for r in reses] + [(20_000, 128, 1), (20_000, 128, 4)]
     for n, res, C in cases:
@@ -116,14 +143,21 @@ def main() -> None:
         az = torch.arange(C, dtype=torch.float32) * (360.0 / C) + 15.0
         cams = orbit_cameras(az, 15.0, 2.5, 49.0, res, res)
         reps = args.repeats if n * res * res < 1e9 else max(3, args.repeats // 2)
-        f, fb, peak = time_case(render, scene, cams, bg, reps)
-        dense = ratio = "—"
+        nf = nfb = npk = math.nan
+        if native:
+            nf, nfb, npk = time_case(with_raster("native", render), scene, cams, bg, reps)
+        tf, tfb, tpk = time_case(with_raster("torch", render), scene, cams, bg, reps)
+        dense = "—"
+        dfb = math.nan
         if n * res * res * C <= DENSE_LIMIT:
             _, dfb, _ = time_case(render_reference, scene, cams, bg, 3)
-            dense, ratio = f"{dfb:.1f}", f"{dfb / fb:.0f}x"
+            dense = f"{dfb:.1f}"
+        r_torch, r_dense = (f"{x / nfb:.1f}x" if x == x and nfb == nfb else "—" for x in (tfb, dfb))
         print(
-            f"{n:>7} {res:>4}² {C:>2} | {f:>8.1f} {fb:>10.1f} {peak:>8.0f} | {dense:>12} {ratio:>6}"
+            f"{n:>7} {res:>4}² {C:>2} | {nf:>10.1f} {nfb:>7.1f} {npk:>5.0f} | "
+            f"{tf:>9.1f} {tfb:>7.1f} {tpk:>5.0f} | {dense:>9} | {r_torch:>9} {r_dense:>9}"
         )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""render(): the sparse CPU rasteriser against the dense float64 reference, gsplat meta, CUDA."""
+"""render(): both CPU rasterisers (native C++ and pure torch) against the dense float64 reference,
+gsplat meta, CUDA."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import math
 
 import pytest
 import torch
+
+from stabledreamer import raster_native
+from stabledreamer import render as render_mod
 from stabledreamer.cameras import orbit_cameras
+from stabledreamer.projection import project
 from stabledreamer.raster_reference import render_reference
-from stabledreamer.render import render
+from stabledreamer.render import RASTER_ENV, cpu_raster_path, render
 
 H, W = 32, 40  # non-square on purpose
 
@@ -26,6 +31,16 @@ def make_scene(n: int = 200, degree: int = 0, seed: int = 1) -> dict[str, torch.
         "sh0": torch.randn(n, 1, 3, generator=g),
         "shN": 0.3 * torch.randn(n, k, 3, generator=g),
     }
+
+
+@pytest.fixture(params=["native", "torch"])
+def raster_path(request, monkeypatch):
+    """Run a test once per CPU rasteriser (STABLEDREAMER_RASTER); the build happens once."""
+    if request.param == "native" and not raster_native.available():
+        pytest.skip(f"native CPU rasteriser did not build: {raster_native.build_error()}")
+    monkeypatch.setenv(RASTER_ENV, request.param)
+    assert cpu_raster_path() == request.param
+    return request.param
 
 
 def make_cameras():
@@ -49,7 +64,7 @@ def _run(fn, scene, cams, bg):
 
 
 @pytest.mark.parametrize("degree", [0, 1])
-def test_cpu_matches_dense_reference(degree):
+def test_cpu_matches_dense_reference(degree, raster_path):
     scene, cams = make_scene(degree=degree), make_cameras()
     bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 1.0, 1.0]])
     out, grads, g2d = _run(render, scene, cams, bg)
@@ -71,7 +86,7 @@ def test_cpu_matches_dense_reference(degree):
     assert (g2d[~vis] == 0).all()
 
 
-def test_empty_and_batched_views_agree():
+def test_empty_and_batched_views_agree(raster_path):
     scene = make_scene()
     cams = make_cameras()
     bg = torch.ones(3)
@@ -85,7 +100,7 @@ def test_empty_and_batched_views_agree():
     assert (empty.alpha == 0).all() and (empty.rgb == 1).all() and (empty.depth == 0).all()
 
 
-def test_meta_drives_gsplat_default_strategy():
+def test_meta_drives_gsplat_default_strategy(raster_path):
     from gsplat.strategy import DefaultStrategy
 
     scene = make_scene(n=300)
@@ -110,12 +125,89 @@ def test_meta_drives_gsplat_default_strategy():
         assert p.shape[0] == params["means"].shape[0], k
 
 
-def test_rejects_bad_input():
+def test_rejects_bad_input(monkeypatch):
     scene, cams = make_scene(n=10), make_cameras()
     with pytest.raises(ValueError, match="backend"):
         render(scene, cams, torch.ones(3), backend="vulkan")
     with pytest.raises(ValueError, match="background"):
         render(scene, cams, torch.ones(4))
+    monkeypatch.setenv(RASTER_ENV, "opengl")
+    with pytest.raises(ValueError, match=RASTER_ENV):
+        render(scene, cams, torch.ones(3))
+
+
+def _needs_native():
+    if not raster_native.available():
+        pytest.skip(f"native CPU rasteriser did not build: {raster_native.build_error()}")
+
+
+def test_native_projection_matches_torch():
+    """Values and gradients of the C++ projection against projection.py's autograd."""
+    _needs_native()
+    scene, cams = make_scene(n=300), make_cameras()
+    gen = torch.Generator().manual_seed(5)
+    results = []
+    for fn in (raster_native.project, project):
+        p = {k: scene[k].clone().requires_grad_() for k in ("means", "quats", "scales")}
+        proj = fn(p["means"], p["quats"], torch.exp(p["scales"]),
+                  torch.sigmoid(scene["opacities"]), cams.viewmats, cams.Ks, W, H)  # fmt: skip
+        gen.manual_seed(5)
+        loss = sum((t * torch.randn(t.shape, generator=gen)).sum()
+                   for t in (proj.means2d, proj.conics, proj.depths))  # fmt: skip
+        loss.backward()
+        results.append((proj, {k: v.grad for k, v in p.items()}))
+    (nat, nat_g), (ref, ref_g) = results
+    assert torch.equal(nat.radii, ref.radii) and torch.equal(nat.valid, ref.valid)
+    assert 0 < nat.valid.sum() < nat.valid.numel()
+    for name in ("means2d", "conics", "depths"):
+        torch.testing.assert_close(getattr(nat, name), getattr(ref, name), rtol=1e-5, atol=1e-4)
+    for k, g in nat_g.items():
+        scale = ref_g[k].abs().max().item()
+        torch.testing.assert_close(g, ref_g[k], atol=1e-5 * scale, rtol=1e-4, msg=k)
+
+
+def test_native_kernel_variants_agree(monkeypatch):
+    """Every instruction-set variant of the tile kernels this CPU runs gives the same render, and
+    repeated runs give bit-identical gradients (fixed-order reduction, any thread schedule)."""
+    _needs_native()
+    monkeypatch.setenv(RASTER_ENV, "native")
+    scene, cams = make_scene(degree=1), make_cameras()
+    bg = torch.tensor([0.2, 0.5, 0.9])
+    best = raster_native.isa()
+    variants = raster_native.ISA_NAMES[: raster_native.ISA_NAMES.index(best) + 1]
+    runs = {}
+    try:
+        for name in variants:
+            assert raster_native.set_isa(name) == name
+            runs[name] = _run(render, scene, cams, bg)
+    finally:
+        raster_native.set_isa(best)
+    out, grads, g2d = runs[best]
+    again = _run(render, scene, cams, bg)  # bit-identical: training resumes must reproduce
+    assert all(torch.equal(again[1][k], grads[k]) for k in grads) and torch.equal(again[2], g2d)
+    for name in variants:
+        o, gr, g = runs[name]
+        for field in ("rgb", "alpha", "depth"):
+            torch.testing.assert_close(getattr(o, field), getattr(out, field), msg=field)
+        for k in grads:
+            torch.testing.assert_close(gr[k], grads[k], msg=f"{name} {k}")
+        torch.testing.assert_close(g, g2d)
+
+
+def test_falls_back_to_torch_when_native_is_missing(monkeypatch):
+    monkeypatch.delenv(RASTER_ENV, raising=False)
+    monkeypatch.setattr(raster_native, "available", lambda: False)
+    monkeypatch.setattr(raster_native, "build_error", lambda: "no compiler (simulated)")
+    monkeypatch.setattr(render_mod, "_warned_native", False)
+    scene, cams = make_scene(n=50), make_cameras()
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        out = render(scene, cams, torch.ones(3))
+    assert cpu_raster_path() == "torch"
+    monkeypatch.setenv(RASTER_ENV, "torch")
+    torch.testing.assert_close(out.rgb, render(scene, cams, torch.ones(3)).rgb)
+    monkeypatch.setenv(RASTER_ENV, "native")
+    with pytest.raises(RuntimeError, match="no compiler"):
+        render(scene, cams, torch.ones(3))
 
 
 @pytest.mark.gpu

@@ -8,6 +8,7 @@ import pytest
 import torch
 import trimesh
 from PIL import Image
+
 from stabledreamer.cameras import Cameras, intrinsics, look_at, orbit_cameras
 from stabledreamer.mesh_raster import render_mesh, render_mesh_depth
 from stabledreamer.procedural import (

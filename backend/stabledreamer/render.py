@@ -4,22 +4,31 @@ Both paths follow gsplat 1.5.3's "classic" rasterisation: eps2d 0.3, near plane 
 opacity-aware extent, alpha = min(0.999, o exp(-sigma)), pairs with alpha < 1/255 skipped,
 transmittance early stop at 1e-4, colours ``max(SH(dir) + 0.5, 0)``, expected depth
 ``sum w z / alpha``. ``meta`` is what ``gsplat.strategy.DefaultStrategy`` reads (packed=False).
+
+On CPU the projection + rasterisation run in the native C++ kernel (``raster_native``, compiled at
+first use) when it builds, else in pure torch (``projection`` + ``raster_cpu``) with a one-time
+warning; ``STABLEDREAMER_RASTER=native|torch`` forces one (see ``cpu_raster_path``).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from . import raster_native
 from .cameras import Cameras
 from .gaussians import SH_C0, sh_degree_of
 from .projection import EPS2D, NEAR_PLANE, project
 from .raster_cpu import rasterize
 
 BACKENDS = ("auto", "cpu", "gsplat")
+RASTER_ENV = "STABLEDREAMER_RASTER"  # CPU rasteriser: "native" (C++), "torch", or unset (auto)
+_warned_native = False
 
 
 class RenderOutput(NamedTuple):
@@ -73,27 +82,58 @@ def gaussian_colors(gaussians: Mapping[str, Tensor], viewmats: Tensor) -> Tensor
     return torch.clamp_min(_spherical_harmonics(degree, dirs, coeffs) + 0.5, 0.0)
 
 
+def cpu_raster_path(dtype: torch.dtype = torch.float32) -> str:
+    """Which CPU rasteriser ``render`` uses: "native" (compiled C++) or "torch" (raster_cpu).
+
+    ``STABLEDREAMER_RASTER=native|torch`` forces one; unset, the native kernel is used when it
+    compiles (float32 only), else the pure-torch path with a one-time warning.
+    """
+    global _warned_native
+    choice = os.environ.get(RASTER_ENV, "").strip().lower()
+    if choice not in ("", "auto", "native", "torch"):
+        raise ValueError(f"{RASTER_ENV} must be 'native', 'torch' or unset; got {choice!r}")
+    if choice == "torch":
+        return "torch"
+    if choice == "native":
+        if not raster_native.available():
+            raise RuntimeError(f"{RASTER_ENV}=native but the native rasteriser did not build: "
+                               f"{raster_native.build_error()}")  # fmt: skip
+        if dtype != torch.float32:
+            raise RuntimeError(f"the native rasteriser is float32 only; got {dtype}")
+        return "native"
+    if dtype != torch.float32:
+        return "torch"
+    if raster_native.available():
+        return "native"
+    if not _warned_native:
+        _warned_native = True
+        warnings.warn(
+            "native CPU rasteriser unavailable, using the slower pure-torch path: "
+            f"{raster_native.build_error()}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "torch"
+
+
 def _render_cpu(gaussians, cameras: Cameras, background: Tensor) -> RenderOutput:
     means = gaussians["means"]  # [N, 3]
     C, N, H, W = len(cameras), means.shape[0], cameras.height, cameras.width
     viewmats = cameras.viewmats.to(means)
     opacities = torch.sigmoid(gaussians["opacities"])  # [N]
-    proj = project(means, gaussians["quats"], torch.exp(gaussians["scales"]), opacities,
-                   viewmats, cameras.Ks.to(means), W, H)  # fmt: skip
+    native = cpu_raster_path(means.dtype) == "native"
+    project_fn = raster_native.project if native else project
+    proj = project_fn(means, gaussians["quats"], torch.exp(gaussians["scales"]), opacities,
+                      viewmats, cameras.Ks.to(means), W, H)  # fmt: skip
     means2d = proj.means2d  # [C, N, 2]
     if means2d.requires_grad:
         means2d.retain_grad()
     colors = gaussian_colors(gaussians, viewmats)  # [N, 3] or [C, N, 3]
-    colors = colors.expand(C, N, 3)
-    # Visible (camera, Gaussian) entries, front to back (one global depth order is enough:
-    # pixels of different cameras never share a segment).
-    with torch.no_grad():
-        flat = proj.valid.reshape(-1).nonzero()[:, 0]  # [M] into C*N
-        flat = flat[torch.argsort(proj.depths.reshape(-1)[flat], stable=True)]
-    opac = opacities[None, :, None].expand(C, N, 1)
-    geom = torch.cat([means2d, proj.conics, opac], -1).reshape(C * N, 6).index_select(0, flat)
-    feats = torch.cat([colors, proj.depths[..., None]], -1).reshape(C * N, 4).index_select(0, flat)
-    sums = rasterize(geom, feats, flat // N, C, H, W).view(C, H, W, 5)
+    if native:
+        sums = raster_native.rasterize(means2d, proj.conics, opacities, colors, proj.depths,
+                                       proj.radii, H, W)  # fmt: skip
+    else:
+        sums = _rasterize_torch(proj, opacities, colors.expand(C, N, 3), C, H, W)
     alpha = sums[..., 4:]  # [C, H, W, 1]
     bg = _backgrounds(background, C, means)[:, None, None, :]  # [C, 1, 1, 3]
     rgb = sums[..., :3] + (1.0 - alpha) * bg
@@ -110,6 +150,20 @@ def _render_cpu(gaussians, cameras: Cameras, background: Tensor) -> RenderOutput
         "camera_ids": None,
     }
     return RenderOutput(rgb, alpha, depth, meta)
+
+
+def _rasterize_torch(proj, opacities: Tensor, colors: Tensor, C: int, H: int, W: int) -> Tensor:
+    """Pixel sums [C, H, W, 5] with the pure-torch sparse rasteriser (raster_cpu)."""
+    N = opacities.shape[0]
+    # Visible (camera, Gaussian) entries, front to back (one global depth order is enough:
+    # pixels of different cameras never share a segment).
+    with torch.no_grad():
+        flat = proj.valid.reshape(-1).nonzero()[:, 0]  # [M] into C*N
+        flat = flat[torch.argsort(proj.depths.reshape(-1)[flat], stable=True)]
+    opac = opacities[None, :, None].expand(C, N, 1)
+    geom = torch.cat([proj.means2d, proj.conics, opac], -1).reshape(C * N, 6).index_select(0, flat)
+    feats = torch.cat([colors, proj.depths[..., None]], -1).reshape(C * N, 4).index_select(0, flat)
+    return rasterize(geom, feats, flat // N, C, H, W).view(C, H, W, 5)
 
 
 def _render_gsplat(gaussians, cameras: Cameras, background: Tensor) -> RenderOutput:

@@ -14,7 +14,7 @@ from server_helpers import FAST, TARGET, alive, children_of, make_keys, wait_sta
 from stabledreamer_protocol import Progress
 from stabledreamer_protocol.client import ResultDownloaded
 
-STEPS = 20
+STEPS = 400  # long enough that the job cannot finish between a progress event and a signal
 
 
 def progress_at_least(client, job: str, step: int, timeout_s: float = 60.0) -> Progress:

@@ -211,7 +211,9 @@ def test_demo_target(server):
     """The built-in demo object is a target too (no upload): accepted, run, cancelled."""
     with server.client() as c:
         c.handshake(timeout_s=10)
-        job = c.submit(target_format="demo", preset="smoke", seed=1, overrides=FAST)
+        # long enough that it cannot finish before the cancel arrives
+        overrides = {**FAST, "reconstruct.steps": 400}
+        job = c.submit(target_format="demo", preset="smoke", seed=1, overrides=overrides)
         wait_state(c, job, "running", 60)
         c.cancel(job)
         wait_state(c, job, "cancelled")
