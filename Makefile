@@ -23,7 +23,6 @@ $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.lock.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m pip check
 	npm ci --prefix tools/gltf-validator --cache build/cache/npm --no-audit --no-fund  # glTF validator
 	touch $(STAMP)
 
