@@ -28,7 +28,7 @@ $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock
 
 demo: setup
 	$(VENV)/bin/stabledreamer demo --out runs/demo --overwrite
-	@echo "demo outputs: runs/demo/ (gaussians.ply, metrics.json, turntable.png, heldout.png, debug/)"
+	@echo "demo outputs: runs/demo/ (gaussians.ply, mesh.glb, metrics.json, turntable.png, heldout.png, debug/)"
 
 test: setup
 	$(VENV)/bin/ruff check .
