@@ -36,6 +36,8 @@ def test_console_script_demo_smoke(tmp_path):
         (["demo", "--out", "{tmp}/a", "--steps", "-3"], "--steps must be a positive"),
         (["demo", "--out", "{tmp}/a", "--preset", "huge"], "unknown preset"),
         (["reconstruct", "--out", "{tmp}/nothing", "--resume"], "nothing to resume"),
+        (["reconstruct", "--resume", "{tmp}/nothing"], "nothing to resume"),
+        (["reconstruct", "x.glb"], "give the run folder"),
     ],
 )
 def test_bad_input(tmp_path, capsys, argv, message):
@@ -66,3 +68,17 @@ def test_existing_out_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["demo", "--preset", "smoke", "--out", str(out), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_resume_run_dir_continues_a_cancelled_run(tmp_path, capsys):
+    from stabledreamer.presets import get_preset
+    from stabledreamer.reconstruct import PROCEDURAL_DEMO, run_reconstruction
+    from stabledreamer.trainer import TrainingCancelled
+
+    cfg = get_preset("smoke")
+    cfg.target = PROCEDURAL_DEMO
+    out = tmp_path / "run"
+    with pytest.raises(TrainingCancelled):
+        run_reconstruction(cfg, out, callback=lambda p: p.global_step == 2)
+    assert main(["reconstruct", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4

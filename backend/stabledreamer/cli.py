@@ -27,7 +27,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR (default: --out) from its last checkpoint",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=".glb/.gltf/.obj/.ply mesh with vertex colours "
         "or a texture (not needed with --resume)",
     )
-    rec.add_argument("--out", required=True, help="run folder to write")
+    rec.add_argument("--out", help="run folder to write (required unless --resume RUN_DIR)")
     _add_run_options(rec)
 
     demo = sub.add_parser(
@@ -127,9 +131,14 @@ def _progress_printer(quiet: bool):
 def cmd_reconstruct(args) -> int:
     from .reconstruct import run_reconstruction
 
+    resume = args.resume is not None
+    if resume and args.resume:
+        args.out = args.resume
+    if not args.out:
+        raise ValueError("give the run folder: --out DIR (or --resume RUN_DIR)")
     out = Path(args.out)
-    cfg = None if args.resume else _config_from_args(args)
-    if args.resume:
+    cfg = None if resume else _config_from_args(args)
+    if resume:
         from .reconstruct import load_run_config
 
         if not (out / "config.json").is_file():
@@ -138,7 +147,7 @@ def cmd_reconstruct(args) -> int:
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_reconstruction(
-            cfg, out, overwrite=args.overwrite, resume=args.resume, callback=callback
+            cfg, out, overwrite=args.overwrite, resume=resume, callback=callback
         )
     finally:
         if bar is not None:
