@@ -1,0 +1,81 @@
+"""Benchmark the Blender preview object: milliseconds per stream update (goal <= 20 ms at 100k).
+
+Each update decodes a ``gs34`` preview (``stabledreamer_protocol.preview.unpack``), writes the
+attributes with ``foreach_set`` (``blender_addon/preview.py``) and re-evaluates the depsgraph (the
+geometry-nodes instancing), as a viewport redraw would. Cases: same count (the usual stream
+update), a changing count (densification: the mesh is rebuilt in place), and plain points above
+the cap. bpy runs as a module, so no viewport drawing is timed.
+Run: ``python bench/blender_preview.py [--n 100000] [--repeats 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "blender_addon"))
+_tmp = tempfile.mkdtemp(prefix="sd-bench-blender-")
+os.environ.setdefault("BLENDER_USER_RESOURCES", os.path.join(_tmp, "blender"))
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_tmp, "xdg"))
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+import preview  # noqa: E402
+
+from stabledreamer_protocol import preview as wire  # noqa: E402
+
+
+def _frames(n: int, k: int, vary: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for i in range(k):
+        m = n - (i % 2) * (n // 100) if vary else n
+        g = preview.demo_gaussians(m, seed=i)
+        out.append(wire.pack(g["means"], np.log(g["scales"]), g["quats"], g["rgb"], g["opacities"]))
+    return out
+
+
+def _time(frames, point_cap: int) -> tuple[float, float, float]:
+    dg = bpy.context.evaluated_depsgraph_get()
+    write, evaluate = [], []
+    for pos, attrs in frames:
+        t0 = time.perf_counter()
+        g = wire.unpack(pos, attrs)
+        preview.update_preview(
+            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=point_cap
+        )
+        t1 = time.perf_counter()
+        dg.update()
+        t2 = time.perf_counter()
+        write.append(t1 - t0)
+        evaluate.append(t2 - t1)
+    w, e = 1e3 * np.median(write), 1e3 * np.median(evaluate)
+    return w, e, w + e
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    n, k = args.n, args.repeats
+    print(f"{n:,} Gaussians, median of {k} updates (ms): decode+write | depsgraph | total")
+    same = _frames(n, k, vary=False)
+    _time(same[:2], point_cap=10 * n)  # warm up: build the object and node group
+    cases = [
+        ("same count, ellipsoids", same, 10 * n),
+        ("changing count, ellipsoids", _frames(n, k, vary=True), 10 * n),
+        ("same count, plain points", same, n - 1),
+    ]
+    for name, frames, cap in cases:
+        w, e, t = _time(frames, cap)
+        flag = "ok" if t <= 20.0 else "over the 20 ms goal"
+        print(f"  {name:28s} {w:7.2f} | {e:7.2f} | {t:7.2f}  {flag}")
+
+
+if __name__ == "__main__":
+    main()
