@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo)
     _add_service_parsers(sub)
     _add_mesh_parser(sub)
+    tiny = sub.add_parser(
+        "tiny-models",
+        help="build tiny random IF-like and SD-like pipelines into DIR/if and DIR/sd "
+        "(offline tests of the real loading code; the outputs are noise)",
+    )
+    tiny.add_argument("dir", help="folder to write")
+    tiny.add_argument("--seed", type=int, default=0, help="weights seed (default %(default)s)")
     return parser
 
 
@@ -317,9 +324,16 @@ def cmd_mesh(args) -> int:
     return 0
 
 
+def cmd_tiny_models(args) -> int:
+    from .tiny_models import save_tiny_models
+
+    paths = save_tiny_models(args.dir, seed=args.seed)
+    print(f"IF-like: {paths['if']}\nSD-like: {paths['sd']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .trainer import TrainingCancelled, TrainingDiverged
 
     user_errors = (ValueError, FileNotFoundError, TrainingDiverged, TrainingCancelled)
@@ -330,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve": cmd_serve,
             "keys": cmd_keys,
             "mesh": cmd_mesh,
+            "tiny-models": cmd_tiny_models,
         }[args.command](args)
     except KeyboardInterrupt:
         print(

@@ -1,0 +1,139 @@
+"""DeepFloyd IF stage I guidance: a pixel-space diffusion model at 64 x 64 (StableDreamer stage 1).
+
+Renders are resized to 64 x 64 and mapped to x = 2 rgb - 1. The UNet predicts 6 channels (noise
+and a learned variance, ``variance_type="learned_range"``); the first 3 are eps. alpha_t and
+sigma_t come from the scheduler's ``alphas_cumprod``. Prompt embeddings (T5) are computed once per
+prompt for each view suffix and the negative prompt; the text encoder is then freed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..prompts import ViewPromptConfig
+from .base import GuidanceContext
+from .models import (
+    ViewEmbeddings,
+    classifier_free_guidance,
+    deepfloyd_notice,
+    enable_cpu_offload,
+    load_component,
+    pick_device_dtype,
+    release_memory,
+    resolve_source,
+)
+
+
+@dataclass
+class DeepFloydIFConfig:
+    model: str = "DeepFloyd/IF-I-XL-v1.0"
+    """Hub id or local folder (diffusers layout); threestudio's deepfloyd-if-guidance default.
+    Gated: accept the licence on its hub page and log in (``hf auth login``)."""
+    guidance_scale: float = 20.0
+    """Classifier-free guidance scale; threestudio's IF configs (dreamfusion-if, magic3d-coarse-if,
+    ...) use guidance_scale 20."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional branch; empty as in threestudio."""
+    resolution: int = 64
+    """IF stage I's image size: renders are resized to this."""
+    half_precision: bool = True
+    """fp16 on CUDA (threestudio half_precision_weights); always fp32 on CPU."""
+    variant: str | None = None
+    """Weight file variant to load (e.g. ``fp16``: IF-I-XL ships both); None: the default files."""
+    cpu_offload: bool = False
+    """Keep the UNet in CPU memory and stream it to the GPU per forward (accelerate)."""
+    max_text_length: int = 77
+    """T5 tokens per prompt; diffusers' IF pipeline uses 77."""
+    view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
+
+
+class DeepFloydIFGuidance:
+    """The guidance contract (``guidance.base.Guidance``) for DeepFloyd IF stage I."""
+
+    name = "deepfloyd_if"
+
+    def __init__(self, prompt: str, cfg: DeepFloydIFConfig | None = None, device=None) -> None:
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        self.cfg = cfg = cfg or DeepFloydIFConfig()
+        deepfloyd_notice()
+        self.source = resolve_source(cfg.model)
+        self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
+        kw = {"variant": cfg.variant} if cfg.variant else {}
+        self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
+        self.unet = load_component(
+            UNet2DConditionModel, self.source, "unet", torch_dtype=self.dtype, **kw
+        )
+        self.unet.eval().requires_grad_(False)
+        if cfg.cpu_offload:
+            enable_cpu_offload(self.unet, self.device)
+        else:
+            self.unet.to(self.device)
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        self.embeddings: ViewEmbeddings | None = None
+        self.set_prompt(prompt)
+
+    # -- prompts ------------------------------------------------------------------------------
+    def set_prompt(self, prompt: str) -> None:
+        """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
+        if self.embeddings is not None and self.embeddings.prompt == prompt:
+            return
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        kw = {"variant": self.cfg.variant} if self.cfg.variant else {}
+        tokenizer = load_component(AutoTokenizer, self.source, "tokenizer")
+        encoder = load_component(
+            T5EncoderModel, self.source, "text_encoder", dtype=self.dtype, **kw
+        )
+        encoder.to(self.device).eval()
+
+        encode = partial(self._encode_texts, tokenizer, encoder)
+        cfg = self.cfg
+        self.embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
+        del encode, encoder, tokenizer  # the embeddings are cached: free the encoder
+        release_memory()
+
+    def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
+        tok = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.cfg.max_text_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        out = encoder(
+            tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device)
+        )
+        return out[0].to(self.dtype)
+
+    # -- the contract -------------------------------------------------------------------------
+    def encode(self, rgb: Tensor) -> Tensor:
+        x = rgb.permute(0, 3, 1, 2)
+        r = self.cfg.resolution
+        if x.shape[-2:] != (r, r):
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+        return x * 2.0 - 1.0
+
+    def decode(self, x: Tensor) -> Tensor:
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    def alphas_sigmas(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        a = self._alphas_cumprod[t.cpu().long()]
+        return a.sqrt(), (1.0 - a).sqrt()
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
+        cond, uncond = self.embeddings.for_cameras(ctx.cameras)
+        x_in = torch.cat([x_t, x_t]).to(self.device, self.dtype)
+        t_in = torch.cat([t, t]).to(self.device)
+        out = self.unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps = out[:, :3].float()  # learned variance: channels 3..5 are the variance, unused
+        eps_u, eps_c = eps.chunk(2)
+        return classifier_free_guidance(eps_u, eps_c, self.cfg.guidance_scale).to(x_t)

@@ -1,0 +1,192 @@
+"""Loading diffusion models: diffusers/transformers ``from_pretrained`` with clear errors.
+
+A model source is a hub id (``DeepFloyd/IF-I-XL-v1.0``) or a local folder laid out as a diffusers
+pipeline (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``vae/``). Weights load as
+safetensors only and no remote code runs. Failures become ``GuidanceError`` messages that say what
+to do: a missing folder, a hub id while offline, a gated repository (DeepFloyd IF).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import GuidanceError
+
+log = logging.getLogger(__name__)
+
+DEEPFLOYD_NOTICE = (
+    "DeepFloyd IF weights are under the DeepFloyd IF licence: research and non-commercial use "
+    "only (https://huggingface.co/spaces/DeepFloyd/deepfloyd-if-license). Outputs made with "
+    "stage 1 inherit its terms."
+)
+_notice_shown = False
+
+
+def deepfloyd_notice() -> bool:
+    """Log the DeepFloyd IF licence notice once per process; True the first time."""
+    global _notice_shown
+    if _notice_shown:
+        return False
+    _notice_shown = True
+    log.warning(DEEPFLOYD_NOTICE)
+    return True
+
+
+def hub_offline() -> bool:
+    v = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return v in ("1", "true", "yes", "on")
+
+
+def looks_like_path(source: str) -> bool:
+    """A folder (absolute, ./ or ../, ~, or more than one '/') rather than a hub id."""
+    s = str(source)
+    return (
+        s.startswith(("/", "./", "../", "~", "."))
+        or s.count("/") > 1
+        or "\\" in s
+        or Path(s).expanduser().exists()
+    )
+
+
+def resolve_source(source: str | os.PathLike) -> str:
+    """The local folder (checked) or the hub id to pass to ``from_pretrained``."""
+    s = str(source)
+    if not s:
+        raise GuidanceError("no model given: pass a hub id (owner/name) or a local folder")
+    if looks_like_path(s):
+        p = Path(s).expanduser()
+        if not p.is_dir():
+            raise GuidanceError(
+                f"model folder {p} does not exist: give a folder made by save_pretrained "
+                "(with unet/, text_encoder/, tokenizer/, scheduler/), e.g. "
+                f"`stabledreamer tiny-models DIR` for test models or `hf download <id> "
+                f"--local-dir {p}` on a machine with network"
+            )
+        return str(p)
+    if s.count("/") != 1:
+        raise GuidanceError(f"{s!r} is neither a folder nor a hub id of the form owner/name")
+    return s
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def explain_load_error(source: str, e: BaseException) -> GuidanceError:
+    """Turn a ``from_pretrained`` failure into a message that says what to do."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    errs = list(_chain(e))
+    text = " ".join(str(x) for x in errs)
+    is_local = Path(source).is_dir()
+    if any(isinstance(x, GatedRepoError) for x in errs) or "gated" in text.lower():
+        return GuidanceError(
+            f"{source} is a gated repository: open https://huggingface.co/{source} while logged "
+            "in, accept its licence (DeepFloyd IF: research, non-commercial), then give a token: "
+            "`hf auth login`, or set HF_TOKEN=<a read token from "
+            "https://huggingface.co/settings/tokens> (and unset HF_HUB_OFFLINE)"
+        )
+    if not is_local and hub_offline():
+        return GuidanceError(
+            f"{source} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+            f"downloading it: run `hf download {source}` with network (or unset HF_HUB_OFFLINE), "
+            "or give a local folder made by save_pretrained"
+        )
+    if not is_local and any(isinstance(x, RepositoryNotFoundError) for x in errs):
+        return GuidanceError(
+            f"{source}: no such repository on the Hugging Face hub (check the id; private repos "
+            "need `hf auth login` or HF_TOKEN)"
+        )
+    where = "folder" if is_local else "model"
+    return GuidanceError(f"could not load {where} {source}: {type(e).__name__}: {e}")
+
+
+def load_component(cls: Any, source: str, subfolder: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(source, subfolder=...)``: safetensors only, no remote code."""
+    if subfolder and Path(source).is_dir() and not (Path(source) / subfolder).is_dir():
+        raise GuidanceError(
+            f"model folder {source} has no {subfolder}/: it is not a diffusers pipeline folder "
+            "(save one with save_pretrained or `hf download <id> --local-dir DIR`)"
+        )
+    extra = (
+        {} if subfolder == "tokenizer" or subfolder == "scheduler" else {"use_safetensors": True}
+    )
+    try:
+        return cls.from_pretrained(source, subfolder=subfolder, **extra, **kwargs)
+    except GuidanceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every loader failure gets an explanation
+        raise explain_load_error(source, e) from e
+
+
+# -- helpers shared by the real guidances -------------------------------------------------------
+
+
+def pick_device_dtype(half_precision: bool, device: str | None = None):
+    """(device, dtype): CUDA when present, fp16 there if ``half_precision``; fp32 on CPU."""
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if (half_precision and dev.type == "cuda") else torch.float32
+    return dev, dtype
+
+
+def release_memory() -> None:
+    """Collect dropped modules (the text encoder once the prompts are encoded): the caller
+    deletes its references first."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def enable_cpu_offload(module: Any, device: Any) -> Any:
+    """Keep ``module``'s weights in CPU memory and stream them to ``device`` per forward (CUDA
+    only; on CPU there is nothing to offload)."""
+    if device.type != "cuda":
+        return module
+    from accelerate import cpu_offload
+
+    cpu_offload(module, execution_device=device)
+    return module
+
+
+class ViewEmbeddings:
+    """Text embeddings of one prompt: one per view suffix (``prompts.VIEWS``) and the negative
+    prompt's, cached so the text encoder can be freed."""
+
+    def __init__(self, prompt: str, negative_prompt: str, view_cfg: Any, encode_texts) -> None:
+        import torch
+
+        from ..prompts import VIEWS, view_prompt
+
+        self.prompt = prompt
+        self.view_cfg = view_cfg
+        self.texts = [view_prompt(prompt, v, view_cfg) for v in VIEWS]
+        with torch.no_grad():
+            emb = encode_texts([*self.texts, negative_prompt])  # [5, L, D]
+        self.cond = emb[: len(VIEWS)]  # [4, L, D]
+        self.uncond = emb[len(VIEWS) :]  # [1, L, D]
+
+    def for_cameras(self, cameras: Any):
+        """(cond [B, L, D], uncond [B, L, D]) for a batch of cameras."""
+        from ..prompts import view_indices
+
+        idx = view_indices(self.view_cfg, cameras.azimuth_deg.cpu(), cameras.elevation_deg.cpu())
+        cond = self.cond[idx.to(self.cond.device)]
+        return cond, self.uncond.expand_as(cond)
+
+
+def classifier_free_guidance(eps_uncond, eps_cond, scale: float):
+    """eps_hat = eps_u + s (eps_c - eps_u) (Ho & Salimans)."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)

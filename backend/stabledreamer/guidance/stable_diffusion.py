@@ -1,0 +1,140 @@
+"""Stable Diffusion guidance: a latent diffusion model (StableDreamer stage 2, colour and detail).
+
+Renders at the configured size (512 default) go through the VAE encoder *with gradients*:
+x = vae.encode(2 rgb - 1).latent_dist.sample() (or .mean) x scaling_factor, so the SDS gradient in
+latent space reaches the renders. ``decode`` runs the VAE decoder (debug strips only). Prompt
+embeddings (CLIP) are computed once per prompt for each view suffix and the negative prompt; the
+text encoder is then freed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..prompts import ViewPromptConfig
+from .base import GuidanceContext
+from .models import (
+    ViewEmbeddings,
+    classifier_free_guidance,
+    enable_cpu_offload,
+    load_component,
+    pick_device_dtype,
+    release_memory,
+    resolve_source,
+)
+
+
+@dataclass
+class StableDiffusionConfig:
+    model: str = "stabilityai/stable-diffusion-2-1-base"
+    """Hub id or local folder (diffusers layout); the default of threestudio's
+    stable-diffusion-guidance."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance scale; DreamFusion (Sec. 3.2, w = 100) and threestudio's SDS
+    configs (dreamfusion-sd guidance_scale 100)."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional branch; empty as in threestudio."""
+    resolution: int = 512
+    """Renders are resized to this before the VAE (SD 1.x/2.x-base work at 512 x 512)."""
+    sample_latent: bool = True
+    """Encode with ``latent_dist.sample()`` (threestudio); False: the mean."""
+    half_precision: bool = True
+    """fp16 on CUDA (threestudio half_precision_weights); always fp32 on CPU."""
+    variant: str | None = None
+    """Weight file variant to load (e.g. ``fp16``); None: the default files."""
+    cpu_offload: bool = False
+    """Keep the UNet and VAE in CPU memory and stream them to the GPU per forward (accelerate)."""
+    view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
+
+
+class StableDiffusionGuidance:
+    """The guidance contract (``guidance.base.Guidance``) for Stable Diffusion."""
+
+    name = "stable_diffusion"
+
+    def __init__(self, prompt: str, cfg: StableDiffusionConfig | None = None, device=None) -> None:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        self.cfg = cfg = cfg or StableDiffusionConfig()
+        self.source = resolve_source(cfg.model)
+        self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
+        kw = {"variant": cfg.variant} if cfg.variant else {}
+        self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
+        self.unet = load_component(
+            UNet2DConditionModel, self.source, "unet", torch_dtype=self.dtype, **kw
+        )
+        self.vae = load_component(AutoencoderKL, self.source, "vae", torch_dtype=self.dtype, **kw)
+        for m in (self.unet, self.vae):
+            m.eval().requires_grad_(False)  # gradients flow through the VAE to the renders
+            if cfg.cpu_offload:
+                enable_cpu_offload(m, self.device)
+            else:
+                m.to(self.device)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        self.embeddings: ViewEmbeddings | None = None
+        self.set_prompt(prompt)
+
+    # -- prompts ------------------------------------------------------------------------------
+    def set_prompt(self, prompt: str) -> None:
+        """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
+        if self.embeddings is not None and self.embeddings.prompt == prompt:
+            return
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        kw = {"variant": self.cfg.variant} if self.cfg.variant else {}
+        tokenizer = load_component(AutoTokenizer, self.source, "tokenizer")
+        encoder = load_component(CLIPTextModel, self.source, "text_encoder", dtype=self.dtype, **kw)
+        encoder.to(self.device).eval()
+
+        encode = partial(self._encode_texts, tokenizer, encoder)
+        cfg = self.cfg
+        self.embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
+        del encode, encoder, tokenizer  # the embeddings are cached: free the encoder
+        release_memory()
+
+    def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
+        tok = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
+
+    # -- the contract -------------------------------------------------------------------------
+    def encode(self, rgb: Tensor) -> Tensor:
+        x = rgb.permute(0, 3, 1, 2)
+        r = self.cfg.resolution
+        if x.shape[-2:] != (r, r):
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+        x = (x * 2.0 - 1.0).to(self.device, self.dtype)
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample() if self.cfg.sample_latent else dist.mean
+        return (z * self.scaling_factor).float()
+
+    @torch.no_grad()
+    def decode(self, x: Tensor) -> Tensor:
+        z = (x / self.scaling_factor).to(self.device, self.dtype)
+        img = self.vae.decode(z).sample.float()
+        return ((img + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    def alphas_sigmas(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        a = self._alphas_cumprod[t.cpu().long()]
+        return a.sqrt(), (1.0 - a).sqrt()
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
+        cond, uncond = self.embeddings.for_cameras(ctx.cameras)
+        x_in = torch.cat([x_t, x_t]).to(self.device, self.dtype)
+        t_in = torch.cat([t, t]).to(self.device)
+        eps = self.unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps_u, eps_c = eps.float().chunk(2)
+        return classifier_free_guidance(eps_u, eps_c, self.cfg.guidance_scale).to(x_t)

@@ -1,0 +1,178 @@
+"""Real-model guidances (DeepFloyd IF, Stable Diffusion) on tiny random models, offline.
+
+The tiny pipelines are built once per module by the ``tiny-models`` CLI, saved as safetensors, and
+loaded back through the real ``from_pretrained`` code path with HF_HUB_OFFLINE=1.
+"""
+
+import gc
+import logging
+
+import pytest
+import torch
+from transformers import CLIPTextModel, T5EncoderModel
+
+from stabledreamer.cameras import orbit_cameras
+from stabledreamer.cli import main
+from stabledreamer.guidance import models
+from stabledreamer.guidance.base import Guidance, GuidanceContext, GuidanceError
+from stabledreamer.guidance.deepfloyd_if import DeepFloydIFConfig, DeepFloydIFGuidance
+from stabledreamer.guidance.stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
+from stabledreamer.prompts import ViewPromptConfig, view_names, view_prompts
+from stabledreamer.sds import NoiseConfig, sds_loss
+
+AZ = [0.0, 90.0, 180.0, 270.0]
+EL = [10.0, 10.0, 10.0, 75.0]  # front, side, back, overhead
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-models")
+    assert main(["tiny-models", str(d)]) == 0
+    for sub in ("if/unet", "if/text_encoder", "sd/unet", "sd/vae", "sd/text_encoder"):
+        assert list((d / sub).glob("*.safetensors")), sub
+    return d
+
+
+@pytest.fixture(scope="module")
+def if_guidance(tiny_dir):
+    return DeepFloydIFGuidance("a red chair", DeepFloydIFConfig(model=str(tiny_dir / "if")))
+
+
+@pytest.fixture(scope="module")
+def sd_guidance(tiny_dir):
+    cfg = StableDiffusionConfig(model=str(tiny_dir / "sd"), resolution=64)
+    return StableDiffusionGuidance("a red chair", cfg)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _ctx() -> GuidanceContext:
+    cams = orbit_cameras(AZ, EL, 2.5, 49.0, 32, 32)
+    return GuidanceContext(cams, torch.ones(4, 3), 0)
+
+
+# -- view-dependent prompts --------------------------------------------------------------------
+
+
+def test_view_suffix_by_azimuth_and_elevation():
+    cfg = ViewPromptConfig()
+    az = torch.tensor([0.0, 44, -40, 359, 46, 90, 270, 136, 180, -170, 0, 180])
+    el = torch.tensor([0.0] * 10 + [61.0, 80.0])
+    assert view_names(cfg, az, el) == [
+        *["front"] * 4,
+        *["side"] * 3,
+        *["back"] * 3,
+        *["overhead"] * 2,
+    ]
+    assert view_prompts("a cat", cfg, torch.tensor([0.0, 180.0]), torch.tensor([0.0, 0.0])) == [
+        "a cat, front view",
+        "a cat, back view",
+    ]
+    off = ViewPromptConfig(enabled=False)
+    assert view_prompts("a cat", off, torch.tensor([90.0]), torch.tensor([0.0])) == ["a cat"]
+    narrow = ViewPromptConfig(front_threshold_deg=20.0, overhead_threshold_deg=30.0)
+    assert view_names(narrow, torch.tensor([30.0, 0.0]), torch.tensor([0.0, 40.0])) == [
+        "side",
+        "overhead",
+    ]
+    with pytest.raises(ValueError):
+        ViewPromptConfig(front_threshold_deg=100.0, back_threshold_deg=100.0)
+
+
+def test_embeddings_follow_the_camera_view(if_guidance, sd_guidance):
+    for g in (if_guidance, sd_guidance):
+        assert isinstance(g, Guidance)
+        emb = g.embeddings
+        assert emb.texts[0] == "a red chair, front view" and emb.cond.shape[0] == 4
+        cond, uncond = emb.for_cameras(_ctx().cameras)
+        assert torch.equal(cond, emb.cond)  # cameras are front, side, back, overhead
+        assert torch.equal(uncond[3], emb.uncond[0])
+        assert not torch.equal(emb.cond[0], emb.cond[2])  # suffixes change the embedding
+        assert not hasattr(g, "text_encoder")  # freed after encoding
+    gc.collect()
+    encoders = (T5EncoderModel, CLIPTextModel)
+    alive = [o for o in gc.get_objects() if type(o) in encoders]
+    assert not alive
+
+
+# -- SDS through the real guidances --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["if", "sd"])
+def test_sds_through_tiny_model(which, if_guidance, sd_guidance):
+    g = if_guidance if which == "if" else sd_guidance
+    assert g.num_train_timesteps == 1000
+    a, s = g.alphas_sigmas(torch.tensor([0, 500, 999]))
+    assert torch.allclose(a**2 + s**2, torch.ones(3), atol=1e-5) and (a[:-1] > a[1:]).all()
+    rgb = torch.rand(4, 32, 32, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    t = torch.tensor([50, 300, 600, 900])
+    out = sds_loss(g, rgb, _ctx(), t, NoiseConfig(), torch.Generator().manual_seed(1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    shape = (4, 3, 64, 64) if which == "if" else (4, 4, 8, 8)  # SD: 64 px / 8 (VAE)
+    assert out.x.shape == out.x0_hat.shape == out.grad.shape == shape
+    img = g.decode(out.x0_hat)
+    assert img.shape == (4, 64, 64, 3)
+    assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
+
+
+def test_guidance_scale_applies_cfg(if_guidance):
+    x_t = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([500] * 4)
+    scale = if_guidance.cfg.guidance_scale
+    try:
+        eps = {}
+        for s in (0.0, 1.0, 2.0):
+            if_guidance.cfg.guidance_scale = s
+            eps[s] = if_guidance.predict_noise(x_t, t, _ctx())
+    finally:
+        if_guidance.cfg.guidance_scale = scale
+    assert eps[1.0].shape == x_t.shape  # the learned-variance channels are dropped
+    assert torch.allclose(eps[2.0], 2 * eps[1.0] - eps[0.0], atol=1e-4)  # linear in s
+    assert not torch.allclose(eps[0.0], eps[1.0])
+
+
+# -- loading errors ------------------------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(GuidanceError, match="does not exist"):
+        DeepFloydIFGuidance("x", DeepFloydIFConfig(model=str(tmp_path / "nope")))
+    with pytest.raises(GuidanceError, match="has no scheduler/"):
+        StableDiffusionGuidance("x", StableDiffusionConfig(model=str(tmp_path)))
+
+
+def test_hub_id_while_offline():
+    with pytest.raises(GuidanceError, match="HF_HUB_OFFLINE=1.*hf download"):
+        StableDiffusionGuidance("x", StableDiffusionConfig(model="nobody/no-such-model"))
+    with pytest.raises(GuidanceError, match="owner/name"):
+        models.resolve_source("just-a-name")
+
+
+def test_gated_repo_says_what_to_do(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError
+
+    class Gated(GatedRepoError):
+        def __init__(self, msg):
+            Exception.__init__(self, msg)
+
+    class Loader:
+        @classmethod
+        def from_pretrained(cls, *a, **k):
+            raise OSError("cannot access DeepFloyd/IF-I-XL-v1.0") from Gated("403 restricted")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(GuidanceError, match="accept its licence.*HF_TOKEN"):
+        models.load_component(Loader, "DeepFloyd/IF-I-XL-v1.0", "unet")
+
+
+def test_deepfloyd_notice_once(monkeypatch, caplog):
+    monkeypatch.setattr(models, "_notice_shown", False)
+    with caplog.at_level(logging.WARNING, logger=models.__name__):
+        assert models.deepfloyd_notice() is True
+        assert models.deepfloyd_notice() is False
+    assert sum("non-commercial" in r.getMessage() for r in caplog.records) == 1
