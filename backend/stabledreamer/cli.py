@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     _add_run_options(demo)
+    _add_generate_parser(sub)
     _add_service_parsers(sub)
     _add_mesh_parser(sub)
     tiny = sub.add_parser(
@@ -133,6 +134,83 @@ def _progress_printer(quiet: bool):
         bar.update(1)
 
     return callback, bar
+
+
+def _add_generate_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="text to 3D: DeepFloyd IF shapes the geometry, then Stable Diffusion the colour "
+        "and detail (needs a GPU for real models)",
+    )
+    p.add_argument("prompt", nargs="?", help='what to make, e.g. "a ceramic teapot"')
+    p.add_argument("--out", help="run folder to write (required unless --resume RUN_DIR)")
+    p.add_argument("--negative", default=None, help="negative prompt (both stages)")
+    p.add_argument("--preset", default="standard", help="preview | standard | final")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
+    p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
+    p.add_argument("--steps-stage1", type=int, help="steps of the geometry stage (IF)")
+    p.add_argument("--steps-stage2", type=int, help="steps of the detail stage (SD)")
+    p.add_argument("--sd-resolution", type=int, help="render size for Stable Diffusion")
+    p.add_argument(
+        "--init", default="", help="sphere (default), a point cloud / 3DGS .ply, or a mesh"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--resume", nargs="?", const="", metavar="RUN_DIR",
+        help="continue RUN_DIR (default: --out) from its last checkpoint",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_generate(args) -> int:
+    from .generate import run_generation
+    from .presets import TEXT_PRESETS, get_preset
+    from .reconstruct import load_run_config
+
+    resume = args.resume is not None
+    if resume and args.resume:
+        args.out = args.resume
+    if not args.out:
+        raise ValueError("give the run folder: --out DIR (or --resume RUN_DIR)")
+    out = Path(args.out)
+    if resume:
+        if not (out / "config.json").is_file():
+            raise ValueError(f"{out}: not a run folder (no config.json); nothing to resume")
+        cfg = load_run_config(out)
+    else:
+        if args.preset not in TEXT_PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}; choose one of {TEXT_PRESETS}")
+        cfg = get_preset(args.preset)
+        cfg.prompt = args.prompt or ""
+        cfg.init_from = args.init
+        if args.seed is not None:
+            cfg.seed = args.seed
+        if args.negative is not None:
+            cfg.deepfloyd_if.negative_prompt = cfg.stable_diffusion.negative_prompt = args.negative
+        if args.if_model:
+            cfg.deepfloyd_if.model = args.if_model
+        if args.sd_model:
+            cfg.stable_diffusion.model = args.sd_model
+        for index, steps in ((0, args.steps_stage1), (1, args.steps_stage2)):
+            if steps is not None:
+                if steps <= 0:
+                    raise ValueError(f"--steps-stage{index + 1} must be positive, got {steps}")
+                cfg.stages[index].steps = steps
+        if args.sd_resolution is not None:
+            cfg.stages[1].resolution = cfg.stable_diffusion.resolution = args.sd_resolution
+    callback, bar = _progress_printer(args.quiet)
+    try:
+        metrics = run_generation(
+            cfg, out, overwrite=args.overwrite, resume=resume, callback=callback
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{metrics['gaussians']} Gaussians, {metrics['seconds']:.0f} s; outputs in {out}/")
+    if "mesh_error" in metrics:
+        print(f"mesh: not written ({metrics['mesh_error']})")
+    return 0
 
 
 def cmd_reconstruct(args) -> int:
@@ -334,13 +412,17 @@ def cmd_tiny_models(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .guidance.base import GuidanceError
     from .trainer import TrainingCancelled, TrainingDiverged
 
-    user_errors = (ValueError, FileNotFoundError, TrainingDiverged, TrainingCancelled)
+    user_errors = (
+        ValueError, FileNotFoundError, TrainingDiverged, TrainingCancelled, GuidanceError,
+    )  # fmt: skip
     try:
         return {
             "reconstruct": cmd_reconstruct,
             "demo": cmd_reconstruct,
+            "generate": cmd_generate,
             "serve": cmd_serve,
             "keys": cmd_keys,
             "mesh": cmd_mesh,

@@ -14,7 +14,9 @@ from typing import Any
 
 from .cameras import CameraConfig
 from .gaussians import InitConfig
+from .guidance.deepfloyd_if import DeepFloydIFConfig
 from .guidance.oracle import OracleConfig
+from .guidance.stable_diffusion import StableDiffusionConfig
 from .mesh.config import MeshConfig
 from .regularizers import RegularizerConfig
 from .sds import NoiseConfig
@@ -65,6 +67,12 @@ class RunConfig:
     seed: int = 0
     target: str = ""
     """reconstruct: the target mesh (path or ``procedural:demo``)."""
+    prompt: str = ""
+    """generate: what to make."""
+    init_from: str = ""
+    """generate: start from a point cloud / 3DGS .ply or a mesh's surface; empty = a ball."""
+    deepfloyd_if: DeepFloydIFConfig = field(default_factory=DeepFloydIFConfig)
+    stable_diffusion: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
     init: InitConfig = field(default_factory=InitConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)

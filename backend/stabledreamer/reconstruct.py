@@ -97,16 +97,7 @@ def evaluate(params: dict[str, Tensor], oracle: OracleGuidance, cfg: RunConfig, 
     truth = oracle.target_views(cams, white)
     scores = psnr(pred, truth)
     save_png(run_dir / "heldout.png", image_grid(torch.cat([pred, truth]), columns=len(cams)))
-    turn = orbit_cameras(
-        torch.arange(8) * 45.0,
-        20.0,
-        _mid(cfg.camera.distance),
-        _mid(cfg.camera.fov_y_deg),
-        res,
-        res,
-    )
-    spin = render(params, turn, torch.ones(len(turn), 3)).rgb
-    save_png(run_dir / "turntable.png", image_grid(spin, columns=4))
+    save_turntable(params, cfg, run_dir)
     return {"psnr_heldout": float(scores.mean()), "psnr_heldout_views": scores.tolist()}
 
 
@@ -153,6 +144,22 @@ def mesh_step(
         "mesh_seconds": round(time.perf_counter() - start, 2),
         "mesh_step_seconds": mesh.timings,
     }
+
+
+@torch.no_grad()
+def save_turntable(params: dict[str, Tensor], cfg: RunConfig, run_dir: Path) -> None:
+    """turntable.png: 8 views on a ring at elevation 20 deg, azimuth 0, 45, ... on white."""
+    res = cfg.eval_resolution
+    turn = orbit_cameras(
+        torch.arange(8) * 45.0,
+        20.0,
+        _mid(cfg.camera.distance),
+        _mid(cfg.camera.fov_y_deg),
+        res,
+        res,
+    )
+    spin = render(params, turn, torch.ones(len(turn), 3)).rgb
+    save_png(run_dir / "turntable.png", image_grid(spin, columns=4))
 
 
 def _mid(r: tuple[float, float]) -> float:

@@ -1,0 +1,156 @@
+"""Text to 3D: the two-stage StableDreamer recipe as a run (``stabledreamer generate``).
+
+The recipe is configuration (``presets.preview/standard/final``): stage 1 DeepFloyd IF shapes the
+geometry, stage 2 Stable Diffusion refines colour and detail; the trainer does the rest. Writes
+the run folder of DESIGN.md: config, checkpoints, debug strips, gaussians.ply, mesh.glb,
+turntable.png and metrics.json (losses and seconds per step per stage, peak memory).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import gaussians as G
+from .atomic import write_json
+from .config import RunConfig, StageConfig, to_dict
+from .guidance.base import Guidance
+from .ply import load_ply, save_ply
+from .reconstruct import load_run_config, prepare_run_dir, save_turntable
+from .trainer import Progress, Trainer
+
+MAX_PROMPT_CHARS = 2000
+"""Longer prompts are refused (CLIP reads 77 tokens, T5 77 in diffusers' IF pipeline)."""
+
+
+def check_prompt(prompt: str) -> str:
+    prompt = " ".join(prompt.split())
+    if not prompt:
+        raise ValueError('the prompt is empty; say what to make, e.g. "a ceramic teapot"')
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"the prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS} "
+            "(the text encoders read about 77 tokens)"
+        )
+    return prompt
+
+
+def build_guidance(cfg: RunConfig, stage: StageConfig) -> Guidance:
+    if stage.guidance == "deepfloyd_if":
+        from .guidance.deepfloyd_if import DeepFloydIFGuidance
+
+        return DeepFloydIFGuidance(cfg.prompt, cfg.deepfloyd_if)
+    if stage.guidance == "stable_diffusion":
+        from .guidance.stable_diffusion import StableDiffusionGuidance
+
+        return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion)
+    raise ValueError(
+        f"stage {stage.name!r}: guidance {stage.guidance!r} is not a text guidance; "
+        "use deepfloyd_if or stable_diffusion"
+    )
+
+
+def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
+    """None (the trainer's ball), a 3DGS .ply as it is, or points / a mesh surface."""
+    spec = cfg.init_from
+    if not spec or spec == "sphere":
+        return None
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {spec}: no such file; give a .ply or a mesh, or sphere")
+    if path.suffix.lower() == ".ply":
+        from plyfile import PlyData
+
+        names = PlyData.read(str(path))["vertex"].data.dtype.names or ()
+        if "opacity" in names and "scale_0" in names:
+            return load_ply(path)
+    import trimesh
+
+    geom = trimesh.load(str(path), force="mesh", process=False)
+    if len(getattr(geom, "faces", [])) > 0:
+        return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
+    points = torch.as_tensor(geom.vertices, dtype=torch.float32)
+    return G.from_points(points, cfg=cfg.init)
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def run_generation(
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    callback: Callable[[Progress], bool | None] | None = None,
+) -> dict:
+    """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics."""
+    out = Path(out)
+    if not resume:
+        cfg.prompt = check_prompt(cfg.prompt)
+        cfg.validate()
+        init = initial_gaussians(cfg)  # read it before touching the output folder
+    prepare_run_dir(out, overwrite, resume)
+    if resume:
+        cfg, init = load_run_config(out), None
+    else:
+        write_json(out / "config.json", to_dict(cfg))
+
+    stages: dict[str, dict] = {}
+
+    def track(p: Progress) -> bool | None:
+        s = stages.setdefault(
+            p.stage, {"steps": p.stage_steps, "first_step": p.step, "start_s": p.elapsed_s}
+        )
+        s.update(last_step=p.step, end_s=p.elapsed_s, losses=p.losses)
+        return callback(p) if callback else None
+
+    trainer = Trainer(
+        cfg, out, lambda stage, i: build_guidance(cfg, stage), init=init, callback=track
+    )
+    if resume:
+        trainer.restore()
+    params = trainer.train()
+    save_ply(params, out / "gaussians.ply")
+    save_turntable(params, cfg, out)
+    metrics: dict = {"prompt": cfg.prompt, "preset": cfg.preset}
+    if cfg.mesh.enabled:
+        from .mesh import MeshError, gaussians_to_mesh
+
+        start = time.perf_counter()
+        try:
+            mesh = gaussians_to_mesh(params, cfg.mesh)
+            mesh.save(out / "mesh.glb")
+            metrics.update(mesh_faces=int(len(mesh.faces)))
+        except MeshError as e:
+            metrics["mesh_error"] = str(e)
+        metrics["mesh_seconds"] = round(time.perf_counter() - start, 2)
+    metrics.update(
+        gaussians=G.count(params),
+        steps=cfg.total_steps,
+        seconds=round(trainer.state.elapsed_s, 2),
+        stages={
+            name: {
+                "steps_this_session": s["last_step"] - s["first_step"] + 1,
+                "seconds_per_step": round(
+                    (s["end_s"] - s["start_s"]) / max(s["last_step"] - s["first_step"], 1), 4
+                ),
+                "final_losses": s["losses"],
+            }
+            for name, s in stages.items()
+        },
+        peak_memory_mb=round(_peak_memory_mb(), 1),
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics

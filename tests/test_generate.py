@@ -1,0 +1,92 @@
+"""Text to 3D end to end with tiny random IF-like and SD-like models (the real loading code)."""
+
+import json
+
+import pytest
+
+from stabledreamer.cli import main
+from stabledreamer.generate import run_generation
+from stabledreamer.mesh.config import MeshConfig
+from stabledreamer.presets import get_preset
+from stabledreamer.tiny_models import save_tiny_models
+from stabledreamer.trainer import TrainingCancelled
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    save_tiny_models(d)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def small_config(tiny, prompt="a red chair"):
+    cfg = get_preset("preview")
+    cfg.prompt = prompt
+    cfg.deepfloyd_if.model = str(tiny / "if")
+    cfg.stable_diffusion.model = str(tiny / "sd")
+    cfg.init.num_points = 300
+    cfg.camera.batch_size = 2
+    cfg.stages[0].steps, cfg.stages[1].steps = 3, 2
+    cfg.stages[1].resolution = cfg.stable_diffusion.resolution = 64
+    cfg.eval_resolution, cfg.checkpoint_every, cfg.debug_every = 32, 1, 2
+    cfg.mesh = MeshConfig(faces=2000, texture_size=64, grid=32, views=4, view_resolution=32)
+    return cfg
+
+
+def test_two_stages_write_the_run_folder(tiny, tmp_path):
+    out = tmp_path / "run"
+    seen = []
+    metrics = run_generation(small_config(tiny), out, callback=seen.append)
+    assert [(p.stage, p.step) for p in seen] == [
+        ("geometry", 1),
+        ("geometry", 2),
+        ("geometry", 3),
+        ("detail", 1),
+        ("detail", 2),
+    ]
+    for name in (
+        "config.json",
+        "gaussians.ply",
+        "turntable.png",
+        "metrics.json",
+        "checkpoints/last.pt",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "mesh.glb").is_file() or "mesh_error" in metrics
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["steps"] == 5 and set(on_disk["stages"]) == {"geometry", "detail"}
+    assert on_disk["stages"]["detail"]["seconds_per_step"] > 0
+    assert on_disk["peak_memory_mb"] > 0
+    assert list((out / "debug").glob("geometry_*.png")) and list((out / "debug").glob("detail_*"))
+
+
+def test_resume_across_the_stage_boundary(tiny, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingCancelled):
+        run_generation(small_config(tiny), out, callback=lambda p: p.stage == "detail")
+    metrics = run_generation(None, out, resume=True)
+    assert metrics["steps"] == 5 and list(metrics["stages"]) == ["detail"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "", "--out", "{tmp}/a"], "the prompt is empty"),
+        (["generate", "x" * 3000, "--out", "{tmp}/a"], "keep it under"),
+        (["generate", "a cat", "--out", "{tmp}/a", "--preset", "reconstruct"], "unknown preset"),
+        (["generate", "a cat", "--out", "{tmp}/a", "--steps-stage2", "0"], "must be positive"),
+        (["generate", "a cat", "--out", "{tmp}/a", "--init", "{tmp}/none.ply"], "no such file"),
+        (["generate", "a cat", "--out", "{tmp}/a", "--if-model", "{tmp}/missing"], "missing"),
+    ],
+)
+def test_bad_input(tmp_path, capsys, argv, message):
+    code = main([a.format(tmp=tmp_path) for a in argv] + ["--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert not (tmp_path / "a" / "gaussians.ply").exists()
