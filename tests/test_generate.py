@@ -90,3 +90,34 @@ def test_bad_input(tmp_path, capsys, argv, message):
     assert code == 2, err
     assert message in err
     assert not (tmp_path / "a" / "gaussians.ply").exists()
+
+
+def test_init_from_point_cloud_mesh_and_3dgs(tmp_path):
+    import numpy as np
+    import torch
+    import trimesh
+
+    from stabledreamer import gaussians as G
+    from stabledreamer.generate import initial_gaussians
+    from stabledreamer.ply import save_ply
+
+    pc = trimesh.PointCloud(
+        np.random.default_rng(0).random((100, 3)) * 0.5, colors=np.tile([255, 0, 0, 255], (100, 1))
+    )
+    pc.export(tmp_path / "pc.ply")
+    trimesh.creation.box(extents=(1, 1, 1)).export(tmp_path / "box.obj")
+    splats = G.init_ball(G.InitConfig(num_points=50), torch.Generator().manual_seed(0))
+    save_ply(splats, tmp_path / "g.ply")
+    cfg = get_preset("preview")
+    cfg.init.num_points = 200
+    cfg.init_from = str(tmp_path / "pc.ply")
+    g = initial_gaussians(cfg)
+    assert g["means"].shape == (100, 3)
+    torch.testing.assert_close(G.activated(g)["rgb"][0], torch.tensor([1.0, 0.0, 0.0]))
+    cfg.init_from = str(tmp_path / "box.obj")
+    g = initial_gaussians(cfg)
+    assert torch.allclose(g["means"].abs().max(dim=-1).values, torch.tensor(0.5), atol=1e-4)
+    cfg.init_from = str(tmp_path / "g.ply")
+    torch.testing.assert_close(initial_gaussians(cfg)["means"], splats["means"])
+    cfg.init_from = "sphere"
+    assert initial_gaussians(cfg) is None

@@ -58,7 +58,10 @@ def build_guidance(cfg: RunConfig, stage: StageConfig) -> Guidance:
 
 
 def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
-    """None (the trainer's ball), a 3DGS .ply as it is, or points / a mesh surface."""
+    """None (the trainer's ball), a 3DGS .ply as it is, a point cloud, or a mesh's surface.
+
+    Points are used in the frame they come in: the generated object is expected in the unit ball.
+    """
     spec = cfg.init_from
     if not spec or spec == "sphere":
         return None
@@ -73,11 +76,21 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
             return load_ply(path)
     import trimesh
 
-    geom = trimesh.load(str(path), force="mesh", process=False)
-    if len(getattr(geom, "faces", [])) > 0:
-        return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
-    points = torch.as_tensor(geom.vertices, dtype=torch.float32)
-    return G.from_points(points, cfg=cfg.init)
+    try:
+        geom = trimesh.load(str(path), process=False)
+    except Exception as e:  # trimesh raises many types for unreadable files
+        raise ValueError(f"--init {spec}: not a readable point cloud or mesh ({e})") from e
+    if isinstance(geom, trimesh.Scene):
+        geom = geom.to_geometry()
+    if isinstance(geom, trimesh.PointCloud):
+        colors = None
+        if len(geom.colors) == len(geom.vertices):
+            colors = torch.as_tensor(geom.colors[:, :3] / 255.0, dtype=torch.float32)
+        points = torch.as_tensor(geom.vertices, dtype=torch.float32)
+        return G.from_points(points, colors, cfg.init)
+    if len(getattr(geom, "faces", [])) == 0:
+        raise ValueError(f"--init {spec}: neither a point cloud nor a mesh with faces")
+    return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
 
 
 def _peak_memory_mb() -> float:
