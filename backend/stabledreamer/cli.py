@@ -163,22 +163,29 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def cmd_generate(args) -> int:
-    from .generate import run_generation
-    from .presets import TEXT_PRESETS, get_preset
+def _run_dir_and_saved_config(args):
+    """The run folder (``--resume RUN_DIR`` or ``--out``) and, when resuming, its saved config."""
     from .reconstruct import load_run_config
 
-    resume = args.resume is not None
-    if resume and args.resume:
+    if args.resume:
         args.out = args.resume
     if not args.out:
         raise ValueError("give the run folder: --out DIR (or --resume RUN_DIR)")
     out = Path(args.out)
-    if resume:
-        if not (out / "config.json").is_file():
-            raise ValueError(f"{out}: not a run folder (no config.json); nothing to resume")
-        cfg = load_run_config(out)
-    else:
+    if args.resume is None:
+        return out, None
+    if not (out / "config.json").is_file():
+        raise ValueError(f"{out}: not a run folder (no config.json); nothing to resume")
+    return out, load_run_config(out)
+
+
+def cmd_generate(args) -> int:
+    from .generate import run_generation
+    from .presets import TEXT_PRESETS, get_preset
+
+    out, cfg = _run_dir_and_saved_config(args)
+    resume = cfg is not None
+    if not resume:
         if args.preset not in TEXT_PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {TEXT_PRESETS}")
         cfg = get_preset(args.preset)
@@ -216,19 +223,10 @@ def cmd_generate(args) -> int:
 def cmd_reconstruct(args) -> int:
     from .reconstruct import run_reconstruction
 
-    resume = args.resume is not None
-    if resume and args.resume:
-        args.out = args.resume
-    if not args.out:
-        raise ValueError("give the run folder: --out DIR (or --resume RUN_DIR)")
-    out = Path(args.out)
-    cfg = None if resume else _config_from_args(args)
-    if resume:
-        from .reconstruct import load_run_config
-
-        if not (out / "config.json").is_file():
-            raise ValueError(f"{out}: not a run folder (no config.json); nothing to resume")
-        cfg = load_run_config(out)
+    out, cfg = _run_dir_and_saved_config(args)
+    resume = cfg is not None
+    if not resume:
+        cfg = _config_from_args(args)
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_reconstruction(
