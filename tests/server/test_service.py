@@ -140,9 +140,17 @@ def test_job_two_clients_disconnect_and_late_attach(server):
 def test_refusals_keep_serving(server):
     with server.client() as c:
         c.handshake(timeout_s=10)
-        job = c.submit("a ceramic teapot")
-        err = c.wait_for(lambda e: isinstance(e, Error) and e.job == job, 10)
-        assert err.code == "unsupported" and "issue 3" in err.hint
+        for kw, code in [
+            ({"prompt": "a ceramic teapot", "preset": "smoke"}, "unknown_preset"),
+            ({"prompt": "a teapot", "overrides": {"deepfloyd_if.model": "/tmp"}}, "bad_override"),
+        ]:
+            job = c.submit(**kw)
+            err = c.wait_for(lambda e, j=job: isinstance(e, Error) and e.job == j, 10)
+            assert err is not None and err.code == code, (kw, err)
+        # A text job on this offline machine: accepted, then it fails saying what to do.
+        job = c.submit("a ceramic teapot", preset="preview", seed=1)
+        err = c.wait_for(lambda e: isinstance(e, Error) and e.job == job, 60)
+        assert err is not None and err.code == "job_failed" and "HF_HUB_OFFLINE" in err.message
         for fields, code in [
             ({"preset": "huge"}, "unknown_preset"),
             ({"overrides": {"reconstruct.steps": "many"}}, "bad_override"),

@@ -32,7 +32,7 @@ RUN = "run"
 ACTIVE_STATES = ("queued", "running")
 PROCEDURAL_DEMO = "procedural:demo"
 DEFAULT_PRESET = "reconstruct"
-FORBIDDEN_OVERRIDES = ("target", "preset")
+FORBIDDEN_OVERRIDES = ("target", "preset", "prompt", "init_from")
 """Config keys a client may not set: the target comes with the submit (a client must never name
 a file on the backend's disk), the preset is the ``preset`` field."""
 
@@ -45,10 +45,13 @@ class JobRecord:
     digest: str
     """``Submit.digest()``: a resubmission with the same digest is harmless."""
     kind: str
-    """``reconstruct`` (uploaded target) or ``demo`` (the built-in object)."""
+    """``reconstruct`` (uploaded target), ``demo`` (the built-in object) or ``generate`` (text)."""
     preset: str
     seed: int
     overrides: dict[str, Any] = field(default_factory=dict)
+    prompt: str = ""
+    """``generate``: the prompt (and below, the negative prompt)."""
+    negative: str = ""
     target_name: str = ""
     target_file: str = ""
     """File name of the uploaded target inside the job folder ("" for the demo)."""
@@ -182,9 +185,19 @@ class ConfigError(ValueError):
         self.code = code
 
 
-def build_config(preset: str, overrides: dict[str, Any], seed: int, target: str):
+def build_config(
+    preset: str,
+    overrides: dict[str, Any],
+    seed: int,
+    target: str,
+    prompt: str = "",
+    negative: str = "",
+    models: dict[str, str] | None = None,
+):
     """The ``RunConfig`` of a job: the preset, then the overrides (dotted keys; a stage may be
-    named by its name, ``"reconstruct.steps"``, or by index, ``"stages.0.steps"``)."""
+    named by its name, ``"reconstruct.steps"``, or by index, ``"stages.0.steps"``), then what
+    only the submit or the service decides: seed, target, prompt, and the models the service was
+    started with (``{"if": ..., "sd": ...}``; a client never names a path on the backend)."""
     from ..config import RunConfig, from_dict, to_dict
     from ..presets import PRESETS
 
@@ -198,6 +211,13 @@ def build_config(preset: str, overrides: dict[str, Any], seed: int, target: str)
         _override(data, key, value)
     data["seed"] = seed
     data["target"] = target
+    data["prompt"] = prompt
+    if negative:
+        data["deepfloyd_if"]["negative_prompt"] = negative
+        data["stable_diffusion"]["negative_prompt"] = negative
+    for key, section in (("if", "deepfloyd_if"), ("sd", "stable_diffusion")):
+        if models and models.get(key):
+            data[section]["model"] = models[key]
     try:
         cfg = from_dict(RunConfig, data)
         cfg.validate()
@@ -215,6 +235,8 @@ def _override(data: dict, key: str, value: Any) -> None:
         fail("not a dotted config key")
     if parts[0] in FORBIDDEN_OVERRIDES:
         fail(f"{parts[0]!r} cannot be overridden (it comes with the submit)")
+    if parts[0] in ("deepfloyd_if", "stable_diffusion") and parts[1:2] == ["model"]:
+        fail("the models are chosen when the service starts (serve --if-model/--sd-model)")
     if parts[0] not in data:
         names = [s["name"] for s in data["stages"]]
         if parts[0] in names:

@@ -63,7 +63,7 @@ from stabledreamer_protocol import (
 )
 
 from .. import __version__
-from ..presets import PRESETS
+from ..presets import PRESETS, TEXT_PRESETS
 from .jobs import DEFAULT_PRESET, ConfigError, JobRecord, JobStore, build_config
 from .logbuffer import LogBuffer
 from .worker import worker_main
@@ -81,7 +81,7 @@ CLIENT_IDLE_S = 600.0
 """A client that has sent nothing for this long and follows no queued or running job is
 forgotten (a new message from it starts afresh)."""
 ACTIVE = ("queued", "running")
-TEXT_HINT = "Text-to-3D lands with issue 3; submit a reconstruction (a mesh target or the demo)."
+TEXT_DEFAULT_PRESET = "standard"
 
 
 @dataclass
@@ -99,7 +99,7 @@ class ServiceConfig:
     stop_timeout_s: float = 60.0
     """On SIGTERM: how long a running job may take to checkpoint and exit before it is killed."""
     models: list[str] = field(default_factory=list)
-    """Guidance models named on the command line (reported in hello; unused until issue 3)."""
+    """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
     prewarm: bool = True
     """Keep one idle worker with torch imported, so a job starts at once."""
 
@@ -378,6 +378,9 @@ class Service:
                 "preset": rec.preset,
                 "overrides": rec.overrides,
                 "seed": rec.seed,
+                "prompt": rec.prompt,
+                "negative": rec.negative,
+                "models": self._model_ids(),
                 "target_file": rec.target_file,
                 "preview_points": self._preview_cap(rec.job),
                 "preview_interval_s": self.cfg.preview_interval_s,
@@ -577,6 +580,10 @@ class Service:
         for d in (peer.credit, peer.previews, peer.progress, peer.debug):
             d.pop(job, None)
 
+    def _model_ids(self) -> dict[str, str]:
+        """{"if": ..., "sd": ...} from ``serve --if-model/--sd-model`` (listed as "if:X")."""
+        return dict(m.split(":", 1) for m in self.cfg.models if ":" in m)
+
     def _on_submit(self, peer: Peer, msg: Submit) -> None:
         digest = msg.digest()
         rec = self.store.get(msg.job)
@@ -591,11 +598,11 @@ class Service:
             if rec.state == "done":
                 self._reply(peer, self._result(rec))
             return
-        if msg.target_format is None:
+        if msg.target_format is None and not msg.prompt.strip():
             raise ProtocolError(
-                ErrorCode.UNSUPPORTED,
-                "this backend runs reconstructions only; text prompts are not supported yet",
-                TEXT_HINT,
+                ErrorCode.BAD_FIELD,
+                "the prompt is empty",
+                'Say what to make, e.g. "a ceramic teapot", or send a reconstruction target.',
             )
         if msg.target_format == "stl":
             raise ProtocolError(
@@ -614,9 +621,15 @@ class Service:
                 ErrorCode.QUEUE_FULL,
                 f"{self.limits.max_queue} jobs are already queued or running",
             )
-        preset = msg.preset or DEFAULT_PRESET
+        kind = {None: "generate", "demo": "demo"}.get(msg.target_format, "reconstruct")
+        preset = msg.preset or (TEXT_DEFAULT_PRESET if kind == "generate" else DEFAULT_PRESET)
+        if (kind == "generate") != (preset in TEXT_PRESETS):
+            want = TEXT_PRESETS if kind == "generate" else "reconstruct or smoke"
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_PRESET,
+                f"preset {preset!r} does not fit a {kind} job; use {want}",
+            )
         seed = msg.seed if msg.seed is not None else random.randrange(2**31)
-        kind = "demo" if msg.target_format == "demo" else "reconstruct"
         files: dict[str, bytes] = {}
         target_file = ""
         if msg.target_format == "arrays":
@@ -626,7 +639,7 @@ class Service:
             target_file = f"target.{msg.target_format}"
             files[target_file] = msg.target_file.tobytes()
         try:  # validate preset and overrides now, so the submitter gets a clear reply
-            build_config(preset, msg.overrides, seed, "validate")
+            build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative)
         except ConfigError as e:
             raise ProtocolError(e.code, str(e)) from None
         rec = JobRecord(
@@ -637,7 +650,10 @@ class Service:
             preset=preset,
             seed=seed,
             overrides=msg.overrides,
-            target_name=msg.target_name or ("demo" if kind == "demo" else msg.target_format),
+            prompt=msg.prompt if kind == "generate" else "",
+            negative=msg.negative if kind == "generate" else "",
+            target_name=msg.target_name
+            or {"demo": "demo", "generate": msg.prompt[:80]}.get(kind, msg.target_format),
             target_file=target_file,
             preview_points=msg.preview_points,
         )
@@ -750,7 +766,9 @@ class Service:
                     stage=r.stage,
                     step=r.step,
                     total=r.total,
-                    prompt=f"[{r.kind}] {r.target_name}"[:2000],
+                    prompt=(r.prompt if r.kind == "generate" else f"[{r.kind}] {r.target_name}")[
+                        :2000
+                    ],
                     created=r.created,
                 )
                 for r in recs

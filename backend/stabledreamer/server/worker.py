@@ -2,9 +2,9 @@
 
 The service starts a worker (multiprocessing "spawn") before it is needed: the worker imports
 torch and warms up, says ``("ready", info)`` and waits for ``("run", spec)``. It then runs
-``run_reconstruction`` (resuming from the run folder's checkpoint when there is one) and reports
-over its end of a ``multiprocessing.Pipe`` (internal, between our own processes; never on the
-wire). Worker -> service::
+``run_reconstruction`` or ``run_generation`` (resuming from the run folder's checkpoint when
+there is one) and reports over its end of a ``multiprocessing.Pipe`` (internal, between our
+own processes; never on the wire). Worker -> service::
 
     ("ready", {"device": str})
     ("started", {"resumed": bool})
@@ -261,6 +261,8 @@ def _run(conn, spec: dict[str, Any]) -> None:
     import torch
 
     from ..checkpoint import checkpoint_path
+    from ..generate import run_generation
+    from ..guidance.base import GuidanceError
     from ..reconstruct import run_reconstruction
     from ..trainer import TrainingCancelled, TrainingDiverged
     from .jobs import ConfigError, build_config
@@ -274,7 +276,15 @@ def _run(conn, spec: dict[str, Any]) -> None:
         if not resume:
             if run_dir.exists():  # killed before its first checkpoint: start again
                 shutil.rmtree(run_dir)
-            cfg = build_config(spec["preset"], spec["overrides"], spec["seed"], _target_path(spec))
+            if spec["kind"] == "generate":
+                cfg = build_config(
+                    spec["preset"], spec["overrides"], spec["seed"], "", spec["prompt"],
+                    spec["negative"], spec["models"],
+                )  # fmt: skip
+            else:
+                cfg = build_config(
+                    spec["preset"], spec["overrides"], spec["seed"], _target_path(spec)
+                )
         conn.send(("started", {"resumed": resume}))
         what = "resuming from the last checkpoint" if resume else "started"
         conn.send(("log", logging.INFO, what))
@@ -282,7 +292,8 @@ def _run(conn, spec: dict[str, Any]) -> None:
             from ..reconstruct import load_run_config
 
             cfg = load_run_config(run_dir)
-        metrics = run_reconstruction(cfg, run_dir, resume=resume, callback=reporter)
+        run = run_generation if spec["kind"] == "generate" else run_reconstruction
+        metrics = run(cfg, run_dir, resume=resume, callback=reporter)
         reporter.read_commands()
         conn.send(("done", metrics, manifest(run_dir)))
     except TrainingCancelled:
@@ -291,7 +302,7 @@ def _run(conn, spec: dict[str, Any]) -> None:
         conn.send(("failed", e.code, str(e)))
     except torch.OutOfMemoryError as e:
         conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
-    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (TrainingDiverged, ValueError, FileNotFoundError, GuidanceError) as e:
         # TargetError (a bad mesh), RunDirError and config errors are ValueErrors with a fix.
         conn.send(("failed", "job_failed", str(e)))
     except (EOFError, BrokenPipeError):
