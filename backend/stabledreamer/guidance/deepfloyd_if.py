@@ -9,10 +9,8 @@ prompt for each view suffix and the negative prompt; the text encoder is then fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..prompts import ViewPromptConfig
@@ -21,10 +19,11 @@ from .models import (
     ViewEmbeddings,
     classifier_free_guidance,
     deepfloyd_notice,
+    embed_view_prompts,
     enable_cpu_offload,
     load_component,
     pick_device_dtype,
-    release_memory,
+    resize_renders,
     resolve_source,
 )
 
@@ -84,20 +83,17 @@ class DeepFloydIFGuidance:
         """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
         if self.embeddings is not None and self.embeddings.prompt == prompt:
             return
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import T5EncoderModel
 
-        kw = {"variant": self.cfg.variant} if self.cfg.variant else {}
-        tokenizer = load_component(AutoTokenizer, self.source, "tokenizer")
-        encoder = load_component(
-            T5EncoderModel, self.source, "text_encoder", dtype=self.dtype, **kw
+        self.embeddings = embed_view_prompts(
+            self.source,
+            T5EncoderModel,
+            prompt,
+            self.cfg,
+            self.device,
+            self.dtype,
+            self._encode_texts,
         )
-        encoder.to(self.device).eval()
-
-        encode = partial(self._encode_texts, tokenizer, encoder)
-        cfg = self.cfg
-        self.embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
-        del encode, encoder, tokenizer  # the embeddings are cached: free the encoder
-        release_memory()
 
     def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
         tok = tokenizer(
@@ -115,10 +111,7 @@ class DeepFloydIFGuidance:
 
     # -- the contract -------------------------------------------------------------------------
     def encode(self, rgb: Tensor) -> Tensor:
-        x = rgb.permute(0, 3, 1, 2)
-        r = self.cfg.resolution
-        if x.shape[-2:] != (r, r):
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+        x = resize_renders(rgb, self.cfg.resolution)
         return x * 2.0 - 1.0
 
     def decode(self, x: Tensor) -> Tensor:

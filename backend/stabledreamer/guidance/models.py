@@ -187,6 +187,40 @@ class ViewEmbeddings:
         return cond, self.uncond.expand_as(cond)
 
 
+def embed_view_prompts(
+    source: str, encoder_cls: Any, prompt: str, cfg: Any, device: Any, dtype: Any, encode_texts
+) -> ViewEmbeddings:
+    """Load the tokenizer and text encoder of ``source``, encode ``prompt`` for every view and
+    ``cfg.negative_prompt`` once, then free the encoder (the embeddings are all later steps
+    need; the encoder is the largest memory cost). ``encode_texts(tokenizer, encoder, texts)``
+    is the model's own tokenisation and forward."""
+    from functools import partial
+
+    from transformers import AutoTokenizer
+
+    kw = {"variant": cfg.variant} if cfg.variant else {}
+    tokenizer = load_component(AutoTokenizer, source, "tokenizer")
+    encoder = load_component(encoder_cls, source, "text_encoder", dtype=dtype, **kw)
+    encoder.to(device).eval()
+    encode = partial(encode_texts, tokenizer, encoder)
+    embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
+    del encode, encoder, tokenizer
+    release_memory()
+    return embeddings
+
+
+def resize_renders(rgb: Any, size: int) -> Any:
+    """Renders [B, H, W, 3] -> [B, 3, size, size] (antialiased bilinear when resizing)."""
+    import torch.nn.functional as F
+
+    x = rgb.permute(0, 3, 1, 2)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+    return x
+
+
 def classifier_free_guidance(eps_uncond, eps_cond, scale: float):
     """eps_hat = eps_u + s (eps_c - eps_u) (Ho & Salimans)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
