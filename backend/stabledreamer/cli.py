@@ -8,6 +8,14 @@ import sys
 from pathlib import Path
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        help="auto (default: CUDA when present, else the CPU) | cpu | cuda | cuda:N; "
+        "also with --resume (a run may continue on another device)",
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="training steps (of the last stage)")
     p.add_argument("--resolution", type=int, help="training render size in pixels (square)")
@@ -33,6 +41,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue RUN_DIR (default: --out) from its last checkpoint",
     )
+    _add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -160,6 +169,7 @@ def _add_generate_parser(sub) -> None:
         "--resume", nargs="?", const="", metavar="RUN_DIR",
         help="continue RUN_DIR (default: --out) from its last checkpoint",
     )  # fmt: skip
+    _add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -209,8 +219,9 @@ def cmd_generate(args) -> int:
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_generation(
-            cfg, out, overwrite=args.overwrite, resume=resume, callback=callback
-        )
+            cfg, out, overwrite=args.overwrite, resume=resume, callback=callback,
+            device=args.device,
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -230,8 +241,9 @@ def cmd_reconstruct(args) -> int:
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_reconstruction(
-            cfg, out, overwrite=args.overwrite, resume=resume, callback=callback
-        )
+            cfg, out, overwrite=args.overwrite, resume=resume, callback=callback,
+            device=args.device,
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cameras import CameraConfig
+from .device import check_device_name
 from .gaussians import InitConfig
 from .guidance.deepfloyd_if import DeepFloydIFConfig
 from .guidance.oracle import OracleConfig
@@ -86,6 +87,9 @@ class RunConfig:
     """Held-out evaluation image size."""
     threads: int = 0
     """CPU threads for torch; 0 = torch's default."""
+    device: str = "auto"
+    """Where the Gaussians, optimizer, renders and guidance live: auto (CUDA when present, else
+    the CPU) | cpu | cuda | cuda:N. Checkpoints load on any device."""
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """The textured mesh written at the end of a run (``mesh.glb``)."""
 
@@ -101,6 +105,7 @@ class RunConfig:
                 raise ValueError(f"stage {s.name!r}: background must be random, white or black")
         if self.checkpoint_every <= 0:
             raise ValueError("checkpoint_every must be positive")
+        check_device_name(self.device)
 
     @property
     def total_steps(self) -> int:

@@ -21,6 +21,7 @@ from torch import Tensor
 from . import gaussians as G
 from .atomic import write_json
 from .config import RunConfig, StageConfig, to_dict
+from .device import DeviceError, resolve_device
 from .guidance.base import Guidance
 from .ply import load_ply, save_ply
 from .reconstruct import load_run_config, prepare_run_dir, save_turntable
@@ -42,15 +43,19 @@ def check_prompt(prompt: str) -> str:
     return prompt
 
 
-def build_guidance(cfg: RunConfig, stage: StageConfig) -> Guidance:
+def build_guidance(
+    cfg: RunConfig, stage: StageConfig, device: torch.device | str | None = None
+) -> Guidance:
+    """The stage's text guidance on ``device`` (default: ``cfg.device``), the trainer's."""
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
     if stage.guidance == "deepfloyd_if":
         from .guidance.deepfloyd_if import DeepFloydIFGuidance
 
-        return DeepFloydIFGuidance(cfg.prompt, cfg.deepfloyd_if)
+        return DeepFloydIFGuidance(cfg.prompt, cfg.deepfloyd_if, device=device)
     if stage.guidance == "stable_diffusion":
         from .guidance.stable_diffusion import StableDiffusionGuidance
 
-        return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion)
+        return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device)
     raise ValueError(
         f"stage {stage.name!r}: guidance {stage.guidance!r} is not a text guidance; "
         "use deepfloyd_if or stable_diffusion"
@@ -107,16 +112,23 @@ def run_generation(
     overwrite: bool = False,
     resume: bool = False,
     callback: Callable[[Progress], bool | None] | None = None,
+    device: str | None = None,
 ) -> dict:
-    """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics."""
+    """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics.
+
+    ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device``, also on resume: a run may
+    continue on another device than it started on."""
     out = Path(out)
     if not resume:
         cfg.prompt = check_prompt(cfg.prompt)
+        cfg.device = device or cfg.device
         cfg.validate()
+        resolve_device(cfg.device)  # a missing GPU is refused before anything is written
         init = initial_gaussians(cfg)  # read it before touching the output folder
     prepare_run_dir(out, overwrite, resume)
     if resume:
         cfg, init = load_run_config(out), None
+        cfg.device = device or cfg.device
     else:
         write_json(out / "config.json", to_dict(cfg))
 
@@ -129,12 +141,21 @@ def run_generation(
         s.update(last_step=p.step, end_s=p.elapsed_s, losses=p.losses)
         return callback(p) if callback else None
 
+    device = resolve_device(cfg.device)  # the trainer's: renders reach the guidance there
     trainer = Trainer(
-        cfg, out, lambda stage, i: build_guidance(cfg, stage), init=init, callback=track
+        cfg, out, lambda stage, i: build_guidance(cfg, stage, device), init=init, callback=track
     )
     if resume:
         trainer.restore()
-    params = trainer.train()
+    try:
+        params = trainer.train()
+    except torch.OutOfMemoryError as e:
+        raise DeviceError(
+            f"the GPU ran out of memory ({device}); the last checkpoint is kept. Free the GPU "
+            "(close other programs using it), or lower the need: --preset preview, a smaller "
+            "--sd-resolution, or cpu_offload / fp16 in the config (docs/gpu.md lists the memory "
+            f"per preset and the low-memory path), then `stabledreamer generate --resume {out}`"
+        ) from e
     save_ply(params, out / "gaussians.ply")
     save_turntable(params, cfg, out)
     metrics: dict = {"prompt": cfg.prompt, "preset": cfg.preset}

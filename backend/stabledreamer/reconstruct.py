@@ -23,6 +23,7 @@ from .atomic import write_json
 from .cameras import heldout_cameras, orbit_cameras
 from .config import RunConfig, StageConfig, from_dict, to_dict
 from .debug_images import image_grid, save_png
+from .device import resolve_device
 from .guidance.oracle import OracleGuidance
 from .ply import save_ply
 from .render import render
@@ -173,15 +174,22 @@ def run_reconstruction(
     overwrite: bool = False,
     resume: bool = False,
     callback: Callable[[Progress], bool | None] | None = None,
+    device: str | None = None,
 ) -> dict:
-    """Fit Gaussians to ``cfg.target``; returns the metrics (also in ``out/metrics.json``)."""
+    """Fit Gaussians to ``cfg.target``; returns the metrics (also in ``out/metrics.json``).
+
+    ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device``, also on resume."""
     out = Path(out)
-    cfg.validate()
+    if not resume:
+        cfg.device = device or cfg.device
+        cfg.validate()
+        resolve_device(cfg.device)  # a missing GPU is refused before anything is written
     # Read the target before touching the output folder: a bad mesh leaves nothing behind.
     target = None if resume or cfg.target == PROCEDURAL_DEMO else load_target(cfg.target)
     prepare_run_dir(out, overwrite, resume)
     if resume:
         cfg = load_run_config(out)
+        cfg.device = device or cfg.device
     target = target or resolve_target(cfg.target, out)
     if not resume:
         write_json(out / "config.json", to_dict(cfg))

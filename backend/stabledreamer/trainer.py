@@ -24,6 +24,7 @@ from .cameras import Cameras, sample_cameras
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, StageConfig, to_dict
 from .debug_images import debug_strip, save_png
+from .device import resolve_device
 from .guidance.base import Guidance, GuidanceContext
 from .regularizers import regularization_losses, weighted_sum
 from .render import render
@@ -84,7 +85,7 @@ def _means_lr(stage: StageConfig, step: int) -> float:
     return math.exp(math.log(a) * (1 - p) + math.log(b) * p)
 
 
-def _backgrounds(kind: str, n: int, generator: torch.Generator) -> Tensor:
+def _backgrounds(kind: str, n: int, generator: torch.Generator) -> Tensor:  # [n, 3] on the CPU
     if kind == "white":
         return torch.ones(n, 3)
     if kind == "black":
@@ -101,16 +102,24 @@ class Trainer:
         init: dict[str, Tensor] | None = None,
         callback: Callable[[Progress], bool | None] | None = None,
     ) -> None:
-        """``callback`` gets a ``Progress`` after every step; returning True cancels the run."""
+        """``callback`` gets a ``Progress`` after every step; returning True cancels the run.
+
+        Parameters, Adam state, cameras, backgrounds and renders live on ``cfg.device``; the
+        random draws (cameras, timesteps, noise) come from a CPU generator and are moved there,
+        so a run draws the same numbers on any device and resumes on another one."""
         cfg.validate()
         self.cfg = cfg
+        self.device = resolve_device(cfg.device)
         self.run_dir = Path(run_dir)
         self.guidance_factory = guidance_factory
         self.callback = callback
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if init is None:
             init = G.init_ball(cfg.init, torch.Generator().manual_seed(cfg.seed))
-        params = {k: torch.nn.Parameter(v.detach().clone().float()) for k, v in init.items()}
+        params = {
+            k: torch.nn.Parameter(v.detach().to(self.device, torch.float32, copy=True))
+            for k, v in init.items()
+        }
         self.state = TrainState(params, make_optimizers(params, cfg.stages[0]))
         self._guidance: Guidance | None = None
         self._guidance_stage = -1
@@ -133,19 +142,21 @@ class Trainer:
         )
 
     def restore(self) -> None:
-        """Continue from the run folder's checkpoint."""
-        ck = load_checkpoint(self.run_dir)
-        params = {k: torch.nn.Parameter(v.clone()) for k, v in ck["params"].items()}
+        """Continue from the run folder's checkpoint (written on any device)."""
+        ck = load_checkpoint(self.run_dir)  # tensors on the CPU
+        params = {
+            k: torch.nn.Parameter(v.to(self.device, copy=True)) for k, v in ck["params"].items()
+        }
         stage = self.cfg.stages[min(ck["stage_index"], len(self.cfg.stages) - 1)]
         optimizers = make_optimizers(params, stage)
         for k, o in optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
+            o.load_state_dict(ck["optimizers"][k])  # moves the moments to the params' device
         self.state = TrainState(
             params,
             optimizers,
             ck["stage_index"],
             ck["step"],
-            ck["strategy_state"],
+            _to_device(ck["strategy_state"], self.device),
             ck["elapsed_s"],
         )
         self.generator.set_state(ck["rng"])
@@ -159,6 +170,7 @@ class Trainer:
         return self._guidance
 
     def train(self) -> dict[str, Tensor]:
+        """Run the remaining stages; returns the final Gaussians, detached, on the CPU."""
         cfg, s = self.cfg, self.state
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -170,7 +182,7 @@ class Trainer:
             if s.stage_index < len(cfg.stages):  # fresh Adam moments with the next stage's lrs
                 s.optimizers = make_optimizers(s.params, cfg.stages[s.stage_index])
             self.checkpoint()
-        return G.detached(s.params)
+        return {k: v.cpu() for k, v in G.detached(s.params).items()}
 
     def _run_stage(self, index: int) -> None:
         cfg, s = self.cfg, self.state
@@ -219,10 +231,11 @@ class Trainer:
         s, cfg, gen = self.state, self.cfg, self.generator
         B = cfg.camera.batch_size
         if bank is not None:
-            cams = bank[torch.randint(0, len(bank), (B,), generator=gen)]
+            cams = bank[torch.randint(0, len(bank), (B,), generator=gen).to(bank.device)]
         else:
             cams = sample_cameras(cfg.camera, stage.resolution, stage.resolution, gen)
-        bg = _backgrounds(stage.background, B, gen)
+        cams = cams.to(self.device)
+        bg = _backgrounds(stage.background, B, gen).to(self.device)
         out = render(s.params, cams, bg)
         if strategy is not None:
             strategy.step_pre_backward(s.params, s.optimizers, s.strategy_state, s.step, out.meta)
@@ -262,3 +275,14 @@ class Trainer:
             "total": float(loss.detach()),
         }
         return losses, t.tolist(), strip
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (tensors in dicts and lists: the strategy state) with tensors on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

