@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
     _add_service_parsers(sub)
     _add_mesh_parser(sub)
+    _add_doctor_parser(sub)
     tiny = sub.add_parser(
         "tiny-models",
         help="build tiny random IF-like and SD-like pipelines into DIR/if and DIR/sd "
@@ -412,6 +413,26 @@ def cmd_mesh(args) -> int:
     return 0
 
 
+def _add_doctor_parser(sub) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check what a real run needs (GPU and its memory, gsplat's CUDA build, models, "
+        "hub token, disk) and say how to fix what is missing; exit code 1 if anything FAILs",
+    )
+    p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
+    p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
+    _add_device_option(p)
+    p.add_argument("--out", default="runs", help="where runs go, for the disk check (%(default)s)")
+    p.add_argument("--no-build", action="store_true", help="do not build gsplat's CUDA kernels")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import cmd_doctor as run
+
+    return run(args)
+
+
 def cmd_tiny_models(args) -> int:
     from .tiny_models import save_tiny_models
 
@@ -437,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             "keys": cmd_keys,
             "mesh": cmd_mesh,
             "tiny-models": cmd_tiny_models,
+            "doctor": cmd_doctor,
         }[args.command](args)
     except KeyboardInterrupt:
         print(

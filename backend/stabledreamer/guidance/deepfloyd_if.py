@@ -45,7 +45,9 @@ class DeepFloydIFConfig:
     variant: str | None = None
     """Weight file variant to load (e.g. ``fp16``: IF-I-XL ships both); None: the default files."""
     cpu_offload: bool = False
-    """Keep the UNet in CPU memory and stream it to the GPU per forward (accelerate)."""
+    """Keep the UNet (and the T5 encoder while it encodes the prompts) in CPU memory and stream
+    them to the GPU layer by layer per forward (accelerate): the GPU then holds activations and
+    one layer at a time, at the cost of a host-to-GPU copy of the weights every step."""
     max_text_length: int = 77
     """T5 tokens per prompt; diffusers' IF pipeline uses 77."""
     view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
@@ -65,6 +67,10 @@ class DeepFloydIFGuidance:
         self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
         kw = {"variant": cfg.variant} if cfg.variant else {}
         self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
+        # Prompts first: the text encoder is loaded, used and freed before the UNet arrives, so
+        # the two are never in memory together (T5-XXL alone is 9.5 GB in fp16).
+        self.embeddings: ViewEmbeddings | None = None
+        self.set_prompt(prompt)
         self.unet = load_component(
             UNet2DConditionModel, self.source, "unet", torch_dtype=self.dtype, **kw
         )
@@ -75,8 +81,6 @@ class DeepFloydIFGuidance:
             self.unet.to(self.device)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
-        self.embeddings: ViewEmbeddings | None = None
-        self.set_prompt(prompt)
 
     # -- prompts ------------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:

@@ -201,7 +201,11 @@ def embed_view_prompts(
     kw = {"variant": cfg.variant} if cfg.variant else {}
     tokenizer = load_component(AutoTokenizer, source, "tokenizer")
     encoder = load_component(encoder_cls, source, "text_encoder", dtype=dtype, **kw)
-    encoder.to(device).eval()
+    encoder.eval()
+    if getattr(cfg, "cpu_offload", False):
+        enable_cpu_offload(encoder, device)  # streamed layer by layer: T5-XXL needs no 9.5 GB
+    else:
+        encoder.to(device)
     encode = partial(encode_texts, tokenizer, encoder)
     embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
     del encode, encoder, tokenizer

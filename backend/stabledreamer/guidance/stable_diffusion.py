@@ -51,7 +51,8 @@ class StableDiffusionConfig:
     variant: str | None = None
     """Weight file variant to load (e.g. ``fp16``); None: the default files."""
     cpu_offload: bool = False
-    """Keep the UNet and VAE in CPU memory and stream them to the GPU per forward (accelerate)."""
+    """Keep the UNet, the VAE (and the text encoder while it encodes the prompts) in CPU memory
+    and stream them to the GPU layer by layer per forward (accelerate)."""
     view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
 
 
@@ -68,6 +69,10 @@ class StableDiffusionGuidance:
         self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
         kw = {"variant": cfg.variant} if cfg.variant else {}
         self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
+        # Prompts first: the text encoder is loaded, used and freed before the UNet arrives, so
+        # the two are never in memory together (T5-XXL alone is 9.5 GB in fp16).
+        self.embeddings: ViewEmbeddings | None = None
+        self.set_prompt(prompt)
         self.unet = load_component(
             UNet2DConditionModel, self.source, "unet", torch_dtype=self.dtype, **kw
         )
@@ -81,8 +86,6 @@ class StableDiffusionGuidance:
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
-        self.embeddings: ViewEmbeddings | None = None
-        self.set_prompt(prompt)
 
     # -- prompts ------------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:
