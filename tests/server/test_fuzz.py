@@ -26,9 +26,11 @@ def header(**kw) -> bytes:
 
 def malformed(rng: random.Random) -> list[bytes]:
     """One malformed multipart message (no identity frame: the DEALER adds none)."""
-    # A text submit (refused: "unsupported") with a buffer, so no mutation creates a job.
+    # A demo submit with initial points (refused: "unsupported", reconstructions take no
+    # init_points) with a buffer, so no mutation creates a job.
     points = np.zeros((5, 3), np.float32)
-    valid = [bytes(f) for f in encode(Submit(job="fz", prompt="a cat", init_points=points))]
+    submit = Submit(job="fz", target_format="demo", init_points=points)
+    valid = [bytes(f) for f in encode(submit)]
     kind = rng.randrange(16)
     if kind == 0:  # random bytes
         return [rng.randbytes(rng.randrange(0, 300))]

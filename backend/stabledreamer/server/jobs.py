@@ -29,6 +29,7 @@ log = logging.getLogger("stabledreamer.service")
 
 RECORD = "job.json"
 RUN = "run"
+INIT_FILE = "init.npz"
 ACTIVE_STATES = ("queued", "running")
 PROCEDURAL_DEMO = "procedural:demo"
 DEFAULT_PRESET = "reconstruct"
@@ -55,6 +56,8 @@ class JobRecord:
     target_name: str = ""
     target_file: str = ""
     """File name of the uploaded target inside the job folder ("" for the demo)."""
+    init_file: str = ""
+    """``init.npz`` when a text job starts from the submit's ``init_points`` ("" otherwise)."""
     preview_points: int | None = None
     state: str = "queued"
     stage: str = ""
@@ -193,11 +196,13 @@ def build_config(
     prompt: str = "",
     negative: str = "",
     models: dict[str, str] | None = None,
+    init_from: str = "",
 ):
     """The ``RunConfig`` of a job: the preset, then the overrides (dotted keys; a stage may be
     named by its name, ``"reconstruct.steps"``, or by index, ``"stages.0.steps"``), then what
     only the submit or the service decides: seed, target, prompt, and the models the service was
-    started with (``{"if": ..., "sd": ...}``; a client never names a path on the backend)."""
+    started with (``{"if": ..., "sd": ...}``; a client never names a path on the backend), and
+    the initial point cloud the submit sent (``init_from``, a file the worker wrote)."""
     from ..config import RunConfig, from_dict, to_dict
     from ..presets import PRESETS
 
@@ -212,6 +217,8 @@ def build_config(
     data["seed"] = seed
     data["target"] = target
     data["prompt"] = prompt
+    if init_from:
+        data["init_from"] = init_from
     if negative:
         data["deepfloyd_if"]["negative_prompt"] = negative
         data["stable_diffusion"]["negative_prompt"] = negative

@@ -64,7 +64,7 @@ from stabledreamer_protocol import (
 
 from .. import __version__
 from ..presets import PRESETS, TEXT_PRESETS
-from .jobs import DEFAULT_PRESET, ConfigError, JobRecord, JobStore, build_config
+from .jobs import DEFAULT_PRESET, INIT_FILE, ConfigError, JobRecord, JobStore, build_config
 from .logbuffer import LogBuffer
 from .worker import worker_main
 
@@ -382,6 +382,7 @@ class Service:
                 "negative": rec.negative,
                 "models": self._model_ids(),
                 "target_file": rec.target_file,
+                "init_file": rec.init_file,
                 "preview_points": self._preview_cap(rec.job),
                 "preview_interval_s": self.cfg.preview_interval_s,
             }
@@ -610,11 +611,19 @@ class Service:
                 "STL files carry no colours to reconstruct",
                 "Export the mesh as .glb, .ply or .obj with colours (or send vertex arrays).",
             )
-        if msg.init_points is not None:
+        if msg.init_points is not None and msg.target_format is not None:
             raise ProtocolError(
                 ErrorCode.UNSUPPORTED,
                 "init_points are not used by reconstructions",
-                "Submit again without init_points.",
+                "Submit again without init_points (they start text jobs from a blockout).",
+            )
+        if msg.init_points is not None and not (
+            len(msg.init_points) > 0 and np.isfinite(msg.init_points).all()
+        ):
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                "init_points must be a non-empty array of finite coordinates",
+                "Sample points from a mesh with a surface, inside the unit ball.",
             )
         if self.store.active_count() >= self.limits.max_queue:
             raise ProtocolError(
@@ -638,6 +647,10 @@ class Service:
         elif kind == "reconstruct":
             target_file = f"target.{msg.target_format}"
             files[target_file] = msg.target_file.tobytes()
+        init_file = ""
+        if msg.init_points is not None:
+            init_file = INIT_FILE
+            files[init_file] = _init_npz(msg)
         try:  # validate preset and overrides now, so the submitter gets a clear reply
             build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative)
         except ConfigError as e:
@@ -655,6 +668,7 @@ class Service:
             target_name=msg.target_name
             or {"demo": "demo", "generate": msg.prompt[:80]}.get(kind, msg.target_format),
             target_file=target_file,
+            init_file=init_file,
             preview_points=msg.preview_points,
         )
         self.store.create(rec, files)
@@ -918,6 +932,17 @@ def _npz(msg: Submit) -> bytes:
     arrays = {"vertices": msg.target_vertices, "faces": msg.target_faces}
     if msg.target_colors is not None:
         arrays["colors"] = msg.target_colors
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _init_npz(msg: Submit) -> bytes:
+    import io
+
+    arrays = {"points": msg.init_points}
+    if msg.init_colors is not None:
+        arrays["colors"] = np.clip(np.nan_to_num(msg.init_colors), 0.0, 1.0)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

@@ -223,6 +223,31 @@ def _target_path(spec: dict[str, Any]) -> str:
     return str(path)
 
 
+def _init_path(spec: dict[str, Any]) -> str:
+    """The submit's initial points as a coloured point-cloud PLY ("" when none were sent)."""
+    if not spec.get("init_file"):
+        return ""
+    import numpy as np
+    import trimesh
+
+    from ..atomic import atomic_path
+
+    src = Path(spec["job_dir"]) / spec["init_file"]
+    dst = src.with_suffix(".ply")
+    if not dst.is_file():
+        with np.load(src, allow_pickle=False) as z:
+            points = z["points"]
+            colors = z["colors"] if "colors" in z.files else None
+        kw = {}
+        if colors is not None:
+            rgba = np.concatenate([colors, np.ones((len(colors), 1))], axis=1)
+            kw["colors"] = (rgba * 255 + 0.5).astype(np.uint8)
+        cloud = trimesh.PointCloud(points, **kw)
+        with atomic_path(dst) as tmp:
+            tmp.write_bytes(cloud.export(file_type="ply"))
+    return str(dst)
+
+
 def _arrays_to_ply(src: Path, dst: Path) -> None:
     import numpy as np
     import trimesh
@@ -279,7 +304,7 @@ def _run(conn, spec: dict[str, Any]) -> None:
             if spec["kind"] == "generate":
                 cfg = build_config(
                     spec["preset"], spec["overrides"], spec["seed"], "", spec["prompt"],
-                    spec["negative"], spec["models"],
+                    spec["negative"], spec["models"], _init_path(spec),
                 )  # fmt: skip
             else:
                 cfg = build_config(
