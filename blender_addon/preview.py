@@ -285,3 +285,19 @@ def demo_gaussians(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "rgb": (0.5 + 0.5 * d).astype(np.float32),
         "opacities": rng.uniform(0.2, 1.0, size=n).astype(np.float32),
     }
+
+
+def set_visible(visible: bool, obj: bpy.types.Object | None = None) -> None:
+    """Show or hide the preview object (hidden, not deleted, once the mesh is imported)."""
+    obj = obj or bpy.data.objects.get(OBJECT_NAME)
+    if obj is not None:
+        obj.hide_viewport = not visible
+        obj.hide_render = not visible
+
+
+def place(location, scale: float, obj: bpy.types.Object | None = None) -> None:
+    """Put the backend's unit frame at ``location``, scaled (start-from-selection placement)."""
+    obj = obj or bpy.data.objects.get(OBJECT_NAME)
+    if obj is not None:
+        obj.location = tuple(location)
+        obj.scale = (scale, scale, scale)

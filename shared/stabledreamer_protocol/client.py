@@ -240,12 +240,11 @@ class Client:
 
     def handshake(self, timeout_s: float = 5.0) -> Hello:
         """Send ``hello`` and wait for the backend's (blocking, at most ``timeout_s``)."""
-        hello = Hello(software=self.software, features=["preview_ack", "fetch"])
         # With IMMEDIATE, sends fail until the connection is up: retry until the deadline.
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self.send(hello)
+                hello_id = self.start_handshake()
                 break
             except ProtocolError:
                 if time.monotonic() >= deadline:
@@ -254,19 +253,30 @@ class Client:
                     ) from None
                 time.sleep(0.005)
         reply = self.wait_for(
-            lambda m: isinstance(m, Hello | Error) and m.re == hello.id,
+            lambda m: isinstance(m, Hello | Error) and m.re == hello_id,
             max(0.0, deadline - time.monotonic()),
         )
         if reply is None:
             raise ProtocolError(
                 ErrorCode.TIMEOUT, f"no hello from {self.endpoint} in {timeout_s} s"
             )
+        return self.finish_handshake(reply)
+
+    def start_handshake(self) -> str:
+        """Send ``hello`` without waiting (for hosts that must not block); returns its id, which
+        the backend's reply carries as ``re``. Raises ``ProtocolError(timeout)`` while there is
+        no connection yet (try again later). Pass the reply to :meth:`finish_handshake`."""
+        return self.send(Hello(software=self.software, features=["preview_ack", "fetch"]))
+
+    def finish_handshake(self, reply: Hello | Error) -> Hello:
+        """Check the backend's answer to :meth:`start_handshake` and adopt its limits."""
         if isinstance(reply, Error):
             raise reply.to_exception()
         if reply.protocol.split(".", 1)[0] != str(PROTOCOL_MAJOR):
             raise ProtocolError(
                 ErrorCode.VERSION_MISMATCH,
                 f"backend speaks protocol {reply.protocol}, this client {PROTOCOL_MAJOR}.x",
+                "Install matching versions of the add-on and the backend.",
             )
         self.server = reply
         if reply.limits:

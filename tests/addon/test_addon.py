@@ -8,43 +8,16 @@ wheel, the panel (drawn into a stub layout) and the preview object, and reports 
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("bpy") is None, reason="needs the bpy module"
-)
+from addon_helpers import run_blender
 
 SCRIPT = textwrap.dedent(
     r"""
-    import json, os, sys
-    import numpy as np
-
-    # Hide the repo's editable protocol install: the import must come from the bundled wheel.
-    sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-    sys.path = [p for p in sys.path if not p.rstrip("/").endswith("shared")]
-    for name in [m for m in sys.modules if m.startswith("stabledreamer_protocol")]:
-        del sys.modules[name]
-
-    import bpy
-    import importlib
-
-    out = {}
-    zip_path, result_path = sys.argv[1], sys.argv[2]
-    res = bpy.ops.extensions.package_install_files(
-        filepath=zip_path, repo="user_default", enable_on_install=True
-    )
-    out["install"] = sorted(res)
+    out["install"] = install()
     out["addons"] = sorted(bpy.context.preferences.addons.keys())
     out["panel"] = hasattr(bpy.types, "STABLEDREAMER_PT_panel")
     out["ops"] = sorted(dir(bpy.ops.stabledreamer))
@@ -77,15 +50,19 @@ SCRIPT = textwrap.dedent(
     class Layout:
         def __getattr__(self, name):
             def f(*a, **k):
-                calls.append((name, [str(x) for x in a[1:2]], k.get("text")))
+                args = a[1:2] if name == "prop" else a[:1]
+                calls.append((name, [str(x) for x in args], k.get("text")))
                 return Layout()
             return f
 
-    mod.STABLEDREAMER_PT_panel.draw(type("P", (), {"layout": Layout()})(), bpy.context)
+    for name in ("panel", "advanced", "history"):
+        stub = type("P", (), {"layout": Layout()})()
+        getattr(mod.panel, "STABLEDREAMER_PT_" + name).draw(stub, bpy.context)
     out["draw"] = calls
 
     # the preview object, fed through the wire encoding like a real Preview message
     P = mod.preview
+    out["torch_loaded_before_preview"] = "torch" in sys.modules
     def wire_roundtrip(g):
         pos, attrs = wire.pack(
             g["means"], np.log(g["scales"]), g["quats"], g["rgb"], g["opacities"]
@@ -161,50 +138,19 @@ SCRIPT = textwrap.dedent(
     # unregister cleanly
     bpy.ops.preferences.addon_disable(module="bl_ext.user_default.stabledreamer")
     out["panel_after_disable"] = hasattr(bpy.types, "STABLEDREAMER_PT_panel")
-    with open(result_path, "w") as f:
-        json.dump(out, f)
+    save()
     """
 )
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("addon")
-    sys.path.insert(0, str(ROOT))
-    try:
-        import build_addon
-    finally:
-        sys.path.remove(str(ROOT))
-    cache = ROOT / "build" / "wheels"  # downloads are cached: reruns are offline
-    try:
-        build_addon.pyzmq_wheels(cache, ["linux-x64"])
-    except SystemExit as exc:
-        pytest.skip(f"pyzmq wheels not downloadable (offline?): {str(exc)[:200]}")
-    zips = build_addon.build(["linux-x64"], tmp / "dist", tmp / "build", wheel_cache=cache)
-    assert len(zips) == 1
-    return zips[0]
+def built(addon_zip) -> Path:
+    return addon_zip
 
 
 @pytest.fixture(scope="module")
 def blender(built, tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("blender")
-    script = tmp / "run.py"
-    script.write_text(SCRIPT)
-    result = tmp / "result.json"
-    env = dict(os.environ)
-    env["BLENDER_USER_RESOURCES"] = str(tmp / "blender")
-    env["XDG_CACHE_HOME"] = str(tmp / "xdg")
-    env["PYTHONPATH"] = ""
-    proc = subprocess.run(
-        [sys.executable, str(script), str(built), str(result)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and result.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(result.read_text())
+    return run_blender(SCRIPT, built, tmp_path_factory.mktemp("blender"))
 
 
 def test_zip_contents(built):
@@ -235,10 +181,10 @@ def test_protocol_from_bundled_wheel(blender):
     assert blender["protocol_file"].startswith(blender["user_resources"]), blender["protocol_file"]
 
 
-def test_stub_operator_reports(blender):
+def test_generate_without_backend_reports(blender):
     # an ERROR report raises RuntimeError when Blender runs in the background
     assert blender["generate"][0] == "ERROR"
-    assert "backend connection lands in the next increment" in blender["generate"][1]
+    assert "Not connected to a backend: press Connect first" in blender["generate"][1]
 
 
 def test_no_torch_in_blender(blender):
@@ -249,10 +195,16 @@ def test_panel_draws(blender):
     texts = [c[2] for c in blender["draw"] if c[2]]
     props = [c[1][0] for c in blender["draw"] if c[0] == "prop"]
     ops = [c[1][0] if c[1] else None for c in blender["draw"] if c[0] == "operator"]
-    assert props == ["prompt", "negative", "preset", "seed"]
-    assert any("next increment" in t for t in texts)
+    assert props == [
+        "prompt", "negative", "preset", "random_seed", "seed", "live_preview", "from_selected",
+        "steps_geometry", "steps_detail", "overrides",
+    ]  # fmt: skip
+    assert "Not connected" in texts and "No runs yet" in texts
     assert any(t.startswith("Protocol ") and "missing" not in t for t in texts)
-    assert len(ops) == 3
+    assert ops == [
+        "stabledreamer.connect", "stabledreamer.show_log", "stabledreamer.generate",
+        "stabledreamer.cancel", "stabledreamer.preview_demo",
+    ]  # fmt: skip
 
 
 def test_preview_object(blender):

@@ -1,0 +1,318 @@
+"""The add-on's live state and its timer: one session, the history, applying updates to the scene.
+
+:func:`poll` is the ``bpy.app.timers`` callback and is also called directly (Blender's timers do
+not run in background mode, so the tests drive it by hand). It never blocks: it takes what the
+session received, writes the newest preview into the preview object, the debug image into its
+image, downloads into the user folder and the finished mesh into the scene.
+
+State lives in this module (not in the .blend), so undo and opening another file keep the
+connection and the job; the history file keeps them across a reload of the add-on (``register``
+re-attaches the job that was running).
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import backend_process, preview, result_import
+from .history import Entry, History
+from .prefs import DEFAULT_ENDPOINT, get_prefs
+
+IDLE_INTERVAL_S = 0.5
+MAX_MESSAGES = 20
+
+
+class Runtime:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.history = History(folder / "history.json")
+        self.session = None  # session.Session, made on first connect
+        self.messages: list[tuple[str, str]] = []
+        """(level, text), newest last: what the panel shows under the status line."""
+        self.starting_backend = False
+        self.debug_image: str = ""
+        self.last_preview_count = 0
+
+    @property
+    def status(self) -> str:
+        if self.session is None:
+            return "Not connected"
+        return self.session.status
+
+    def notify(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+        del self.messages[:-MAX_MESSAGES]
+        print(f"StableDreamer {level.lower()}: {text}")
+
+
+RUNTIME: Runtime | None = None
+
+
+def user_folder() -> Path:
+    """The add-on's own folder for history, results and the backend log."""
+    pkg = __package__
+    try:
+        if pkg.startswith("bl_ext."):
+            return Path(bpy.utils.extension_path_user(pkg, create=True))
+    except (ValueError, AttributeError):
+        pass
+    return Path(bpy.utils.user_resource("CONFIG", path="stabledreamer", create=True))
+
+
+def get() -> Runtime:
+    global RUNTIME
+    if RUNTIME is None:
+        RUNTIME = Runtime(user_folder())
+    return RUNTIME
+
+
+# --- connecting ---------------------------------------------------------------------------------
+
+
+def connection_settings():
+    from .session import ConnectionSettings
+
+    p = get_prefs()
+    if p is None:
+        return ConnectionSettings(DEFAULT_ENDPOINT)
+    return ConnectionSettings(
+        endpoint=p.endpoint.strip() or DEFAULT_ENDPOINT,
+        use_curve=p.use_curve,
+        key_dir=bpy.path.abspath(p.key_dir) if p.key_dir else "",
+        client_secret=bpy.path.abspath(p.client_secret) if p.client_secret else "",
+        server_public=bpy.path.abspath(p.server_public) if p.server_public else "",
+    )
+
+
+def connect(timeout_s: float | None = None) -> None:
+    """Start connecting with the preferences' settings (raises SessionError with what to do)."""
+    from .session import CONNECT_TIMEOUT_S, Session
+
+    rt = get()
+    job = rt.session.job if rt.session is not None else None
+    if rt.session is not None:
+        rt.session.close()
+    rt.session = Session(connection_settings())
+    rt.session.job = job
+    rt.session.connect(timeout_s or CONNECT_TIMEOUT_S)
+    ensure_timer()
+
+
+def start_backend() -> None:
+    """Start the local backend from the preferences' command, then connect to it."""
+    from stabledreamer_protocol import is_loopback
+
+    from .session import STARTUP_TIMEOUT_S
+
+    rt = get()
+    p = get_prefs()
+    settings = connection_settings()
+    if not is_loopback(settings.endpoint):
+        raise backend_process.BackendStartError(
+            f"{settings.endpoint} is not on this machine: start the backend there."
+        )
+    if backend_process.running() is None:
+        command = p.backend_command if p is not None else "stabledreamer serve"
+        backend_process.start(command, settings.endpoint, rt.folder / "backend.log")
+        backend_process.stop_at_exit(bool(p and p.stop_on_quit))
+        rt.notify("INFO", f"Started the backend; its log is {rt.folder / 'backend.log'}")
+    rt.starting_backend = True
+    connect(STARTUP_TIMEOUT_S)
+
+
+def reattach_active_job() -> None:
+    """After a reload: follow the job that was running (the backend kept it going)."""
+    rt = get()
+    entry = rt.history.active()
+    if entry is None:
+        return
+    try:
+        connect()
+    except Exception as e:  # SessionError: missing keys, a bad address
+        rt.notify("WARNING", f"Could not reconnect to follow {entry.prompt[:40]!r}: {e}")
+        return
+    rt.session.follow(entry.job, entry.prompt)
+
+
+# --- the timer ----------------------------------------------------------------------------------
+
+
+def ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(poll):
+        bpy.app.timers.register(poll, first_interval=0.05, persistent=True)
+
+
+def poll() -> float:
+    """Timer callback: apply what arrived; returns the seconds until the next call."""
+    rt = get()
+    prefs = get_prefs()
+    interval = 1.0 / (prefs.update_rate if prefs is not None else 4.0)
+    session = rt.session
+    if session is None:
+        return IDLE_INTERVAL_S
+    try:
+        updates = session.poll()
+        for update in updates:
+            apply(rt, update)
+        _watch_backend_start(rt)
+    except Exception as e:  # never let the timer die: it would silently stop all updates
+        traceback.print_exc()
+        rt.notify("ERROR", f"Internal error while updating: {type(e).__name__}: {e}")
+    _redraw()
+    return interval if session.state != "disconnected" else IDLE_INTERVAL_S
+
+
+def _watch_backend_start(rt: Runtime) -> None:
+    session = rt.session
+    if session.unreachable and not rt.starting_backend:
+        prefs = get_prefs()
+        if prefs is not None and prefs.auto_start and backend_process.running() is None:
+            from stabledreamer_protocol import is_loopback
+
+            if is_loopback(session.settings.endpoint):
+                try:
+                    start_backend()
+                except backend_process.BackendStartError as e:
+                    rt.notify("ERROR", str(e))
+        return
+    if rt.starting_backend:
+        code = backend_process.exited_early()
+        if code is not None:
+            rt.starting_backend = False
+            session.close()
+            session.status = "The backend stopped at start"
+            rt.notify(
+                "ERROR",
+                f"The backend exited with code {code} while starting; see "
+                f"{rt.folder / 'backend.log'} (is the command right?).",
+            )
+        elif session.connected or session.state == "disconnected":
+            rt.starting_backend = False
+
+
+def apply(rt: Runtime, update) -> None:
+    from .session import DebugUpdate, JobUpdate, LogUpdate, Notice, PreviewUpdate, ResultUpdate
+
+    scene = bpy.context.scene
+    settings = getattr(scene, "stabledreamer", None)
+    if isinstance(update, Notice):
+        rt.notify(update.level, update.text)
+    elif isinstance(update, JobUpdate):
+        v = update.view
+        rt.history.update(v.job, state=v.state, message=v.message, seed=v.seed)
+    elif isinstance(update, PreviewUpdate):
+        if settings is not None and not settings.live_preview:
+            return
+        prefs = get_prefs()
+        g = update.gaussians
+        obj = preview.update_preview(
+            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"],
+            point_cap=prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP,
+        )  # fmt: skip
+        entry = rt.history.get(update.job)
+        placement = entry.placement if entry is not None else None
+        if placement:
+            preview.place(placement[:3], placement[3], obj)
+        else:
+            preview.place((0.0, 0.0, 0.0), 1.0, obj)
+        preview.set_visible(True, obj)
+        rt.last_preview_count = len(g["means"])
+    elif isinstance(update, DebugUpdate):
+        rt.debug_image = result_import.show_debug_image(update.image).name
+    elif isinstance(update, LogUpdate):
+        text = result_import.show_log(update.lines)
+        rt.notify("INFO", f"Backend log: {len(update.lines)} lines in the text {text.name!r}")
+    elif isinstance(update, ResultUpdate):
+        _on_result(rt, update, scene)
+
+
+def _on_result(rt: Runtime, update, scene) -> None:
+    folder = rt.folder / "results" / update.job
+    result_import.write_files(folder, update.files)
+    entry = rt.history.update(
+        update.job, state="done", result_dir=str(folder), metrics=_small(update.metrics)
+    )
+    if rt.session is not None and rt.session.job is not None:
+        rt.session.job.imported = True  # even when the import fails: the files are saved
+    if "mesh.glb" not in update.files:
+        why = update.metrics.get("mesh_error") or "no reason given"
+        rt.notify(
+            "ERROR",
+            f"The backend made no mesh ({why}). The Gaussians are saved in {folder}; the "
+            "preview stays in the scene.",
+        )
+        return
+    try:
+        obj = import_entry(entry or Entry(job=update.job, prompt=update.job), scene)
+    except Exception as e:
+        rt.notify("ERROR", f"The result is saved in {folder} but could not be imported: {e}")
+        return
+    preview.set_visible(False)
+    rt.notify("INFO", f"Imported {obj.name!r} into the collection {obj.users_collection[0].name!r}")
+
+
+def import_entry(entry: Entry, scene=None):
+    """Import a history entry's mesh (at its blockout, else at the 3D cursor)."""
+    scene = scene or bpy.context.scene
+    if not entry.result_dir:
+        raise FileNotFoundError("this run has no downloaded result")
+    if entry.placement:
+        location, scale = entry.placement[:3], entry.placement[3]
+    else:
+        location, scale = tuple(scene.cursor.location), 1.0
+    name = result_import.object_name(entry.prompt)
+    obj = result_import.import_mesh(Path(entry.result_dir) / "mesh.glb", name, location, scale)
+    get().history.update(entry.job, object_name=obj.name)
+    return obj
+
+
+def _small(metrics: dict) -> dict:
+    """Metrics worth keeping in the history (numbers and short strings)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) < 200):
+            out[k] = v
+    return out
+
+
+def _redraw() -> None:
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is None:
+        return
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+# --- lifetime -----------------------------------------------------------------------------------
+
+
+@persistent
+def on_load_post(_dummy=None) -> None:
+    """After File > Open: the timer keeps running (persistent); make sure of it."""
+    if RUNTIME is not None and RUNTIME.session is not None:
+        ensure_timer()
+
+
+def register() -> None:
+    bpy.app.handlers.load_post.append(on_load_post)
+    try:
+        reattach_active_job()
+    except Exception:
+        traceback.print_exc()
+
+
+def unregister() -> None:
+    global RUNTIME
+    if on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(on_load_post)
+    if bpy.app.timers.is_registered(poll):
+        bpy.app.timers.unregister(poll)
+    if RUNTIME is not None and RUNTIME.session is not None:
+        RUNTIME.session.close()  # LINGER 0: never hangs Blender
+    RUNTIME = None

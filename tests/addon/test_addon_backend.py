@@ -1,0 +1,332 @@
+"""The add-on against a real backend: ``stabledreamer serve`` with tiny random models (CURVE on),
+the extension installed into bpy, its operators pressed and its poll function driven by hand
+(Blender's timers do not run in background mode).
+
+One Blender process plays the whole session in order: connect, a refused job, a text job to the
+end (live preview, debug image, the mesh imported at the 3D cursor, history), a job started from
+a selected blockout that is re-attached after reloading the add-on and then cancelled, and
+finally the backend killed under it. A second process checks that no backend gives a clear
+error.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from addon_helpers import ROOT, run_blender
+
+sys.path.insert(0, str(ROOT / "tests" / "server"))
+from server_helpers import Server, free_port, make_keys  # noqa: E402
+
+from stabledreamer.tiny_models import save_tiny_models  # noqa: E402
+
+FAST = {
+    "detail.resolution": 64,
+    "stable_diffusion.resolution": 64,
+    "init.num_points": 1000,
+    "debug_every": 2,
+    "camera.batch_size": 2,
+    "eval_resolution": 32,
+    "mesh.grid": 32,
+    "mesh.faces": 2000,
+    "mesh.texture_size": 64,
+    "mesh.views": 4,
+    "mesh.view_resolution": 32,
+}
+
+SESSION = textwrap.dedent(
+    r"""
+    out["install"] = install()
+    mod = importlib.import_module(ADDON)
+    rt_mod = mod.runtime
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.endpoint = ARGS["endpoint"]
+    prefs.key_dir = ARGS["keys"]
+    prefs.auto_start = False
+    prefs.update_rate = 30.0
+    s = bpy.context.scene.stabledreamer
+    notices = []
+
+    def pump(until, timeout, what):
+        deadline = time.monotonic() + timeout
+        rt = rt_mod.get()
+        seen = len(rt.messages)
+        while time.monotonic() < deadline:
+            rt_mod.poll()
+            rt = rt_mod.get()
+            notices.extend(rt.messages[seen:])
+            seen = len(rt.messages)
+            if until(rt):
+                return True
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}; notices {notices[-5:]}")
+
+    def job_state(rt):
+        return rt.session.job.state if rt.session and rt.session.job else None
+
+    # --- connect
+    out["connect"] = sorted(bpy.ops.stabledreamer.connect())
+    pump(lambda rt: rt.session.connected, 30, "the handshake")
+    out["status"] = rt_mod.get().status
+
+    # --- a job the backend refuses (a bad override): the panel says why
+    s.prompt = "a red chair"
+    s.overrides = json.dumps({"no_such_setting": 1})
+    bpy.ops.stabledreamer.generate()
+    pump(lambda rt: job_state(rt) == "failed", 30, "the refusal")
+    out["refused"] = [n for n in notices if n[0] == "ERROR"]
+
+    # --- a text job to the end, result at the 3D cursor
+    bpy.context.scene.cursor.location = (1.0, 2.0, 0.5)
+    s.preset = "preview"
+    s.random_seed = False
+    s.seed = 3
+    s.steps_geometry = 3
+    s.steps_detail = 2
+    s.overrides = json.dumps(ARGS["fast"])
+    out["generate"] = sorted(bpy.ops.stabledreamer.generate())
+    previews = []
+
+    def done(rt):
+        obj = bpy.data.objects.get(mod.preview.OBJECT_NAME)
+        if obj is not None and len(obj.data.vertices):
+            names = sorted(a.name for a in obj.data.attributes if not a.name.startswith("."))
+            previews.append((len(obj.data.vertices), names))
+        return rt.session.job.imported or job_state(rt) in ("failed", "cancelled")
+
+    pump(done, 240, "the first job")
+    rt = rt_mod.get()
+    out["job1"] = {
+        "state": job_state(rt),
+        "progress_text": rt.session.job.progress_text(),
+        "num_gaussians": rt.session.job.num_gaussians,
+        "previews": previews[-1:] if previews else [],
+        "n_previews": len(previews),
+    }
+    obj = bpy.data.objects.get("Red chair")
+    out["imported"] = None if obj is None else {
+        "type": obj.type,
+        "location": list(obj.location),
+        "collections": [c.name for c in obj.users_collection],
+        "images": sorted(
+            n.image.name for m in obj.data.materials if m and m.node_tree
+            for n in m.node_tree.nodes if n.type == "TEX_IMAGE" and n.image
+        ),
+        "faces": len(obj.data.polygons),
+    }
+    preview_obj = bpy.data.objects.get(mod.preview.OBJECT_NAME)
+    out["preview_hidden"] = preview_obj is not None and preview_obj.hide_viewport
+    img = bpy.data.images.get("StableDreamer Debug")
+    out["debug_image"] = None if img is None else list(img.size)
+    hist = json.loads((rt.folder / "history.json").read_text())["entries"]
+    out["history"] = [[e["prompt"], e["state"], bool(e["result_dir"])] for e in hist]
+    out["result_files"] = sorted(p.name for p in (rt.folder / "results").glob("*/*"))
+
+    # history: recall the settings and import the result again
+    s.prompt, s.seed = "something else", 0
+    bpy.ops.stabledreamer.history_recall(job=hist[0]["job"])
+    out["recalled"] = [s.prompt, s.seed, s.random_seed]
+    bpy.ops.stabledreamer.history_import(job=hist[0]["job"])
+    out["reimported"] = sorted(o.name for o in bpy.data.objects if o.name.startswith("Red chair"))
+
+    # --- start from a selected blockout, reload the add-on mid-job, cancel
+    bpy.ops.mesh.primitive_cube_add(size=0.5, location=(3.0, 0.0, 0.0))
+    cube = bpy.context.active_object
+    s.prompt = "a wooden crate"
+    s.from_selected = True
+    s.init_points = 500
+    s.steps_geometry = 400
+    out["generate2"] = sorted(bpy.ops.stabledreamer.generate())
+    pump(lambda rt: job_state(rt) == "running" and rt.session.job.step > 0, 60, "job 2 to run")
+    job2 = rt_mod.get().session.job.job
+    entry = rt_mod.get().history.get(job2)
+    out["placement"] = entry.placement
+    pump(lambda rt: bpy.data.objects[mod.preview.OBJECT_NAME].location.x > 2.9, 30, "a preview")
+    out["preview_location"] = list(bpy.data.objects[mod.preview.OBJECT_NAME].location)
+
+    # what Reload Scripts does: unregister and register again, the preferences kept
+    import addon_utils
+    addon_utils.disable(ADDON, default_set=False)
+    out["timer_after_disable"] = bpy.app.timers.is_registered(rt_mod.poll)
+    addon_utils.enable(ADDON, default_set=False)
+    mod = importlib.import_module(ADDON)
+    rt_mod = mod.runtime
+    s = bpy.context.scene.stabledreamer
+    pump(
+        lambda rt: rt.session is not None and rt.session.connected and job_state(rt) == "running",
+        60, "re-attaching after the reload",
+    )
+    out["reattached"] = rt_mod.get().session.job.job == job2
+    out["cancel"] = sorted(bpy.ops.stabledreamer.cancel())
+    t0 = time.monotonic()
+    pump(lambda rt: job_state(rt) == "cancelled", 60, "the cancel")
+    out["cancel_s"] = time.monotonic() - t0
+    out["history2"] = rt_mod.get().history.get(job2).state
+
+    # --- the backend dies: the session notices and keeps trying
+    rt = rt_mod.get()
+    rt.session.lost_after_s = 1.0
+    os.kill(ARGS["server_pid"], 9)
+    pump(lambda rt: rt.session.state == "lost", 30, "the lost connection")
+    out["lost_status"] = rt.session.status
+    out["notices"] = notices
+    out["torch_loaded"] = "torch" in sys.modules
+    bpy.ops.preferences.addon_disable(module=ADDON)
+    save()
+    """
+)
+
+NO_BACKEND = textwrap.dedent(
+    r"""
+    out["install"] = install()
+    mod = importlib.import_module(ADDON)
+    rt_mod = mod.runtime
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.endpoint = ARGS["endpoint"]
+    prefs.key_dir = ARGS["keys"]
+    prefs.auto_start = False
+    try:
+        bpy.ops.stabledreamer.generate()
+        out["generate"] = "no error"
+    except RuntimeError as e:  # an ERROR report raises in background mode
+        out["generate"] = str(e)
+    rt_mod.connect(timeout_s=1.0)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10 and not rt_mod.get().session.unreachable:
+        rt_mod.poll()
+        time.sleep(0.05)
+    rt = rt_mod.get()
+    out["unreachable"] = rt.session.unreachable
+    out["state"] = rt.session.state
+    out["messages"] = rt.messages
+    calls = []
+
+    class Layout:
+        def __getattr__(self, name):
+            def f(*a, **k):
+                calls.append((name, [str(x) for x in a[:1]], k.get("text")))
+                return Layout()
+            return f
+
+    mod.panel.STABLEDREAMER_PT_panel.draw(type("P", (), {"layout": Layout()})(), bpy.context)
+    out["ops"] = [c[1][0] for c in calls if c[0] == "operator"]
+    # missing key files: a clear error before any connection attempt
+    prefs.key_dir = "/nonexistent/keys"
+    try:
+        bpy.ops.stabledreamer.connect()
+        out["missing_keys"] = "no error"
+    except RuntimeError as e:
+        out["missing_keys"] = str(e)
+    save()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def session_run(addon_zip, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("addon_backend")
+    tiny = tmp / "tiny"
+    save_tiny_models(tiny)
+    keys = tmp / "keys"
+    make_keys(keys)
+    server = Server(
+        tmp / "state", keys, tmp / "server.log",
+        "--if-model", str(tiny / "if"), "--sd-model", str(tiny / "sd"),
+    ).start()  # fmt: skip
+    try:
+        server.wait_ready()
+        args = {
+            "endpoint": server.endpoint,
+            "keys": str(keys),
+            "fast": FAST,
+            "server_pid": server.proc.pid,
+        }
+        try:
+            out = run_blender(SESSION, addon_zip, tmp / "blender", args, timeout=420)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- server log ---\n{server.log()}") from None
+    finally:
+        if server.proc.poll() is None:
+            server.signal(signal.SIGKILL)
+        try:
+            server.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        server.stop()
+    return out
+
+
+def test_connects_and_shows_the_backend(session_run):
+    assert session_run["connect"] == ["FINISHED"]
+    assert session_run["status"].startswith("Connected: ") and "cpu" in session_run["status"]
+
+
+def test_refused_job_says_why(session_run):
+    errors = " ".join(text for _level, text in session_run["refused"])
+    assert "no_such_setting" in errors
+
+
+def test_text_job_streams_and_imports_the_mesh(session_run):
+    job = session_run["job1"]
+    assert job["state"] == "done", session_run["notices"]
+    assert job["n_previews"] >= 1
+    n, names = job["previews"][0]
+    assert n > 0 and {"color", "opacity", "position", "rot", "scale"} <= set(names)
+    obj = session_run["imported"]
+    assert obj is not None, session_run["notices"]
+    assert obj["type"] == "MESH" and obj["faces"] > 0
+    assert obj["location"] == pytest.approx([1.0, 2.0, 0.5])
+    assert obj["collections"] == ["StableDreamer: Red chair"]
+    assert obj["images"], "the imported material has no image texture"
+    assert session_run["preview_hidden"] is True
+    h, w = session_run["debug_image"][1], session_run["debug_image"][0]
+    assert w > h > 0  # render | noisy | x0 side by side
+    assert {"mesh.glb", "gaussians.ply", "metrics.json"} <= set(session_run["result_files"])
+
+
+def test_history_records_recalls_and_reimports(session_run):
+    hist = session_run["history"]
+    assert hist[-1] == ["a red chair", "failed", False]  # the refused one, oldest
+    assert hist[-2] == ["a red chair", "done", True]
+    assert session_run["recalled"] == ["a red chair", 3, False]
+    assert len(session_run["reimported"]) == 2
+
+
+def test_start_from_selected_places_the_preview_on_the_blockout(session_run):
+    x, y, z, scale = session_run["placement"]
+    assert [x, y, z] == pytest.approx([3.0, 0.0, 0.0], abs=1e-3)
+    # the cube's corner radius (0.25 * sqrt 3) fills 80 % of the unit ball
+    assert scale == pytest.approx(0.25 * 3**0.5 / 0.8, rel=0.02)
+    assert session_run["preview_location"] == pytest.approx([3.0, 0.0, 0.0], abs=1e-3)
+
+
+def test_reload_reattaches_and_cancel_stops_the_job(session_run):
+    assert session_run["timer_after_disable"] is False
+    assert session_run["reattached"] is True
+    assert session_run["cancel"] == ["FINISHED"]
+    assert session_run["history2"] == "cancelled"
+
+
+def test_lost_backend_is_noticed(session_run):
+    assert session_run["lost_status"].startswith("Connection lost")
+    assert any("Lost the backend connection" in t for _lvl, t in session_run["notices"])
+
+
+def test_no_torch_in_blender(session_run):
+    assert session_run["torch_loaded"] is False
+
+
+def test_no_backend_gives_clear_errors(addon_zip, tmp_path):
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    args = {"endpoint": f"tcp://127.0.0.1:{free_port()}", "keys": str(keys)}
+    out = run_blender(NO_BACKEND, addon_zip, tmp_path / "blender", args, timeout=120)
+    assert "press Connect" in out["generate"]
+    assert out["unreachable"] is True and out["state"] == "disconnected"
+    assert any("No backend answered" in t for _lvl, t in out["messages"]), out
+    assert "stabledreamer.start_backend" in out["ops"]
+    assert "missing" in out["missing_keys"] and "Start the backend once" in out["missing_keys"]

@@ -1,0 +1,94 @@
+"""The add-on's bpy-free modules (session, history, backend start) loaded as plain modules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ADDON = Path(__file__).resolve().parents[2] / "blender_addon"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"sd_addon_{name}", ADDON / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+session = load("session")
+history = load("history")
+backend_process = load("backend_process")
+
+
+def test_history_survives_a_restart_and_a_corrupt_file(tmp_path):
+    path = tmp_path / "history.json"
+    h = history.History(path)
+    h.add(history.Entry(job="a", prompt="a chair", state="done"))
+    h.add(history.Entry(job="b", prompt="a crate", placement=[1.0, 2.0, 3.0, 0.5]))
+    h.update("b", state="running")
+    again = history.History(path)
+    assert [e.job for e in again.entries] == ["b", "a"]
+    assert again.active().job == "b" and again.get("b").placement == [1.0, 2.0, 3.0, 0.5]
+    again.update("b", state="cancelled")
+    assert history.History(path).active() is None
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave nothing behind
+    path.write_text("{not json")
+    broken = history.History(path)
+    assert broken.entries == [] and path.with_suffix(".json.bad").is_file()
+    broken.add(history.Entry(job="c", prompt="a lamp"))
+    assert json.loads(path.read_text())["entries"][0]["job"] == "c"
+
+
+def test_job_view_progress_text():
+    v = session.JobView(job="j", prompt="p", state="queued", queue_position=2)
+    assert v.progress_text() == "Queued (2 ahead)"
+    v.state, v.stage, v.step, v.total, v.eta_s = "running", "geometry", 30, 120, 125.0
+    assert v.progress_text() == "geometry 30/120, 2 min 05 s left"
+    assert v.fraction == pytest.approx(0.25)
+    v.state, v.message = "failed", "out of memory"
+    assert v.progress_text() == "Failed: out of memory" and v.terminal
+    assert session.format_duration(3 * 3600 + 60) == "3 h 01 min"
+
+
+def test_missing_keys_say_what_to_do(tmp_path):
+    settings = session.ConnectionSettings("tcp://127.0.0.1:5757", key_dir=str(tmp_path))
+    with pytest.raises(session.SessionError, match="Start the backend once"):
+        settings.key_files()
+    assert session.ConnectionSettings("tcp://x:1", use_curve=False).key_files() is None
+
+
+def test_commands_need_a_connection():
+    s = session.Session(session.ConnectionSettings("tcp://127.0.0.1:1", use_curve=False))
+    with pytest.raises(session.SessionError, match="press Connect"):
+        s.submit(session.JobRequest(prompt="a chair"))
+    with pytest.raises(session.SessionError, match="press Connect"):
+        s.cancel()
+    assert s.poll() == []
+
+
+def test_bad_address_is_a_clear_error():
+    s = session.Session(session.ConnectionSettings("not an address", use_curve=False))
+    with pytest.raises(session.SessionError, match="Check the backend address"):
+        s.connect()
+
+
+def test_backend_command_gets_the_address():
+    argv = backend_process.build_command("stabledreamer serve --sd-model /m", "tcp://127.0.0.1:9")
+    assert argv == ["stabledreamer", "serve", "--sd-model", "/m", "--bind", "tcp://127.0.0.1:9"]
+    assert backend_process.build_command("x --bind=tcp://a:1", "tcp://b:2") == [
+        "x",
+        "--bind=tcp://a:1",
+    ]
+    with pytest.raises(backend_process.BackendStartError, match="No backend command"):
+        backend_process.build_command("  ", "tcp://127.0.0.1:9")
+
+
+def test_a_backend_that_cannot_start_says_so(tmp_path):
+    with pytest.raises(backend_process.BackendStartError, match="full path"):
+        backend_process.start("/nonexistent/stabledreamer serve", "tcp://127.0.0.1:9",
+                              tmp_path / "backend.log")  # fmt: skip
