@@ -2,7 +2,8 @@
 
 Steps: copy ``blender_addon/`` into ``build/addon/``; build the protocol wheel from ``shared/``
 (``pip wheel --no-deps``); download pyzmq wheels for Blender's Pythons (3.11 for Blender 4.2-5.0,
-3.13 for 5.1+) and every platform, cached in ``build/wheels/`` so reruns are offline and fast;
+3.13 for 5.1+) and every platform, and plyfile's pure-Python wheel, cached in ``build/wheels/``
+so reruns are offline and fast;
 write the wheel list and platforms into the staged manifest; run Blender's own extension tool
 (shipped inside the ``bpy`` package, no Blender binary needed): ``build --split-platforms`` into
 ``dist/``, then ``validate`` every zip.
@@ -25,6 +26,9 @@ ROOT = Path(__file__).resolve().parent
 SOURCE = ROOT / "blender_addon"
 SHARED = ROOT / "shared"
 PYZMQ_VERSION = "27.3.0"
+PURE_WHEELS = ("plyfile",)
+"""Pure-Python packages the add-on bundles (one py3-none-any wheel serves every platform), at
+the version pinned in requirements.lock.txt: plyfile reads 3D Gaussian Splatting .ply files."""
 PYTHON_VERSIONS = ("3.11", "3.13")
 PLATFORMS = {
     # Blender platform -> pip --platform tag
@@ -146,6 +150,36 @@ def pyzmq_wheels(cache: Path, platforms: list[str]) -> list[Path]:
     return wheels
 
 
+def locked_version(package: str) -> str:
+    """The version ``requirements.lock.txt`` pins for ``package``."""
+    lock = (ROOT / "requirements.lock.txt").read_text()
+    m = re.search(rf"(?im)^{re.escape(package)}==([^\s;#]+)", lock)
+    if m is None:
+        raise SystemExit(f"requirements.lock.txt pins no version of {package}")
+    return m.group(1)
+
+
+def pure_wheels(cache: Path) -> list[Path]:
+    """The pure-Python wheels of PURE_WHEELS (downloaded once, then cached)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = []
+    for package in PURE_WHEELS:
+        version = locked_version(package)
+        pattern = f"{package}-{version}-py3-none-any.whl"
+        if not (cache / pattern).is_file():
+            _run(
+                [
+                    sys.executable, "-m", "pip", "download", f"{package}=={version}",
+                    "--only-binary=:all:", "--no-deps", "-q", "-d", str(cache),
+                ],
+                quiet=True,
+            )  # fmt: skip
+        if not (cache / pattern).is_file():
+            raise SystemExit(f"no wheel {pattern} (pip download failed)")
+        wheels.append(cache / pattern)
+    return wheels
+
+
 def write_manifest(src: Path, dst: Path, wheels: list[str], platforms: list[str]) -> None:
     text = src.read_text()
     listed = ",\n".join(f'  "./wheels/{w}"' for w in wheels)
@@ -173,9 +207,10 @@ def build(
     wheel_dir.mkdir()
     proto = protocol_wheel(build_dir / "protocol")
     zmq = pyzmq_wheels(wheel_cache or build_dir / "wheels", platforms)
-    for w in [proto, *zmq]:
+    pure = pure_wheels(wheel_cache or build_dir / "wheels")
+    for w in [proto, *zmq, *pure]:
         shutil.copy2(w, wheel_dir / w.name)
-    names = sorted(w.name for w in [proto, *zmq])
+    names = sorted(w.name for w in [proto, *zmq, *pure])
     write_manifest(
         SOURCE / "blender_manifest.toml", stage / "blender_manifest.toml", names, platforms
     )

@@ -11,6 +11,7 @@ Modules, one job each:
 - ``preview.py``: the preview object (Gaussians as instanced ellipsoids);
 - ``selection.py``: points from the selected mesh ("Start from Selected Mesh");
 - ``result_import.py``: the finished mesh, debug image and log into Blender data;
+- ``gaussian_ply.py``: 3D Gaussian Splatting .ply files as Gaussian objects;
 - ``history.py``: runs, kept in a file that outlives the .blend;
 - ``backend_process.py``: starting a local backend.
 
@@ -36,11 +37,13 @@ def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.stabledreamer = PointerProperty(type=prefs.StableDreamerSettings)
+    bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
     runtime.register()
 
 
 def unregister():
     runtime.unregister()
+    bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
     del bpy.types.Scene.stabledreamer
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

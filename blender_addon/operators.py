@@ -6,6 +6,7 @@ import json
 
 import bpy
 from bpy.props import IntProperty, StringProperty
+from bpy_extras.io_utils import ImportHelper
 
 from . import backend_process, preview, runtime
 from .prefs import get_prefs
@@ -216,6 +217,35 @@ class STABLEDREAMER_OT_history_import(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class STABLEDREAMER_OT_import_gaussians(bpy.types.Operator, ImportHelper):
+    """Import a 3D Gaussian Splatting .ply file as Gaussians (instanced ellipsoids)"""
+
+    bl_idname = "stabledreamer.import_gaussians"
+    bl_label = "Import 3D Gaussians (.ply)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})  # noqa: F821
+
+    def execute(self, context):
+        from . import gaussian_ply
+
+        prefs = get_prefs()
+        cap = prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP
+        try:
+            obj = gaussian_ply.import_gaussians(self.filepath, point_cap=cap)
+        except (OSError, gaussian_ply.GaussianPlyError) as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        obj.location = context.scene.cursor.location
+        self.report({"INFO"}, f"Imported {len(obj.data.vertices):,} Gaussians as {obj.name!r}")
+        return {"FINISHED"}
+
+
+def menu_import(self, context):
+    self.layout.operator(STABLEDREAMER_OT_import_gaussians.bl_idname, text="3D Gaussians (.ply)")
+
+
 class STABLEDREAMER_OT_preview_demo(bpy.types.Operator):
     """Fill the preview object with synthetic Gaussians (no backend needed)"""
 
@@ -241,5 +271,6 @@ CLASSES = (
     STABLEDREAMER_OT_show_log,
     STABLEDREAMER_OT_history_recall,
     STABLEDREAMER_OT_history_import,
+    STABLEDREAMER_OT_import_gaussians,
     STABLEDREAMER_OT_preview_demo,
 )

@@ -61,6 +61,7 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
         sub.enabled = not s.random_seed
         sub.prop(s, "seed")
         col.prop(s, "live_preview")
+        col.prop(s, "import_gaussians")
         row = col.row(align=True)
         row.prop(s, "from_selected")
         if s.from_selected:
@@ -104,6 +105,7 @@ class STABLEDREAMER_PT_advanced(_Sidebar, bpy.types.Panel):
         col.prop(s, "steps_geometry")
         col.prop(s, "steps_detail")
         col.prop(s, "overrides")
+        col.operator("stabledreamer.import_gaussians", icon="IMPORT")
         col.operator("stabledreamer.preview_demo", icon="POINTCLOUD_DATA")
         col.label(text=f"Protocol {protocol_version()}")
 

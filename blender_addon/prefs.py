@@ -132,6 +132,11 @@ class StableDreamerSettings(bpy.types.PropertyGroup):
         description="Show the Gaussians in the viewport while they form",
         default=True,
     )
+    import_gaussians: BoolProperty(  # noqa: F821
+        name="Also Import Gaussians",
+        description="Besides the mesh, import the result's 3D Gaussians (.ply) as an object",
+        default=False,
+    )
     from_selected: BoolProperty(  # noqa: F821
         name="Start from Selected Mesh",
         description="Start from points on the active mesh's surface; the result replaces it in "

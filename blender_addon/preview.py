@@ -184,8 +184,15 @@ def preview_object(collection: bpy.types.Collection | None = None) -> bpy.types.
     obj = bpy.data.objects.get(OBJECT_NAME)
     if obj is not None and obj.type == "MESH":
         return obj
-    mesh = bpy.data.meshes.new(OBJECT_NAME)
-    obj = bpy.data.objects.new(OBJECT_NAME, mesh)
+    return new_gaussian_object(OBJECT_NAME, collection)
+
+
+def new_gaussian_object(
+    name: str, collection: bpy.types.Collection | None = None
+) -> bpy.types.Object:
+    """A new, empty object with the ellipsoid modifier (Blender makes the name unique)."""
+    mesh = bpy.data.meshes.new(name)
+    obj = bpy.data.objects.new(name, mesh)
     (collection or bpy.context.scene.collection).objects.link(obj)
     mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
     mod.node_group = ellipsoid_group()

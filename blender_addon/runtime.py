@@ -252,7 +252,25 @@ def _on_result(rt: Runtime, update, scene) -> None:
         rt.notify("ERROR", f"The result is saved in {folder} but could not be imported: {e}")
         return
     preview.set_visible(False)
-    rt.notify("INFO", f"Imported {obj.name!r} into the collection {obj.users_collection[0].name!r}")
+    coll = obj.users_collection[0]
+    rt.notify("INFO", f"Imported {obj.name!r} into the collection {coll.name!r}")
+    settings = getattr(scene, "stabledreamer", None)
+    if settings is not None and settings.import_gaussians and "gaussians.ply" in update.files:
+        from . import gaussian_ply
+
+        try:
+            splats = gaussian_ply.import_gaussians(
+                folder / "gaussians.ply", f"{obj.name} Gaussians", coll
+            )
+        except (OSError, gaussian_ply.GaussianPlyError) as e:
+            rt.notify("ERROR", f"Could not import the Gaussians: {e}")
+            return
+        entry = entry or Entry(job=update.job, prompt="")
+        if entry.placement:
+            splats.location, s = entry.placement[:3], entry.placement[3]
+            splats.scale = (s, s, s)
+        else:
+            splats.location = scene.cursor.location
 
 
 def import_entry(entry: Entry, scene=None):

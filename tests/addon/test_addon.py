@@ -162,6 +162,7 @@ def test_zip_contents(built):
     assert any("stabledreamer_protocol-" in w for w in wheels)
     assert any("cp311-cp311-manylinux" in w for w in wheels)  # Blender 4.2-5.0
     assert any("abi3-manylinux" in w for w in wheels)  # Blender 5.1+ (Python 3.13)
+    assert any(w.startswith("wheels/plyfile-") and w.endswith("py3-none-any.whl") for w in wheels)
     assert not any("win" in w or "macosx" in w for w in wheels)
     assert 'id = "stabledreamer"' in manifest and 'platforms = ["linux-x64"]' in manifest
     assert "torch" not in "".join(names)
@@ -196,14 +197,14 @@ def test_panel_draws(blender):
     props = [c[1][0] for c in blender["draw"] if c[0] == "prop"]
     ops = [c[1][0] if c[1] else None for c in blender["draw"] if c[0] == "operator"]
     assert props == [
-        "prompt", "negative", "preset", "random_seed", "seed", "live_preview", "from_selected",
-        "steps_geometry", "steps_detail", "overrides",
+        "prompt", "negative", "preset", "random_seed", "seed", "live_preview", "import_gaussians",
+        "from_selected", "steps_geometry", "steps_detail", "overrides",
     ]  # fmt: skip
     assert "Not connected" in texts and "No runs yet" in texts
     assert any(t.startswith("Protocol ") and "missing" not in t for t in texts)
     assert ops == [
         "stabledreamer.connect", "stabledreamer.show_log", "stabledreamer.generate",
-        "stabledreamer.cancel", "stabledreamer.preview_demo",
+        "stabledreamer.cancel", "stabledreamer.import_gaussians", "stabledreamer.preview_demo",
     ]  # fmt: skip
 
 

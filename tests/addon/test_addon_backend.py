@@ -88,6 +88,7 @@ SESSION = textwrap.dedent(
     s.steps_geometry = 3
     s.steps_detail = 2
     s.overrides = json.dumps(ARGS["fast"])
+    s.import_gaussians = True
     out["generate"] = sorted(bpy.ops.stabledreamer.generate())
     previews = []
 
@@ -125,6 +126,26 @@ SESSION = textwrap.dedent(
     hist = json.loads((rt.folder / "history.json").read_text())["entries"]
     out["history"] = [[e["prompt"], e["state"], bool(e["result_dir"])] for e in hist]
     out["result_files"] = sorted(p.name for p in (rt.folder / "results").glob("*/*"))
+    splats = bpy.data.objects.get("Red chair Gaussians")
+    metrics = json.loads(next((rt.folder / "results").glob("*/metrics.json")).read_text())
+    out["splats"] = None if splats is None else {
+        "n": len(splats.data.vertices),
+        "expected": metrics["gaussians"],
+        "location": list(splats.location),
+        "collections": [c.name for c in splats.users_collection],
+    }
+    # File > Import > 3D Gaussians: the downloaded file, then a .ply that is not 3DGS
+    ply = next((rt.folder / "results").glob("*/gaussians.ply"))
+    out["import_op"] = sorted(bpy.ops.stabledreamer.import_gaussians(filepath=str(ply)))
+    out["import_op_n"] = len(bpy.context.scene.objects["gaussians"].data.vertices)
+    plain = rt.folder / "plain.ply"
+    plain.write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\n"
+                     "property float y\nproperty float z\nend_header\n0 0 0\n")
+    try:
+        bpy.ops.stabledreamer.import_gaussians(filepath=str(plain))
+        out["import_plain"] = "no error"
+    except RuntimeError as e:
+        out["import_plain"] = str(e)
 
     # history: recall the settings and import the result again
     s.prompt, s.seed = "something else", 0
@@ -288,12 +309,23 @@ def test_text_job_streams_and_imports_the_mesh(session_run):
     assert {"mesh.glb", "gaussians.ply", "metrics.json"} <= set(session_run["result_files"])
 
 
+def test_result_gaussians_are_imported_too(session_run):
+    splats = session_run["splats"]
+    assert splats is not None, session_run["notices"]
+    assert splats["n"] == splats["expected"] > 0
+    assert splats["location"] == pytest.approx([1.0, 2.0, 0.5])
+    assert splats["collections"] == ["StableDreamer: Red chair"]
+    assert session_run["import_op"] == ["FINISHED"]
+    assert session_run["import_op_n"] == splats["expected"]
+    assert "not a 3D Gaussian Splatting file" in session_run["import_plain"]
+
+
 def test_history_records_recalls_and_reimports(session_run):
     hist = session_run["history"]
     assert hist[-1] == ["a red chair", "failed", False]  # the refused one, oldest
     assert hist[-2] == ["a red chair", "done", True]
     assert session_run["recalled"] == ["a red chair", 3, False]
-    assert len(session_run["reimported"]) == 2
+    assert session_run["reimported"] == ["Red chair", "Red chair Gaussians", "Red chair.001"]
 
 
 def test_start_from_selected_places_the_preview_on_the_blockout(session_run):

@@ -110,7 +110,13 @@ def _warm_up() -> dict[str, Any]:
     opt = torch.optim.Adam([p], lr=0.1)
     p.grad = torch.ones(1)
     opt.step()
-    # The trainer runs on the CPU until the CUDA path lands; say so rather than name a GPU.
+    # Jobs run on the config's default device ("auto": the GPU when there is one).
+    from ..device import resolve_device
+
+    dev = resolve_device("auto")
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        return {"device": f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"}
     return {"device": "cpu"}
 
 
