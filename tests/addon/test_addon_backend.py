@@ -73,6 +73,15 @@ SESSION = textwrap.dedent(
     pump(lambda rt: rt.session.connected, 30, "the handshake")
     out["status"] = rt_mod.get().status
 
+    # --- refused before sending: an empty prompt, a huge one
+    for text in ("   ", "x" * 5000):
+        s.prompt = text
+        try:
+            bpy.ops.stabledreamer.generate()
+            out.setdefault("bad_prompts", []).append("no error")
+        except RuntimeError as e:
+            out.setdefault("bad_prompts", []).append(str(e))
+
     # --- a job the backend refuses (a bad override): the panel says why
     s.prompt = "a red chair"
     s.overrides = json.dumps({"no_such_setting": 1})
@@ -235,6 +244,20 @@ NO_BACKEND = textwrap.dedent(
 
     mod.panel.STABLEDREAMER_PT_panel.draw(type("P", (), {"layout": Layout()})(), bpy.context)
     out["ops"] = [c[1][0] for c in calls if c[0] == "operator"]
+    # auto-start: the next connect that finds nobody starts the backend command, then connects
+    prefs.backend_command = ARGS["command"]
+    prefs.auto_start = True
+    rt_mod.connect(timeout_s=1.0)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 90 and not rt_mod.get().session.connected:
+        rt_mod.poll()
+        time.sleep(0.05)
+    out["auto_connected"] = rt_mod.get().session.connected
+    out["auto_status"] = rt_mod.get().status
+    proc = mod.backend_process.running()
+    out["auto_pid"] = proc.pid if proc is not None else None
+    mod.backend_process.stop_all()
+    out["auto_exit"] = proc.poll() if proc is not None else None
     # missing key files: a clear error before any connection attempt
     prefs.key_dir = "/nonexistent/keys"
     try:
@@ -284,6 +307,12 @@ def session_run(addon_zip, tmp_path_factory):
 def test_connects_and_shows_the_backend(session_run):
     assert session_run["connect"] == ["FINISHED"]
     assert session_run["status"].startswith("Connected: ") and "cpu" in session_run["status"]
+
+
+def test_bad_prompts_are_refused_with_the_fix(session_run):
+    empty, huge = session_run["bad_prompts"]
+    assert "The prompt is empty" in empty
+    assert "5,000 characters" in huge and "Shorten it" in huge
 
 
 def test_refused_job_says_why(session_run):
@@ -355,10 +384,14 @@ def test_no_torch_in_blender(session_run):
 def test_no_backend_gives_clear_errors(addon_zip, tmp_path):
     keys = tmp_path / "keys"
     make_keys(keys)
-    args = {"endpoint": f"tcp://127.0.0.1:{free_port()}", "keys": str(keys)}
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    command = f"{sys.executable} -m stabledreamer serve --keys {keys} --state {tmp_path / 'state'}"
+    args = {"endpoint": endpoint, "keys": str(keys), "command": command}
     out = run_blender(NO_BACKEND, addon_zip, tmp_path / "blender", args, timeout=120)
     assert "press Connect" in out["generate"]
     assert out["unreachable"] is True and out["state"] == "disconnected"
     assert any("No backend answered" in t for _lvl, t in out["messages"]), out
     assert "stabledreamer.start_backend" in out["ops"]
+    assert out["auto_connected"] is True and out["auto_status"].startswith("Connected")
+    assert out["auto_pid"] and out["auto_exit"] is not None  # stopped on request
     assert "missing" in out["missing_keys"] and "Start the backend once" in out["missing_keys"]
