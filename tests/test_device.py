@@ -123,3 +123,22 @@ def test_generate_on_cuda_and_resume_on_cpu(tiny, tmp_path, monkeypatch):
     assert set(devices) == {"cuda"}
     metrics = run_generation(None, out, resume=True, device="cpu")
     assert metrics["steps"] == 5
+
+
+def test_cpu_offload_is_saved_and_harmless_on_the_cpu(tiny, tmp_path, monkeypatch):
+    from stabledreamer.generate import run_generation
+    from stabledreamer.mesh.config import MeshConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = get_preset("preview")
+    cfg.prompt = "a red chair"
+    cfg.deepfloyd_if.model, cfg.stable_diffusion.model = str(tiny / "if"), str(tiny / "sd")
+    cfg.init.num_points, cfg.camera.batch_size = 300, 1
+    cfg.stages[0].steps = cfg.stages[1].steps = 1
+    cfg.stages[1].resolution = cfg.stable_diffusion.resolution = 64
+    cfg.eval_resolution = 32
+    cfg.mesh = MeshConfig(enabled=False)
+    out = tmp_path / "run"
+    run_generation(cfg, out, device="cpu", cpu_offload=True)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["deepfloyd_if"]["cpu_offload"] and saved["stable_diffusion"]["cpu_offload"]

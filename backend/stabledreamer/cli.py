@@ -163,6 +163,12 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--steps-stage2", type=int, help="steps of the detail stage (SD)")
     p.add_argument("--sd-resolution", type=int, help="render size for Stable Diffusion")
     p.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="low GPU memory: keep the model weights in CPU memory and stream them to the GPU "
+        "layer by layer (slower; docs/gpu.md); also with --resume",
+    )
+    p.add_argument(
         "--init", default="", help="sphere (default), a point cloud / 3DGS .ply, or a mesh"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -221,7 +227,7 @@ def cmd_generate(args) -> int:
     try:
         metrics = run_generation(
             cfg, out, overwrite=args.overwrite, resume=resume, callback=callback,
-            device=args.device,
+            device=args.device, cpu_offload=args.cpu_offload,
         )  # fmt: skip
     finally:
         if bar is not None:

@@ -137,12 +137,12 @@ def check_gpu_memory(total_bytes: int) -> Check:
     if have >= need_off["standard"]:
         return Check(
             "gpu memory", WARN, f"{have:.1f} GiB is below the estimate; {summary}",
-            "set deepfloyd_if.cpu_offload and stable_diffusion.cpu_offload (slower: weights "
-            "stream from CPU memory every step); see docs/gpu.md",
+            "generate with --cpu-offload (slower: weights stream from CPU memory every step), "
+            "or --preset preview; see docs/gpu.md",
         )  # fmt: skip
     return Check(
         "gpu memory", FAIL, f"{have:.1f} GiB is below even the offload estimate; {summary}",
-        "use a GPU with more memory, or --preset preview with cpu_offload (docs/gpu.md)",
+        "use a GPU with more memory, or --preset preview --cpu-offload (docs/gpu.md)",
     )  # fmt: skip
 
 

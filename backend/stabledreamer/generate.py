@@ -98,6 +98,11 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
     return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
 
 
+def _offload(cfg: RunConfig, on: bool) -> None:
+    if on:
+        cfg.deepfloyd_if.cpu_offload = cfg.stable_diffusion.cpu_offload = True
+
+
 def _peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -113,15 +118,18 @@ def run_generation(
     resume: bool = False,
     callback: Callable[[Progress], bool | None] | None = None,
     device: str | None = None,
+    cpu_offload: bool = False,
 ) -> dict:
     """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics.
 
-    ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device``, also on resume: a run may
-    continue on another device than it started on."""
+    ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device`` and ``cpu_offload`` turns on
+    both guidances' offload, also on resume: a run may continue on another device, or with less
+    GPU memory, than it started with."""
     out = Path(out)
     if not resume:
         cfg.prompt = check_prompt(cfg.prompt)
         cfg.device = device or cfg.device
+        _offload(cfg, cpu_offload)
         cfg.validate()
         resolve_device(cfg.device)  # a missing GPU is refused before anything is written
         init = initial_gaussians(cfg)  # read it before touching the output folder
@@ -129,6 +137,7 @@ def run_generation(
     if resume:
         cfg, init = load_run_config(out), None
         cfg.device = device or cfg.device
+        _offload(cfg, cpu_offload)
     else:
         write_json(out / "config.json", to_dict(cfg))
 
@@ -152,9 +161,10 @@ def run_generation(
     except torch.OutOfMemoryError as e:
         raise DeviceError(
             f"the GPU ran out of memory ({device}); the last checkpoint is kept. Free the GPU "
-            "(close other programs using it), or lower the need: --preset preview, a smaller "
-            "--sd-resolution, or cpu_offload / fp16 in the config (docs/gpu.md lists the memory "
-            f"per preset and the low-memory path), then `stabledreamer generate --resume {out}`"
+            "(close other programs using it) and `stabledreamer generate --resume "
+            f"{out}`, adding --cpu-offload to stream the weights from CPU memory (slower); or "
+            "start again with --preset preview or a smaller --sd-resolution. docs/gpu.md lists "
+            "the estimated memory per preset"
         ) from e
     save_ply(params, out / "gaussians.ply")
     save_turntable(params, cfg, out)
