@@ -301,6 +301,12 @@ class Session:
                 f"The backend has no preset {req.preset!r} (it offers "
                 f"{', '.join(presets)}): update the backend or pick another."
             )
+        features = self.server.features if self.server is not None else []
+        if req.init_points is not None and "init_points" not in features:
+            raise SessionError(
+                "This backend cannot start from a mesh (no init_points support): update it, "
+                "or turn off Start from Selected Mesh."
+            )
         job = new_id()
         fields: dict[str, Any] = dict(
             negative=req.negative,

@@ -544,7 +544,7 @@ class Service:
         handler(peer, msg)
 
     def _on_hello(self, peer: Peer, msg: Hello) -> None:
-        features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs"]
+        features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
         if self.cfg.curve:
             features.append("curve")
         self._reply(
