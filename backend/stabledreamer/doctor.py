@@ -100,7 +100,8 @@ def check_cuda(device: str) -> tuple[Check, int]:
     if device == "cpu":
         return Check(
             "cuda", WARN, "CPU run asked for (--device cpu): fine for tiny test models only",
-            "real models need an NVIDIA GPU (a full-size SD UNet pass takes ~7 s on a CPU)",
+            "real models need an NVIDIA GPU (one full-size SD step takes about a minute per "
+            "view on a 2-core CPU; docs/gpu.md)",
         ), 0  # fmt: skip
     if not torch.cuda.is_available():
         if torch.version.cuda is None:
@@ -112,8 +113,13 @@ def check_cuda(device: str) -> tuple[Check, int]:
         else:
             fix = "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
         return Check("cuda", FAIL, "no CUDA GPU visible to torch", fix), 0
-    index = torch.device(device).index or 0 if device.startswith("cuda") else 0
-    props = torch.cuda.get_device_properties(index)
+    from .device import DeviceError, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except DeviceError as e:
+        return Check("cuda", FAIL, str(e), "pick a device that exists (nvidia-smi lists them)"), 0
+    props = torch.cuda.get_device_properties(dev.index or 0)
     text = (
         f"{props.name}, {props.total_memory / GIB:.1f} GiB, compute {props.major}.{props.minor}, "
         f"torch CUDA {torch.version.cuda}"
@@ -121,7 +127,7 @@ def check_cuda(device: str) -> tuple[Check, int]:
     return Check("cuda", OK, text), props.total_memory
 
 
-def check_gpu_memory(total_bytes: int) -> Check:
+def check_gpu_memory(total_bytes: int, device: str = "auto") -> Check:
     from .gpu_memory import preset_table
 
     need = {k: max(s.peak_gib for s in v) for k, v in preset_table().items()}
@@ -129,6 +135,8 @@ def check_gpu_memory(total_bytes: int) -> Check:
     est = ", ".join(f"{k} {v:.1f}" for k, v in need.items())
     est_off = ", ".join(f"{k} {v:.1f}" for k, v in need_off.items())
     summary = f"estimated need in GiB (from model sizes, not measured): {est}; offload: {est_off}"
+    if total_bytes == 0 and device == "cpu":
+        return Check("gpu memory", OK, f"skipped (CPU run); for a GPU run, {summary}")
     if total_bytes == 0:
         return Check("gpu memory", WARN, f"no GPU to compare; {summary}", "see docs/gpu.md")
     have = total_bytes / GIB
@@ -369,7 +377,7 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     except DeviceError as e:
         return [*checks, Check("cuda", FAIL, str(e), "pass --device auto, cpu, cuda or cuda:N")]
     cuda, total = check_cuda(cfg.device)
-    checks += [cuda, check_gpu_memory(total)]
+    checks += [cuda, check_gpu_memory(total, cfg.device)]
     checks.append(check_gsplat(total > 0, cfg))
     checks.append(check_native_rasterizer())
     if_check, if_gib = check_model("if", cfg.if_model, cfg)

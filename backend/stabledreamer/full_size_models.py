@@ -136,8 +136,13 @@ BUILDERS: dict[str, Callable[[], Any]] = {
 def build(name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32):
     """Model ``name`` of ``BUILDERS`` with random weights (none at all on ``meta``), in eval mode
     and frozen, as the guidance uses it."""
-    with torch.device(device):
-        model = BUILDERS[name]()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in ``dtype``: no fp32 copy on the GPU first
+    try:
+        with torch.device(device):
+            model = BUILDERS[name]()
+    finally:
+        torch.set_default_dtype(default)
     if dtype != torch.float32:
         diffusers_log = logging.getLogger("diffusers")
         level = diffusers_log.level
