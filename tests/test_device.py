@@ -123,6 +123,8 @@ def test_generate_on_cuda_and_resume_on_cpu(tiny, tmp_path, monkeypatch):
     assert set(devices) == {"cuda"}
     metrics = run_generation(None, out, resume=True, device="cpu")
     assert metrics["steps"] == 5
+    metrics = run_generation(cfg, tmp_path / "gpu", device="cuda")
+    assert all(s["peak_gpu_mb"] > 0 for s in metrics["stages"].values())
 
 
 def test_cpu_offload_is_saved_and_harmless_on_the_cpu(tiny, tmp_path, monkeypatch):

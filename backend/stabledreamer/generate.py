@@ -148,12 +148,19 @@ def run_generation(
             p.stage, {"steps": p.stage_steps, "first_step": p.step, "start_s": p.elapsed_s}
         )
         s.update(last_step=p.step, end_s=p.elapsed_s, losses=p.losses)
+        if on_gpu:  # since this stage's models were loaded (text encoder included)
+            s["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         return callback(p) if callback else None
 
     device = resolve_device(cfg.device)  # the trainer's: renders reach the guidance there
-    trainer = Trainer(
-        cfg, out, lambda stage, i: build_guidance(cfg, stage, device), init=init, callback=track
-    )
+    on_gpu = device.type == "cuda"
+
+    def guidance_factory(stage: StageConfig, index: int) -> Guidance:
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+        return build_guidance(cfg, stage, device)
+
+    trainer = Trainer(cfg, out, guidance_factory, init=init, callback=track)
     if resume:
         trainer.restore()
     try:
@@ -191,6 +198,7 @@ def run_generation(
                     (s["end_s"] - s["start_s"]) / max(s["last_step"] - s["first_step"], 1), 4
                 ),
                 "final_losses": s["losses"],
+                **({"peak_gpu_mb": s["peak_gpu_mb"]} if "peak_gpu_mb" in s else {}),
             }
             for name, s in stages.items()
         },
