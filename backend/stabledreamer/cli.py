@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 
-def _add_device_option(p: argparse.ArgumentParser) -> None:
+def _add_device_option(
+    p: argparse.ArgumentParser,
+    more: str = "; also with --resume (a run may continue on another device)",
+) -> None:
     p.add_argument(
         "--device",
-        help="auto (default: CUDA when present, else the CPU) | cpu | cuda | cuda:N; "
-        "also with --resume (a run may continue on another device)",
+        help="auto (default: CUDA when present, else the CPU) | cpu | cuda | cuda:N" + more,
     )
 
 
@@ -427,7 +429,7 @@ def _add_doctor_parser(sub) -> None:
     )
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
     p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
-    _add_device_option(p)
+    _add_device_option(p, "; cpu: check for a CPU run (tiny models), a missing GPU is no FAIL")
     p.add_argument("--out", default="runs", help="where runs go, for the disk check (%(default)s)")
     p.add_argument("--no-build", action="store_true", help="do not build gsplat's CUDA kernels")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
