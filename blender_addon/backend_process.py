@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 _started: list[subprocess.Popen] = []
@@ -83,9 +84,10 @@ def stop_all(timeout_s: float = 10.0) -> None:
     for proc in _started:
         if proc.poll() is None:
             proc.terminate()
+    deadline = time.monotonic() + timeout_s  # one deadline for all, not one each
     for proc in _started:
         try:
-            proc.wait(timeout_s)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
     _started.clear()

@@ -177,8 +177,9 @@ class STABLEDREAMER_OT_history_recall(bpy.types.Operator):
 
     bl_idname = "stabledreamer.history_recall"
     bl_label = "Recall"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
 
-    job: StringProperty()  # noqa: F821
+    job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
 
     def execute(self, context):
         entry = runtime.get().history.get(self.job)
@@ -199,9 +200,9 @@ class STABLEDREAMER_OT_history_import(bpy.types.Operator):
 
     bl_idname = "stabledreamer.history_import"
     bl_label = "Import"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
 
-    job: StringProperty()  # noqa: F821
+    job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
 
     def execute(self, context):
         entry = runtime.get().history.get(self.job)

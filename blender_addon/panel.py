@@ -88,10 +88,12 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
                 box.label(text=text)
             if job.num_gaussians:
                 box.label(text=f"{job.num_gaussians:,} Gaussians")
-            image = bpy.data.images.get(rt.debug_image) if rt.debug_image else None
-            if image is not None:
-                box.label(text="render | noisy | x0 estimate")
-                box.template_icon(icon_value=image.preview_ensure().icon_id, scale=6.0)
+            if rt.debug_tiles:
+                grid = box.grid_flow(columns=len(rt.debug_tiles), even_columns=True)
+                for label, icon in rt.debug_tiles:
+                    cell = grid.column(align=True)
+                    cell.template_icon(icon_value=icon, scale=4.0)
+                    cell.label(text=label)
 
 
 class STABLEDREAMER_PT_advanced(_Sidebar, bpy.types.Panel):

@@ -183,6 +183,9 @@ def preview_object(collection: bpy.types.Collection | None = None) -> bpy.types.
     """The preview object, created on first use (with its mesh and modifier)."""
     obj = bpy.data.objects.get(OBJECT_NAME)
     if obj is not None and obj.type == "MESH":
+        scene = bpy.context.scene
+        if scene.objects.get(obj.name) is None:  # another scene, or unlinked by the artist
+            (collection or scene.collection).objects.link(obj)
         return obj
     return new_gaussian_object(OBJECT_NAME, collection)
 

@@ -52,13 +52,22 @@ def import_mesh(
     before = set(bpy.data.objects)
     layer = bpy.context.view_layer
     previous = layer.active_layer_collection
+    # The importer selects what it makes: keep the artist's selection as it was.
+    selected = [o.name for o in layer.objects if o.select_get(view_layer=layer)]
+    active = layer.objects.active.name if layer.objects.active is not None else None
     layer.active_layer_collection = _layer_collection(layer.layer_collection, coll)
+    result: set = set()
     try:
         result = bpy.ops.import_scene.gltf(filepath=str(glb))
+    except RuntimeError:
+        pass  # reported below, the same as a cancelled import
     finally:
         layer.active_layer_collection = previous
+        _restore_selection(layer, selected, active)
     new = [o for o in bpy.data.objects if o not in before]
     if "FINISHED" not in result or not new:
+        for o in new:
+            bpy.data.objects.remove(o)
         bpy.data.collections.remove(coll)
         raise RuntimeError(f"Blender's glTF importer could not read {glb}.")
     for o in new:  # the importer links to the active collection; make sure they are in ours
@@ -77,6 +86,12 @@ def import_mesh(
         o.location = tuple(np.asarray(o.location) * scale + np.asarray(location))
         o.scale = tuple(np.asarray(o.scale) * scale)
     return main
+
+
+def _restore_selection(layer, selected: list[str], active: str | None) -> None:
+    for o in layer.objects:
+        o.select_set(o.name in selected, view_layer=layer)
+    layer.objects.active = layer.objects.get(active) if active else None
 
 
 def _layer_collection(root, coll):
@@ -101,9 +116,47 @@ def show_debug_image(image: np.ndarray) -> bpy.types.Image:
     rgba[..., : image.shape[2]] = image[..., :4].astype(np.float32) / 255.0
     img.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).ravel())  # Blender: bottom row first
     img.update()
-    if img.preview is not None:
-        img.preview.reload()
     return img
+
+
+_PREVIEWS = None
+TILE_SIDE = 256
+"""Largest side of a debug tile drawn in the panel (the full strip stays in the image)."""
+
+
+def debug_tiles(image: np.ndarray, labels: list[str]) -> list[tuple[str, int]]:
+    """Split the strip into its ``labels`` tiles (render | noisy | x0) as panel icons drawn
+    straight from their pixels (``bpy.utils.previews``): ``[(label, icon_id), ...]``."""
+    global _PREVIEWS
+    import bpy.utils.previews
+
+    if _PREVIEWS is None:
+        _PREVIEWS = bpy.utils.previews.new()
+    h, w = image.shape[:2]
+    n = len(labels) if labels and w % len(labels) == 0 else 1
+    tw = w // n
+    step = max(1, -(-max(h, tw) // TILE_SIDE))
+    out = []
+    for i in range(n):
+        tile = image[::step, i * tw : (i + 1) * tw : step]
+        th, tww = tile.shape[:2]
+        rgba = np.ones((th, tww, 4), np.float32)
+        rgba[..., :3] = tile[..., :3].astype(np.float32) / 255.0
+        key = f"debug{i}"
+        pv = _PREVIEWS.get(key) or _PREVIEWS.new(key)
+        pv.image_size = (tww, th)
+        pv.image_pixels_float.foreach_set(np.ascontiguousarray(rgba[::-1]).ravel())
+        out.append((labels[i] if n == len(labels) else "debug", pv.icon_id))
+    return out
+
+
+def free_previews() -> None:
+    global _PREVIEWS
+    if _PREVIEWS is not None:
+        import bpy.utils.previews
+
+        bpy.utils.previews.remove(_PREVIEWS)
+        _PREVIEWS = None
 
 
 def show_log(lines: list[str]) -> bpy.types.Text:

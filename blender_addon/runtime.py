@@ -12,6 +12,7 @@ re-attaches the job that was running).
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from pathlib import Path
 
@@ -34,7 +35,15 @@ class Runtime:
         self.messages: list[tuple[str, str]] = []
         """(level, text), newest last: what the panel shows under the status line."""
         self.starting_backend = False
+        self.auto_start_ok = False
+        """Whether an unanswered connect may start a local backend (not when re-attaching at
+        Blender's start: a stale history entry must not launch a backend every time)."""
+        self.pending_imports: list[str] = []
+        """Jobs whose result is downloaded but not imported yet (Edit Mode was on)."""
         self.debug_image: str = ""
+        """Name of the image holding the newest debug strip (for the Image Editor)."""
+        self.debug_tiles: list[tuple[str, int]] = []
+        """(label, icon id) of its tiles, drawn in the panel."""
         self.last_preview_count = 0
 
     @property
@@ -88,11 +97,13 @@ def connection_settings():
     )
 
 
-def connect(timeout_s: float | None = None) -> None:
-    """Start connecting with the preferences' settings (raises SessionError with what to do)."""
+def connect(timeout_s: float | None = None, auto_start: bool = True) -> None:
+    """Start connecting with the preferences' settings (raises SessionError with what to do).
+    ``auto_start``: when nobody answers on this machine, start the backend (preferences)."""
     from .session import CONNECT_TIMEOUT_S, Session
 
     rt = get()
+    rt.auto_start_ok = auto_start
     job = rt.session.job if rt.session is not None else None
     if rt.session is not None:
         rt.session.close()
@@ -131,7 +142,7 @@ def reattach_active_job() -> None:
     if entry is None:
         return
     try:
-        connect()
+        connect(auto_start=False)
     except Exception as e:  # SessionError: missing keys, a bad address
         rt.notify("WARNING", f"Could not reconnect to follow {entry.prompt[:40]!r}: {e}")
         return
@@ -146,18 +157,31 @@ def ensure_timer() -> None:
         bpy.app.timers.register(poll, first_interval=0.05, persistent=True)
 
 
+_REATTACH_PENDING = False
+
+
 def poll() -> float:
     """Timer callback: apply what arrived; returns the seconds until the next call."""
+    global _REATTACH_PENDING
     rt = get()
     prefs = get_prefs()
     interval = 1.0 / (prefs.update_rate if prefs is not None else 4.0)
+    if _REATTACH_PENDING:  # deferred from register(), where bpy.data is restricted
+        _REATTACH_PENDING = False
+        try:
+            reattach_active_job()
+        except Exception:
+            traceback.print_exc()
     session = rt.session
     if session is None:
         return IDLE_INTERVAL_S
     try:
         updates = session.poll()
-        for update in updates:
-            apply(rt, update)
+        with _ui_context():
+            for update in updates:
+                apply(rt, update)
+            if rt.pending_imports and _can_import():
+                _import_pending(rt)
         _watch_backend_start(rt)
     except Exception as e:  # never let the timer die: it would silently stop all updates
         traceback.print_exc()
@@ -166,9 +190,33 @@ def poll() -> float:
     return interval if session.state != "disconnected" else IDLE_INTERVAL_S
 
 
+def _ui_context():
+    """Timers run without a window: borrow the one showing the current scene in a 3D view (so
+    the import lands in the scene and view layer the artist sees). No window (background mode):
+    the plain context."""
+    wm = getattr(bpy.context, "window_manager", None)
+    windows = list(wm.windows) if wm is not None else []
+    scene = bpy.context.scene
+    windows.sort(key=lambda w: w.scene != scene)
+    for window in windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                region = next((r for r in area.regions if r.type == "WINDOW"), None)
+                return bpy.context.temp_override(
+                    window=window, screen=window.screen, area=area, region=region
+                )
+    return contextlib.nullcontext()
+
+
+def _can_import() -> bool:
+    """Importing switches the active object; never do it under an artist in Edit Mode."""
+    active = bpy.context.view_layer.objects.active
+    return active is None or active.mode == "OBJECT"
+
+
 def _watch_backend_start(rt: Runtime) -> None:
     session = rt.session
-    if session.unreachable and not rt.starting_backend:
+    if session.unreachable and not rt.starting_backend and rt.auto_start_ok:
         prefs = get_prefs()
         if prefs is not None and prefs.auto_start and backend_process.running() is None:
             from stabledreamer_protocol import is_loopback
@@ -223,6 +271,7 @@ def apply(rt: Runtime, update) -> None:
         rt.last_preview_count = len(g["means"])
     elif isinstance(update, DebugUpdate):
         rt.debug_image = result_import.show_debug_image(update.image).name
+        rt.debug_tiles = result_import.debug_tiles(update.image, update.labels)
     elif isinstance(update, LogUpdate):
         text = result_import.show_log(update.lines)
         rt.notify("INFO", f"Backend log: {len(update.lines)} lines in the text {text.name!r}")
@@ -233,11 +282,11 @@ def apply(rt: Runtime, update) -> None:
 def _on_result(rt: Runtime, update, scene) -> None:
     folder = rt.folder / "results" / update.job
     result_import.write_files(folder, update.files)
-    entry = rt.history.update(
+    rt.history.update(
         update.job, state="done", result_dir=str(folder), metrics=_small(update.metrics)
     )
     if rt.session is not None and rt.session.job is not None:
-        rt.session.job.imported = True  # even when the import fails: the files are saved
+        rt.session.job.imported = True  # even when the import waits or fails: files are saved
     if "mesh.glb" not in update.files:
         why = update.metrics.get("mesh_error") or "no reason given"
         rt.notify(
@@ -246,45 +295,59 @@ def _on_result(rt: Runtime, update, scene) -> None:
             "preview stays in the scene.",
         )
         return
-    try:
-        obj = import_entry(entry or Entry(job=update.job, prompt=update.job), scene)
-    except Exception as e:
-        rt.notify("ERROR", f"The result is saved in {folder} but could not be imported: {e}")
-        return
-    preview.set_visible(False)
-    coll = obj.users_collection[0]
-    rt.notify("INFO", f"Imported {obj.name!r} into the collection {coll.name!r}")
+    rt.pending_imports.append(update.job)
+    if _can_import():
+        _import_pending(rt)
+    else:
+        rt.notify("INFO", "The result is ready: it is imported when you leave Edit Mode.")
+
+
+def _import_pending(rt: Runtime) -> None:
+    scene = bpy.context.scene
     settings = getattr(scene, "stabledreamer", None)
-    if settings is not None and settings.import_gaussians and "gaussians.ply" in update.files:
-        from . import gaussian_ply
-
+    while rt.pending_imports:
+        job = rt.pending_imports.pop(0)
+        entry = rt.history.get(job) or Entry(job=job, prompt=job)
         try:
-            splats = gaussian_ply.import_gaussians(
-                folder / "gaussians.ply", f"{obj.name} Gaussians", coll
+            obj = import_entry(entry, scene, gaussians=bool(settings and settings.import_gaussians))
+        except Exception as e:
+            rt.notify(
+                "ERROR",
+                f"The result is saved in {entry.result_dir} but could not be imported: {e}",
             )
-        except (OSError, gaussian_ply.GaussianPlyError) as e:
-            rt.notify("ERROR", f"Could not import the Gaussians: {e}")
-            return
-        entry = entry or Entry(job=update.job, prompt="")
-        if entry.placement:
-            splats.location, s = entry.placement[:3], entry.placement[3]
-            splats.scale = (s, s, s)
-        else:
-            splats.location = scene.cursor.location
+            continue
+        preview.set_visible(False)
+        coll = obj.users_collection[0]
+        rt.notify("INFO", f"Imported {obj.name!r} into the collection {coll.name!r}")
+        if bpy.ops.ed.undo_push.poll():  # one undo step for the import and its placement
+            bpy.ops.ed.undo_push(message="StableDreamer: import result")
 
 
-def import_entry(entry: Entry, scene=None):
-    """Import a history entry's mesh (at its blockout, else at the 3D cursor)."""
+def import_entry(entry: Entry, scene=None, gaussians: bool = False):
+    """Import a history entry's mesh (at its blockout, else at the 3D cursor), and with
+    ``gaussians`` its .ply as Gaussians into the same collection."""
     scene = scene or bpy.context.scene
     if not entry.result_dir:
         raise FileNotFoundError("this run has no downloaded result")
     if entry.placement:
-        location, scale = entry.placement[:3], entry.placement[3]
+        location, scale = tuple(entry.placement[:3]), entry.placement[3]
     else:
         location, scale = tuple(scene.cursor.location), 1.0
     name = result_import.object_name(entry.prompt)
-    obj = result_import.import_mesh(Path(entry.result_dir) / "mesh.glb", name, location, scale)
+    folder = Path(entry.result_dir)
+    obj = result_import.import_mesh(folder / "mesh.glb", name, location, scale, scene)
     get().history.update(entry.job, object_name=obj.name)
+    if gaussians and (folder / "gaussians.ply").is_file():
+        from . import gaussian_ply
+
+        prefs = get_prefs()
+        splats = gaussian_ply.import_gaussians(
+            folder / "gaussians.ply",
+            f"{obj.name} Gaussians",
+            obj.users_collection[0],
+            point_cap=prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP,
+        )
+        splats.location, splats.scale = location, (scale, scale, scale)
     return obj
 
 
@@ -318,11 +381,12 @@ def on_load_post(_dummy=None) -> None:
 
 
 def register() -> None:
+    """Re-attaching the job that was running waits for the first poll: ``register`` runs with
+    ``bpy.data`` restricted (no file paths, no data)."""
+    global _REATTACH_PENDING
     bpy.app.handlers.load_post.append(on_load_post)
-    try:
-        reattach_active_job()
-    except Exception:
-        traceback.print_exc()
+    _REATTACH_PENDING = True
+    ensure_timer()
 
 
 def unregister() -> None:
@@ -333,4 +397,5 @@ def unregister() -> None:
         bpy.app.timers.unregister(poll)
     if RUNTIME is not None and RUNTIME.session is not None:
         RUNTIME.session.close()  # LINGER 0: never hangs Blender
+    result_import.free_previews()
     RUNTIME = None

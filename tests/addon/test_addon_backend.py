@@ -98,6 +98,11 @@ SESSION = textwrap.dedent(
     s.steps_detail = 2
     s.overrides = json.dumps(ARGS["fast"])
     s.import_gaussians = True
+    # the artist is editing the default cube: the import must wait, and keep the selection
+    cube0 = bpy.data.objects["Cube"]
+    bpy.context.view_layer.objects.active = cube0
+    cube0.select_set(True)
+    bpy.ops.object.mode_set(mode="EDIT")
     out["generate"] = sorted(bpy.ops.stabledreamer.generate())
     previews = []
 
@@ -110,6 +115,17 @@ SESSION = textwrap.dedent(
 
     pump(done, 240, "the first job")
     rt = rt_mod.get()
+    out["waiting_in_edit_mode"] = [list(rt.pending_imports), "Red chair" in bpy.data.objects]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    pump(lambda rt: not rt.pending_imports, 30, "the import after Edit Mode")
+    out["selection_kept"] = [
+        bpy.context.view_layer.objects.active.name,
+        sorted(o.name for o in bpy.context.selected_objects),
+    ]
+    pv = mod.result_import._PREVIEWS  # icon ids are 0 without a GUI: check the pixels
+    out["debug_tiles"] = [
+        [label, list(pv[f"debug{i}"].image_size)] for i, (label, _) in enumerate(rt.debug_tiles)
+    ]
     out["job1"] = {
         "state": job_state(rt),
         "progress_text": rt.session.job.progress_text(),
@@ -335,7 +351,16 @@ def test_text_job_streams_and_imports_the_mesh(session_run):
     assert session_run["preview_hidden"] is True
     h, w = session_run["debug_image"][1], session_run["debug_image"][0]
     assert w > h > 0  # render | noisy | x0 side by side
+    tiles = session_run["debug_tiles"]
+    assert [label for label, _ in tiles] == ["render", "noisy input", "x0 estimate"]
+    assert all(size == [w // 3, h] for _, size in tiles)  # small strips are not downsampled
     assert {"mesh.glb", "gaussians.ply", "metrics.json"} <= set(session_run["result_files"])
+
+
+def test_import_waits_for_edit_mode_and_keeps_the_selection(session_run):
+    pending, imported = session_run["waiting_in_edit_mode"]
+    assert len(pending) == 1 and imported is False
+    assert session_run["selection_kept"] == ["Cube", ["Cube"]]
 
 
 def test_result_gaussians_are_imported_too(session_run):
