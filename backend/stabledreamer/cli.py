@@ -157,7 +157,11 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("prompt", nargs="?", help='what to make, e.g. "a ceramic teapot"')
     p.add_argument("--out", help="run folder to write (required unless --resume RUN_DIR)")
     p.add_argument("--negative", default=None, help="negative prompt (both stages)")
-    p.add_argument("--preset", default="standard", help="preview | standard | final")
+    p.add_argument(
+        "--preset",
+        default="preview",
+        help="preview (default: small renders, the quickest) | standard | final",
+    )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
     p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
