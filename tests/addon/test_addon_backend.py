@@ -207,6 +207,18 @@ SESSION = textwrap.dedent(
         60, "re-attaching after the reload",
     )
     out["reattached"] = rt_mod.get().session.job.job == job2
+    # File > Open mid-job: the connection and the job stay; previews go to the new file
+    saved = str(rt_mod.get().folder / "scene.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=saved)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    out["preview_after_open"] = mod.preview.OBJECT_NAME in bpy.data.objects
+    step = rt_mod.get().session.job.step
+    pump(
+        lambda rt: rt.session.job.step > step and mod.preview.OBJECT_NAME in bpy.data.objects,
+        60, "progress and a preview after opening another file",
+    )
+    out["after_open"] = [rt_mod.get().session.connected, job_state(rt_mod.get())]
+    s = bpy.context.scene.stabledreamer
     out["cancel"] = sorted(bpy.ops.stabledreamer.cancel())
     t0 = time.monotonic()
     pump(lambda rt: job_state(rt) == "cancelled", 60, "the cancel")
@@ -393,6 +405,8 @@ def test_start_from_selected_places_the_preview_on_the_blockout(session_run):
 def test_reload_reattaches_and_cancel_stops_the_job(session_run):
     assert session_run["timer_after_disable"] is False
     assert session_run["reattached"] is True
+    assert session_run["preview_after_open"] is False  # an empty file, then the next preview
+    assert session_run["after_open"] == [True, "running"]
     assert session_run["cancel"] == ["FINISHED"]
     assert session_run["history2"] == "cancelled"
 

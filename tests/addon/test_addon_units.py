@@ -92,3 +92,17 @@ def test_a_backend_that_cannot_start_says_so(tmp_path):
     with pytest.raises(backend_process.BackendStartError, match="full path"):
         backend_process.start("/nonexistent/stabledreamer serve", "tcp://127.0.0.1:9",
                               tmp_path / "backend.log")  # fmt: skip
+
+
+def test_incompatible_backend_is_refused_with_the_fix():
+    from stabledreamer_protocol import Hello
+
+    s = session.Session(session.ConnectionSettings("tcp://127.0.0.1:1", use_curve=False))
+    s.connect()
+    s._hello_id = "h1"
+    out: list = []
+    s._handle(Hello(re="h1", protocol="2.0", software="future backend"), out)
+    assert s.state == "disconnected" and s.status.startswith("Incompatible backend")
+    notice = out[-1]
+    assert notice.level == "ERROR" and "protocol 2.0" in notice.text
+    assert "matching versions" in notice.text
