@@ -31,6 +31,8 @@ class Entry:
     message: str = ""
     result_dir: str = ""
     """Folder of the downloaded result files ("" until downloaded)."""
+    preview_points: int | None = None
+    """Gaussians per preview the submit asked for (a re-attach asks the same)."""
     placement: list[float] | None = None
     """``[x, y, z, scale]``: the backend's unit frame to the scene (start from selection)."""
     object_name: str = ""
@@ -39,7 +41,8 @@ class Entry:
 
     @property
     def active(self) -> bool:
-        return self.state in ("queued", "running")
+        """Still to follow: running, or finished with its result not downloaded yet."""
+        return self.state in ("queued", "running") or (self.state == "done" and not self.result_dir)
 
     def label(self) -> str:
         when = time.strftime("%m-%d %H:%M", time.localtime(self.created))
@@ -57,15 +60,18 @@ class History:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.entries: list[Entry] = []
+        self._removed: set[str] = set()
         self.load()
 
     def load(self) -> None:
-        self.entries = []
+        self.entries = self._read()
+
+    def _read(self) -> list[Entry]:
         if not self.path.is_file():
-            return
+            return []
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.entries = [Entry.from_dict(d) for d in data["entries"]]
+            return [Entry.from_dict(d) for d in data["entries"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             bad = self.path.with_suffix(".json.bad")
             print(f"StableDreamer: unreadable history {self.path} ({e}); moved to {bad}")
@@ -73,9 +79,14 @@ class History:
                 os.replace(self.path, bad)
             except OSError:
                 pass
-            self.entries = []
+            return []
 
     def save(self) -> None:
+        """Write the entries, keeping runs another Blender added to the file meanwhile."""
+        mine = {e.job for e in self.entries}
+        others = [e for e in self._read() if e.job not in mine and e.job not in self._removed]
+        if others:
+            self.entries = sorted(self.entries + others, key=lambda e: -e.created)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         data = {"version": 1, "entries": [asdict(e) for e in self.entries[:MAX_ENTRIES]]}
@@ -104,5 +115,6 @@ class History:
         return next((e for e in self.entries if e.active), None)
 
     def remove(self, job: str) -> None:
+        self._removed.add(job)
         self.entries = [e for e in self.entries if e.job != job]
         self.save()

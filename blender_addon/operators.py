@@ -128,6 +128,7 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
                 seed=req.seed,
                 endpoint=rt.session.settings.endpoint,
                 placement=placement.to_list() if placement is not None else None,
+                preview_points=req.preview_points,
             )
         )
         runtime.ensure_timer()
@@ -147,6 +148,24 @@ class STABLEDREAMER_OT_cancel(bpy.types.Operator):
             if rt.session is None:
                 raise _session_error()("No job is running.")
             rt.session.cancel()
+        except _session_error() as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class STABLEDREAMER_OT_retry_download(bpy.types.Operator):
+    """Download the finished job's result again"""
+
+    bl_idname = "stabledreamer.retry_download"
+    bl_label = "Retry Download"
+
+    def execute(self, context):
+        rt = runtime.get()
+        try:
+            if rt.session is None:
+                raise _session_error()("Not connected to a backend: press Connect first.")
+            rt.session.retry_download()
         except _session_error() as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
@@ -269,6 +288,7 @@ CLASSES = (
     STABLEDREAMER_OT_start_backend,
     STABLEDREAMER_OT_generate,
     STABLEDREAMER_OT_cancel,
+    STABLEDREAMER_OT_retry_download,
     STABLEDREAMER_OT_show_log,
     STABLEDREAMER_OT_history_recall,
     STABLEDREAMER_OT_history_import,

@@ -86,6 +86,8 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
                 box.progress(factor=job.fraction, type="BAR", text=text)
             else:
                 box.label(text=text)
+            if job.download_failed:
+                box.operator("stabledreamer.retry_download", icon="FILE_REFRESH")
             if job.num_gaussians:
                 box.label(text=f"{job.num_gaussians:,} Gaussians")
             if rt.debug_tiles:

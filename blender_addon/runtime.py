@@ -104,10 +104,13 @@ def connect(timeout_s: float | None = None, auto_start: bool = True) -> None:
 
     rt = get()
     rt.auto_start_ok = auto_start
+    settings = connection_settings()
     job = rt.session.job if rt.session is not None else None
     if rt.session is not None:
+        if rt.session.settings.endpoint != settings.endpoint:
+            job = None  # that job lives on the other backend (its history entry remembers)
         rt.session.close()
-    rt.session = Session(connection_settings())
+    rt.session = Session(settings)
     rt.session.job = job
     rt.session.connect(timeout_s or CONNECT_TIMEOUT_S)
     ensure_timer()
@@ -141,12 +144,20 @@ def reattach_active_job() -> None:
     entry = rt.history.active()
     if entry is None:
         return
+    endpoint = connection_settings().endpoint
+    if entry.endpoint and entry.endpoint != endpoint:
+        rt.notify(
+            "WARNING",
+            f"The run {entry.prompt[:40]!r} is on the backend {entry.endpoint}; set that "
+            "address in the preferences and Connect to follow it.",
+        )
+        return
     try:
         connect(auto_start=False)
     except Exception as e:  # SessionError: missing keys, a bad address
         rt.notify("WARNING", f"Could not reconnect to follow {entry.prompt[:40]!r}: {e}")
         return
-    rt.session.follow(entry.job, entry.prompt)
+    rt.session.follow(entry.job, entry.prompt, entry.preview_points)
 
 
 # --- the timer ----------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ def poll() -> float:
         updates = session.poll()
         with _ui_context():
             for update in updates:
-                apply(rt, update)
+                _apply_safely(rt, update)
             if rt.pending_imports and _can_import():
                 _import_pending(rt)
         _watch_backend_start(rt)
@@ -188,6 +199,20 @@ def poll() -> float:
         rt.notify("ERROR", f"Internal error while updating: {type(e).__name__}: {e}")
     _redraw()
     return interval if session.state != "disconnected" else IDLE_INTERVAL_S
+
+
+def _apply_safely(rt: Runtime, update) -> None:
+    """One update; a failure loses only that update (a result can be fetched again)."""
+    from .session import ResultUpdate
+
+    try:
+        apply(rt, update)
+    except Exception as e:
+        traceback.print_exc()
+        rt.notify("ERROR", f"Could not apply a {type(update).__name__}: {type(e).__name__}: {e}")
+        job = rt.session.job if rt.session is not None else None
+        if isinstance(update, ResultUpdate) and job is not None and job.job == update.job:
+            job.imported, job.download, job.download_failed = False, None, True
 
 
 def _ui_context():

@@ -115,6 +115,10 @@ class JobView:
     download: float | None = None
     """Fraction of the result downloaded, while it downloads."""
     imported: bool = False
+    download_failed: bool = False
+    """The result could not be downloaded (the panel offers to retry)."""
+    preview_points: int | None = None
+    """What the submit asked for (a re-attach asks for the same)."""
     acknowledged: bool = False
     """The backend has sent a state for this job (so it was accepted)."""
 
@@ -135,6 +139,8 @@ class JobView:
             if self.eta_s is not None and math.isfinite(self.eta_s):
                 text += f", {format_duration(self.eta_s)} left"
             return text
+        if self.state == "done" and self.download_failed:
+            return "Done, but the download failed: Retry Download"
         if self.state == "done" and self.download is not None and not self.imported:
             return f"Downloading result {self.download:.0%}"
         return self.state.capitalize() + (f": {self.message}" if self.message else "")
@@ -230,9 +236,10 @@ class Session:
 
     @property
     def busy(self) -> bool:
-        """A job is followed and not finished (or its result not yet in)."""
-        return self.job is not None and not (
-            self.job.terminal and (self.job.state != "done" or self.job.imported)
+        """A job is followed and not finished (or its result still downloading)."""
+        job = self.job
+        return job is not None and not (
+            job.terminal and (job.state != "done" or job.imported or job.download_failed)
         )
 
     def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -323,15 +330,30 @@ class Session:
             client.submit(prompt, job=job, **fields)
         except ProtocolError as e:
             raise SessionError(f"{e.message}. {e.hint}".strip()) from None
-        self.job = JobView(job=job, prompt=prompt, seed=req.seed)
+        self.job = JobView(job=job, prompt=prompt, seed=req.seed, preview_points=req.preview_points)
         self.status = self._connected_status()
         return job
 
-    def follow(self, job: str, prompt: str = "") -> None:
+    def follow(self, job: str, prompt: str = "", preview_points: int | None = None) -> None:
         """Follow a job submitted earlier (after a reload or a reconnect): attach to it."""
-        self.job = JobView(job=job, prompt=prompt, state="queued", message="re-attaching")
+        self.job = JobView(
+            job=job, prompt=prompt, state="queued", message="re-attaching",
+            preview_points=preview_points,
+        )  # fmt: skip
         if self.connected and self.client is not None:
-            self.client.attach(job)
+            self.client.attach(job, preview_points)
+
+    def retry_download(self) -> None:
+        """Ask for a finished job's result again (re-attaching sends its manifest)."""
+        client = self._need_connection()
+        job = self.job
+        if job is None or job.state != "done" or job.imported:
+            raise SessionError("No finished job is waiting for its result.")
+        try:
+            client.attach(job.job, job.preview_points)
+        except ProtocolError as e:
+            raise SessionError(f"{e.message}. {e.hint}".strip()) from None
+        job.download_failed, job.download = False, None
 
     def cancel(self) -> None:
         client = self._need_connection()
@@ -410,16 +432,18 @@ class Session:
             )
 
     def _rebuild(self, now: float) -> None:
-        """A fresh socket (a dead peer's queued messages are dropped) and a new hello."""
+        """A fresh socket (a dead peer's queued messages are dropped) and a new hello. Downloads
+        in progress are dropped too: the re-attach sends the manifest again."""
         if self.client is not None:
             self.client.close()
-            self.client.socket = None
+            self.client.downloads.clear()
             self.client.connect()
         self._hello_id = None
         self._deadline = now + self._connect_timeout
 
     def _lost(self, now: float, out: list) -> None:
         self.state = "lost"
+        self._connect_timeout = CONNECT_TIMEOUT_S  # not a just-started backend's long wait
         self.status = f"Connection lost; reconnecting to {self.settings.endpoint}..."
         running = self.job is not None and not self.job.terminal
         out.append(
@@ -481,6 +505,8 @@ class Session:
         elif isinstance(event, Result):
             job.download = 0.0
         elif isinstance(event, ResultDownloaded):
+            if job.imported or job.download == 1.0:
+                return  # a second copy (a download restarted across a reconnect)
             job.download = 1.0
             out.append(ResultUpdate(job.job, event.files, dict(event.manifest.metrics)))
         elif isinstance(event, Error):
@@ -500,8 +526,11 @@ class Session:
         self.unreachable = False
         self._last_heard = self._last_ping = self.clock()
         self.status = self._connected_status()
-        if self.job is not None and not (self.job.terminal and self.job.imported):
-            self.client.attach(self.job.job)  # after a reload or a lost connection
+        job = self.job
+        if job is not None and not (job.terminal and (job.imported or job.state != "done")):
+            if job.state == "done":
+                job.download_failed, job.download = False, None
+            self.client.attach(job.job, job.preview_points)  # after a reload or a lost link
         out.append(Notice("INFO", ("Reconnected: " if was_lost else "") + self.status))
 
     def _on_state(self, job: JobView, msg: JobState, out: list) -> None:
@@ -525,6 +554,6 @@ class Session:
             # A refused submit, or a job the backend lost (restarted without its state).
             job.state, job.message = "failed", err.message
             out.append(JobUpdate(job))
-        elif job.download is not None and job.download < 1.0:
-            job.download = None  # a failed download; re-import from history retries it
+        elif job.state == "done" and not job.imported:
+            job.download, job.download_failed = None, True  # a failed fetch: offer a retry
         out.append(Notice("ERROR", text))

@@ -4,6 +4,7 @@ BLENDER_USER_RESOURCES and XDG_CACHE_HOME in a temp folder, read back its JSON r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+needs_bpy = pytest.mark.skipif(
+    importlib.util.find_spec("bpy") is None,
+    reason="needs the bpy module (bpy==5.0.1 is in requirements.lock.txt: run make setup)",
+)
 
 PRELUDE = r"""
 import json, os, sys, time

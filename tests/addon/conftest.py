@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from addon_helpers import build_zip
-
-collect_ignore: list[str] = []
-if importlib.util.find_spec("bpy") is None:  # pragma: no cover - bpy is in the lock file
-    collect_ignore = ["test_addon.py", "test_addon_backend.py"]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from addon_helpers import run_blender
+from addon_helpers import needs_bpy, run_blender
+
+pytestmark = needs_bpy
 
 SCRIPT = textwrap.dedent(
     r"""

@@ -4,9 +4,9 @@ the extension installed into bpy, its operators pressed and its poll function dr
 
 One Blender process plays the whole session in order: connect, a refused job, a text job to the
 end (live preview, debug image, the mesh imported at the 3D cursor, history), a job started from
-a selected blockout that is re-attached after reloading the add-on and then cancelled, and
-finally the backend killed under it. A second process checks that no backend gives a clear
-error.
+a selected blockout that is re-attached after reloading the add-on, survives opening another
+file and the backend being killed and restarted under it, and is then cancelled. A second
+process checks that no backend gives a clear error and that auto-start works.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import sys
 import textwrap
 
 import pytest
-from addon_helpers import ROOT, run_blender
+from addon_helpers import ROOT, needs_bpy, run_blender
 
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 from server_helpers import Server, free_port, make_keys  # noqa: E402
 
 from stabledreamer.tiny_models import save_tiny_models  # noqa: E402
+
+pytestmark = needs_bpy
 
 FAST = {
     "detail.resolution": 64,
@@ -192,7 +194,14 @@ SESSION = textwrap.dedent(
     entry = rt_mod.get().history.get(job2)
     out["placement"] = entry.placement
     pump(lambda rt: bpy.data.objects[mod.preview.OBJECT_NAME].location.x > 2.9, 30, "a preview")
-    out["preview_location"] = list(bpy.data.objects[mod.preview.OBJECT_NAME].location)
+    pobj = bpy.data.objects[mod.preview.OBJECT_NAME]
+    out["preview_location"] = list(pobj.location)
+    # the Gaussians start on the blockout's surface: in the unit frame, a cube of half-size
+    # 0.8 / sqrt(3) (its corners at 80 % of the unit ball)
+    co = np.empty(len(pobj.data.vertices) * 3, np.float32)
+    pobj.data.vertices.foreach_get("co", co)
+    half = np.abs(co.reshape(-1, 3)).max(axis=1)
+    out["on_blockout"] = float(np.mean(np.abs(half - 0.8 / 3**0.5) < 0.05))
 
     # what Reload Scripts does: unregister and register again, the preferences kept
     import addon_utils
@@ -219,18 +228,29 @@ SESSION = textwrap.dedent(
     )
     out["after_open"] = [rt_mod.get().session.connected, job_state(rt_mod.get())]
     s = bpy.context.scene.stabledreamer
-    out["cancel"] = sorted(bpy.ops.stabledreamer.cancel())
-    t0 = time.monotonic()
-    pump(lambda rt: job_state(rt) == "cancelled", 60, "the cancel")
-    out["cancel_s"] = time.monotonic() - t0
-    out["history2"] = rt_mod.get().history.get(job2).state
 
-    # --- the backend dies: the session notices and keeps trying
+    # --- the backend dies mid-job: noticed, then reconnected and re-attached once it is back
+    import subprocess
     rt = rt_mod.get()
-    rt.session.lost_after_s = 1.0
+    rt.session.lost_after_s, rt.session.ping_interval_s = 3.0, 0.5
     os.kill(ARGS["server_pid"], 9)
     pump(lambda rt: rt.session.state == "lost", 30, "the lost connection")
     out["lost_status"] = rt.session.status
+    with open(ARGS["server_log"], "ab") as log:
+        server = subprocess.Popen(ARGS["server_cmd"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        pump(
+            lambda rt: rt.session.connected and job_state(rt) == "running"
+            and rt.session.job.step > 0,
+            120, "reconnecting and the job resuming on the restarted backend",
+        )
+        out["resumed"] = rt_mod.get().session.job.job == job2
+        out["cancel"] = sorted(bpy.ops.stabledreamer.cancel())
+        pump(lambda rt: job_state(rt) == "cancelled", 60, "the cancel")
+        out["history2"] = rt_mod.get().history.get(job2).state
+    finally:
+        server.terminate()
+        server.wait(30)
     out["notices"] = notices
     out["torch_loaded"] = "torch" in sys.modules
     bpy.ops.preferences.addon_disable(module=ADDON)
@@ -311,11 +331,16 @@ def session_run(addon_zip, tmp_path_factory):
     ).start()  # fmt: skip
     try:
         server.wait_ready()
+        cmd = [sys.executable, "-m", "stabledreamer", "serve", "--bind", server.endpoint]
+        cmd += ["--state", str(tmp / "state"), "--keys", str(keys)]
+        cmd += ["--if-model", str(tiny / "if"), "--sd-model", str(tiny / "sd")]
         args = {
             "endpoint": server.endpoint,
             "keys": str(keys),
             "fast": FAST,
             "server_pid": server.proc.pid,
+            "server_cmd": cmd,
+            "server_log": str(tmp / "server2.log"),
         }
         try:
             out = run_blender(SESSION, addon_zip, tmp / "blender", args, timeout=420)
@@ -400,20 +425,24 @@ def test_start_from_selected_places_the_preview_on_the_blockout(session_run):
     # the cube's corner radius (0.25 * sqrt 3) fills 80 % of the unit ball
     assert scale == pytest.approx(0.25 * 3**0.5 / 0.8, rel=0.02)
     assert session_run["preview_location"] == pytest.approx([3.0, 0.0, 0.0], abs=1e-3)
+    assert session_run["on_blockout"] > 0.9  # a ball initialisation would give ~0
 
 
-def test_reload_reattaches_and_cancel_stops_the_job(session_run):
+def test_reload_and_file_open_keep_the_job(session_run):
     assert session_run["timer_after_disable"] is False
     assert session_run["reattached"] is True
     assert session_run["preview_after_open"] is False  # an empty file, then the next preview
     assert session_run["after_open"] == [True, "running"]
+
+
+def test_lost_backend_reconnects_reattaches_and_cancel_stops_the_job(session_run):
+    assert session_run["lost_status"].startswith("Connection lost")
+    notices = [t for _lvl, t in session_run["notices"]]
+    assert any("Lost the backend connection" in t and "keeps running" in t for t in notices)
+    assert any(t.startswith("Reconnected: ") for t in notices)
+    assert session_run["resumed"] is True
     assert session_run["cancel"] == ["FINISHED"]
     assert session_run["history2"] == "cancelled"
-
-
-def test_lost_backend_is_noticed(session_run):
-    assert session_run["lost_status"].startswith("Connection lost")
-    assert any("Lost the backend connection" in t for _lvl, t in session_run["notices"])
 
 
 def test_no_torch_in_blender(session_run):

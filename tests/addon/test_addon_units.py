@@ -28,7 +28,7 @@ backend_process = load("backend_process")
 def test_history_survives_a_restart_and_a_corrupt_file(tmp_path):
     path = tmp_path / "history.json"
     h = history.History(path)
-    h.add(history.Entry(job="a", prompt="a chair", state="done"))
+    h.add(history.Entry(job="a", prompt="a chair", state="done", result_dir="/r/a"))
     h.add(history.Entry(job="b", prompt="a crate", placement=[1.0, 2.0, 3.0, 0.5]))
     h.update("b", state="running")
     again = history.History(path)
@@ -106,3 +106,56 @@ def test_incompatible_backend_is_refused_with_the_fix():
     notice = out[-1]
     assert notice.level == "ERROR" and "protocol 2.0" in notice.text
     assert "matching versions" in notice.text
+
+
+def test_history_keeps_runs_another_blender_added(tmp_path):
+    path = tmp_path / "history.json"
+    a, b = history.History(path), history.History(path)
+    a.add(history.Entry(job="a", prompt="from A", created=1.0))
+    b.add(history.Entry(job="b", prompt="from B", created=2.0))
+    a.update("a", state="done", result_dir="/r/a")
+    assert [e.job for e in history.History(path).entries] == ["b", "a"]
+    a.remove("b")
+    assert [e.job for e in history.History(path).entries] == ["a"]
+    # finished but never downloaded: still to follow after a restart
+    assert history.Entry(job="c", prompt="p", state="done").active
+    assert not history.Entry(job="c", prompt="p", state="done", result_dir="/r").active
+
+
+def _followed_session():
+    s = session.Session(session.ConnectionSettings("tcp://127.0.0.1:1", use_curve=False))
+    s.connect()
+    s.state = "connected"
+    s.job = session.JobView(job="j1", prompt="a chair", acknowledged=True)
+    return s
+
+
+def test_a_result_is_delivered_once():
+    from stabledreamer_protocol import JobState, Result
+    from stabledreamer_protocol.client import ResultDownloaded
+
+    s = _followed_session()
+    out: list = []
+    s._handle(JobState(job="j1", state="done"), out)
+    got = ResultDownloaded(job="j1", files={"mesh.glb": b"x"}, manifest=Result(job="j1"))
+    s._handle(got, out)
+    s._handle(got, out)  # a download restarted across a reconnect delivers a second copy
+    assert [type(u).__name__ for u in out].count("ResultUpdate") == 1
+
+
+def test_a_failed_download_frees_the_panel_and_can_be_retried():
+    from stabledreamer_protocol import Error, JobState
+
+    s = _followed_session()
+    out: list = []
+    s._handle(JobState(job="j1", state="done"), out)
+    assert s.busy  # waiting for the result
+    s._handle(Error(job="j1", code="checksum", message="chunk 3 of mesh.glb corrupt"), out)
+    assert s.job.download_failed and not s.busy
+    assert "download failed" in s.job.progress_text()
+    with pytest.raises(session.SessionError, match="not reachable"):
+        s.retry_download()  # nobody listens on this port: the send fails, the offer stays
+    assert s.job.download_failed
+    s.client.attach = lambda job, points=None: "m1"
+    s.retry_download()
+    assert not s.job.download_failed and s.busy
