@@ -35,6 +35,8 @@ class Entry:
     """Gaussians per preview the submit asked for (a re-attach asks the same)."""
     placement: list[float] | None = None
     """``[x, y, z, scale]``: the backend's unit frame to the scene (start from selection)."""
+    source_object: str = ""
+    """The blockout it started from (hidden once the result is imported in its place)."""
     object_name: str = ""
     """The imported object's name (renamed objects are simply not found again)."""
     metrics: dict[str, Any] = field(default_factory=dict)

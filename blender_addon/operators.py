@@ -128,6 +128,7 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
                 seed=req.seed,
                 endpoint=rt.session.settings.endpoint,
                 placement=placement.to_list() if placement is not None else None,
+                source_object=context.active_object.name if placement is not None else "",
                 preview_points=req.preview_points,
             )
         )

@@ -344,6 +344,11 @@ def _import_pending(rt: Runtime) -> None:
         preview.set_visible(False)
         coll = obj.users_collection[0]
         rt.notify("INFO", f"Imported {obj.name!r} into the collection {coll.name!r}")
+        blockout = bpy.data.objects.get(entry.source_object) if entry.source_object else None
+        layer = bpy.context.view_layer
+        if blockout is not None and layer.objects.get(blockout.name) is not None:
+            blockout.hide_set(True, view_layer=layer)  # replaced in place; the eye brings it back
+            rt.notify("INFO", f"Hid the blockout {blockout.name!r} (the result took its place)")
         if bpy.ops.ed.undo_push.poll():  # one undo step for the import and its placement
             bpy.ops.ed.undo_push(message="StableDreamer: import result")
 

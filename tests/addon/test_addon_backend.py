@@ -248,6 +248,24 @@ SESSION = textwrap.dedent(
         out["cancel"] = sorted(bpy.ops.stabledreamer.cancel())
         pump(lambda rt: job_state(rt) == "cancelled", 60, "the cancel")
         out["history2"] = rt_mod.get().history.get(job2).state
+        # --- a short job from the blockout to the end: the result takes the blockout's place
+        s = bpy.context.scene.stabledreamer
+        if "Crate blockout" not in bpy.data.objects:
+            bpy.ops.mesh.primitive_cube_add(size=0.5, location=(-2.0, 1.0, 0.25))
+            bpy.context.active_object.name = "Crate blockout"
+        blockout = bpy.data.objects["Crate blockout"]
+        bpy.context.view_layer.objects.active = blockout
+        s.prompt, s.from_selected, s.init_points = "a small crate", True, 1000
+        s.steps_geometry, s.steps_detail = 3, 2
+        s.overrides = json.dumps(ARGS["fast"])
+        out["generate3"] = sorted(bpy.ops.stabledreamer.generate())
+        pump(lambda rt: rt.session.job.imported or job_state(rt) == "failed", 120, "job 3")
+        crate = bpy.data.objects.get("Small crate")
+        out["crate"] = None if crate is None else {
+            "location": list(crate.location),
+            "scale": list(crate.scale),
+            "blockout_hidden": blockout.hide_get(),
+        }
     finally:
         server.terminate()
         server.wait(30)
@@ -426,6 +444,14 @@ def test_start_from_selected_places_the_preview_on_the_blockout(session_run):
     assert scale == pytest.approx(0.25 * 3**0.5 / 0.8, rel=0.02)
     assert session_run["preview_location"] == pytest.approx([3.0, 0.0, 0.0], abs=1e-3)
     assert session_run["on_blockout"] > 0.9  # a ball initialisation would give ~0
+
+
+def test_result_takes_the_blockouts_place(session_run):
+    crate = session_run["crate"]
+    assert crate is not None, session_run["notices"][-5:]
+    assert crate["location"] == pytest.approx([-2.0, 1.0, 0.25], abs=1e-3)
+    assert crate["scale"] == pytest.approx([0.25 * 3**0.5 / 0.8] * 3, rel=0.02)
+    assert crate["blockout_hidden"] is True
 
 
 def test_reload_and_file_open_keep_the_job(session_run):
