@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from . import runtime
+from .prefs import get_prefs
 
 ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
 HISTORY_ROWS = 8
@@ -39,6 +40,11 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
         box = layout.box()
         connected = session is not None and session.connected
         box.label(text=rt.status, icon="LINKED" if connected else "UNLINKED")
+        prefs = get_prefs()
+        if prefs is not None:
+            row = box.row()
+            row.enabled = not connected
+            row.prop(prefs, "endpoint", text="")
         row = box.row(align=True)
         if connected:
             row.operator("stabledreamer.disconnect", icon="X")
