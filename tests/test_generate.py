@@ -15,7 +15,7 @@ from stabledreamer.trainer import TrainingCancelled
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
-    save_tiny_models(d)
+    save_tiny_models(d, variant="fp16")  # fp32 and fp16 files, as IF-I-XL and SD 2.1 ship them
     return d
 
 

@@ -6,9 +6,11 @@ loaded back through the real ``from_pretrained`` code path with HF_HUB_OFFLINE=1
 
 import gc
 import logging
+import shutil
 
 import pytest
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, T5EncoderModel
 
 from stabledreamer.cameras import orbit_cameras
@@ -19,6 +21,7 @@ from stabledreamer.guidance.deepfloyd_if import DeepFloydIFConfig, DeepFloydIFGu
 from stabledreamer.guidance.stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
 from stabledreamer.prompts import ViewPromptConfig, view_names, view_prompts
 from stabledreamer.sds import NoiseConfig, sds_loss
+from stabledreamer.tiny_models import save_tiny_models
 
 AZ = [0.0, 90.0, 180.0, 270.0]
 EL = [10.0, 10.0, 10.0, 75.0]  # front, side, back, overhead
@@ -176,3 +179,110 @@ def test_deepfloyd_notice_once(monkeypatch, caplog):
         assert models.deepfloyd_notice() is True
         assert models.deepfloyd_notice() is False
     assert sum("non-commercial" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- fp16 weight variant -------------------------------------------------------------------------
+
+PARTS = {
+    "if": ((UNet2DConditionModel, "unet"), (T5EncoderModel, "text_encoder")),
+    "sd": (
+        (UNet2DConditionModel, "unet"),
+        (AutoencoderKL, "vae"),
+        (CLIPTextModel, "text_encoder"),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16_dir(tmp_path_factory):
+    """Tiny models with the default fp32 files and an fp16 variant, as IF-I-XL ships them."""
+    d = tmp_path_factory.mktemp("tiny-fp16")
+    save_tiny_models(d, variant="fp16")
+    for sub in ("if/unet", "if/text_encoder", "sd/unet", "sd/vae", "sd/text_encoder"):
+        assert list((d / sub).glob("*.fp16.safetensors")), sub
+    return d
+
+
+def _without(src, dst, pattern):
+    """A copy of the pipeline folder ``src`` without the files matching ``pattern``."""
+    shutil.copytree(src, dst)
+    for f in dst.rglob(pattern):
+        f.unlink()
+    return dst
+
+
+def _weights(cls, source, subfolder, variant):
+    kw = {"torch_dtype": torch.float32} if subfolder != "text_encoder" else {"dtype": torch.float32}
+    m = models.load_weights(cls, str(source), subfolder, variant, **kw)
+    return {k: v.detach() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("which", ["if", "sd"])
+def test_fp16_variant_is_read_when_present(which, tiny_fp16_dir):
+    src = tiny_fp16_dir / which
+    for cls, sub in PARTS[which]:
+        fp32 = _weights(cls, src, sub, None)
+        fp16 = _weights(cls, src, sub, "fp16")
+        # Upcast to fp32 on the CPU, holding exactly the fp16-rounded values: the variant's file.
+        assert all(v.dtype == torch.float32 for v in fp16.values()), sub
+        assert all(torch.equal(fp16[k], fp32[k].half().float()) for k in fp32), sub
+        assert any(not torch.equal(fp16[k], fp32[k]) for k in fp32), sub
+
+
+@pytest.mark.parametrize("which", ["if", "sd"])
+def test_no_variant_falls_back_to_the_default_files(which, tiny_dir, caplog):
+    src = tiny_dir / which
+    assert not list(src.rglob("*.fp16.safetensors"))
+    for cls, sub in PARTS[which]:
+        with caplog.at_level(logging.INFO, logger=models.__name__):
+            fallback = _weights(cls, src, sub, "fp16")
+        assert any("no fp16 weights" in r.getMessage() for r in caplog.records)
+        fp32 = _weights(cls, src, sub, None)
+        assert all(torch.equal(fallback[k], fp32[k]) for k in fp32), sub
+
+
+def test_a_variant_only_folder_loads(tiny_fp16_dir, tmp_path):
+    """A folder with only the fp16 files (``hf download --include '*.fp16.*'``) is enough."""
+    src = _without(tiny_fp16_dir, tmp_path / "fp16-only", "*model.safetensors")
+    assert not list(src.rglob("diffusion_pytorch_model.safetensors"))
+    ifg = DeepFloydIFGuidance("a red chair", DeepFloydIFConfig(model=str(src / "if")))
+    sdg = StableDiffusionGuidance(
+        "a red chair", StableDiffusionConfig(model=str(src / "sd"), resolution=64)
+    )
+    assert ifg.unet.dtype == sdg.unet.dtype == sdg.vae.dtype == torch.float32  # CPU: fp32
+    with pytest.raises(
+        GuidanceError, match=r"no file named (diffusion_pytorch_)?model\.safetensors"
+    ):
+        StableDiffusionGuidance(
+            "x", StableDiffusionConfig(model=str(src / "sd"), variant=None, resolution=64)
+        )
+
+
+def test_no_weights_at_all_is_a_clear_error(tiny_fp16_dir, tmp_path):
+    src = _without(tiny_fp16_dir / "sd", tmp_path / "sd", "diffusion_pytorch_model*.safetensors")
+    with pytest.raises(GuidanceError) as e:
+        StableDiffusionGuidance("x", StableDiffusionConfig(model=str(src), resolution=64))
+    msg = str(e.value)
+    assert msg.startswith(f"could not load folder {src}") and "no file named" in msg
+    assert "diffusion_pytorch_model.safetensors" in msg  # names the default files, not fp16's
+
+
+def test_a_gated_repo_does_not_fall_back(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError
+
+    class Gated(GatedRepoError):
+        def __init__(self, msg):
+            Exception.__init__(self, msg)
+
+    calls = []
+
+    class Loader:
+        @classmethod
+        def from_pretrained(cls, *a, **k):
+            calls.append(k.get("variant"))
+            raise OSError("no file named diffusion_pytorch_model.fp16.safetensors") from Gated("")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(GuidanceError, match="accept its licence"):
+        models.load_weights(Loader, "DeepFloyd/IF-I-XL-v1.0", "unet", "fp16")
+    assert calls == ["fp16"]

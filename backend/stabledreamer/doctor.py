@@ -38,7 +38,7 @@ DOWNLOAD_PARAMS = {
     "if": ("if_unet", "t5_xxl_encoder"),
     "sd": ("sd_unet", "sd_vae", "sd_text_encoder"),
 }
-"""The parts whose weights a download brings (fp32 files: 4 bytes per parameter)."""
+"""The parts whose weights a download brings (``_download_gib``)."""
 
 
 @dataclass
@@ -275,9 +275,15 @@ def check_model(kind: str, source: str, cfg: DoctorConfig) -> tuple[Check, float
 
 
 def _download_gib(kind: str) -> float:
+    """GiB of weight files a first run downloads: the fp16 variant's (2 bytes per parameter)
+    with the default ``variant="fp16"``, else the fp32 files (4)."""
     from .full_size_models import param_count
+    from .guidance.deepfloyd_if import DeepFloydIFConfig
+    from .guidance.stable_diffusion import StableDiffusionConfig
 
-    return sum(param_count(n) for n in DOWNLOAD_PARAMS[kind]) * 4 / GIB
+    variant = (DeepFloydIFConfig() if kind == "if" else StableDiffusionConfig()).variant
+    nbytes = 2 if variant == "fp16" else 4
+    return sum(param_count(n) for n in DOWNLOAD_PARAMS[kind]) * nbytes / GIB
 
 
 def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
@@ -308,8 +314,8 @@ def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
         )  # fmt: skip
     return Check(
         name, WARN, f"{repo_id} is reachable but not downloaded yet",
-        f"the first run downloads it (about {_download_gib(name.split()[0]):.0f} GB in fp32 "
-        f"files); `hf download {repo_id}` does it now",
+        f"the first run downloads it (about {_download_gib(name.split()[0]):.0f} GiB of fp16 "
+        f"weight files); `hf download {repo_id}` does it now (every file: more)",
     )  # fmt: skip
 
 

@@ -186,10 +186,23 @@ def build_tiny_sd(seed: int = 0):
     )
 
 
-def save_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Build both tiny pipelines and save them (safetensors) into ``out_dir``/if and /sd."""
+def save_tiny_models(
+    out_dir: str | Path, seed: int = 0, variant: str | None = None
+) -> dict[str, Path]:
+    """Build both tiny pipelines and save them (safetensors) into ``out_dir``/if and /sd.
+
+    ``variant="fp16"`` also writes the weights as ``*.fp16.safetensors`` in float16 next to the
+    default fp32 files, as IF-I-XL and SD 2.1-base ship them (another variant name: the same
+    fp32 weights under that name)."""
     out = Path(out_dir)
     paths = {"if": out / "if", "sd": out / "sd"}
-    build_tiny_if(seed).save_pretrained(paths["if"], safe_serialization=True)
-    build_tiny_sd(seed).save_pretrained(paths["sd"], safe_serialization=True)
+    for name, build in (("if", build_tiny_if), ("sd", build_tiny_sd)):
+        pipe = build(seed)
+        pipe.save_pretrained(paths[name], safe_serialization=True)
+        if variant:
+            if variant == "fp16":
+                for part in ("unet", "vae", "text_encoder"):
+                    if getattr(pipe, part, None) is not None:
+                        getattr(pipe, part).to(torch.float16)
+            pipe.save_pretrained(paths[name], safe_serialization=True, variant=variant)
     return paths

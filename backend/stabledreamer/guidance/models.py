@@ -2,8 +2,10 @@
 
 A model source is a hub id (``DeepFloyd/IF-I-XL-v1.0``) or a local folder laid out as a diffusers
 pipeline (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``vae/``). Weights load as
-safetensors only and no remote code runs. Failures become ``GuidanceError`` messages that say what
-to do: a missing folder, a hub id while offline, a gated repository (DeepFloyd IF).
+safetensors only and no remote code runs; a weight variant (``fp16``: ``*.fp16.safetensors``) is
+tried first and the default files used when the source has none. Failures become
+``GuidanceError`` messages that say what to do: a missing folder, a hub id while offline, a gated
+repository (DeepFloyd IF).
 """
 
 from __future__ import annotations
@@ -126,6 +128,34 @@ def load_component(cls: Any, source: str, subfolder: str, **kwargs: Any) -> Any:
         raise explain_load_error(source, e) from e
 
 
+def variant_missing(e: BaseException, variant: str) -> bool:
+    """Whether ``from_pretrained(..., variant=variant)`` failed because the variant's weight files
+    are not there. diffusers and transformers both raise ``OSError`` naming the missing file
+    (``diffusion_pytorch_model.fp16.safetensors``, ``model.fp16.safetensors``; from the hub
+    wrapped around ``EntryNotFoundError``); a gated or unknown repository is not that."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    errs = list(_chain(e))
+    if any(isinstance(x, RepositoryNotFoundError) for x in errs):  # gated is a subclass
+        return False
+    return any(isinstance(x, OSError) and f".{variant}." in str(x) for x in errs)
+
+
+def load_weights(cls: Any, source: str, subfolder: str, variant: str | None, **kwargs: Any) -> Any:
+    """``load_component`` for a part with weights: the ``variant``'s files (``*.fp16.*``) when
+    the source has them, else the default files (a folder saved without variants)."""
+    if variant:
+        try:
+            return load_component(cls, source, subfolder, variant=variant, **kwargs)
+        except GuidanceError as e:
+            if e.__cause__ is None or not variant_missing(e.__cause__, variant):
+                raise
+        log.info(
+            "%s has no %s weights in %s/: loading the default files", source, variant, subfolder
+        )
+    return load_component(cls, source, subfolder, **kwargs)
+
+
 # -- helpers shared by the real guidances -------------------------------------------------------
 
 
@@ -198,9 +228,8 @@ def embed_view_prompts(
 
     from transformers import AutoTokenizer
 
-    kw = {"variant": cfg.variant} if cfg.variant else {}
     tokenizer = load_component(AutoTokenizer, source, "tokenizer")
-    encoder = load_component(encoder_cls, source, "text_encoder", dtype=dtype, **kw)
+    encoder = load_weights(encoder_cls, source, "text_encoder", cfg.variant, dtype=dtype)
     encoder.eval()
     if getattr(cfg, "cpu_offload", False):
         enable_cpu_offload(encoder, device)  # streamed layer by layer: T5-XXL needs no 9.5 GB

@@ -22,6 +22,7 @@ from .models import (
     embed_view_prompts,
     enable_cpu_offload,
     load_component,
+    load_weights,
     pick_device_dtype,
     resize_renders,
     resolve_source,
@@ -48,8 +49,11 @@ class StableDiffusionConfig:
     """Encode with ``latent_dist.sample()`` (threestudio); False: the mean."""
     half_precision: bool = True
     """fp16 on CUDA (threestudio half_precision_weights); always fp32 on CPU."""
-    variant: str | None = None
-    """Weight file variant to load (e.g. ``fp16``); None: the default files."""
+    variant: str | None = "fp16"
+    """Weight files to load first: ``fp16`` reads ``*.fp16.safetensors`` (SD 2.1-base ships
+    them next to its fp32 files: its UNet is 1.7 GB instead of 3.5 GB). A source without them
+    falls back to the default files; None: always the default files. On the CPU the weights are
+    upcast to fp32 after loading."""
     cpu_offload: bool = False
     """Keep the UNet, the VAE (and the text encoder while it encodes the prompts) in CPU memory
     and stream them to the GPU layer by layer per forward (accelerate)."""
@@ -67,16 +71,17 @@ class StableDiffusionGuidance:
         self.cfg = cfg = cfg or StableDiffusionConfig()
         self.source = resolve_source(cfg.model)
         self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
-        kw = {"variant": cfg.variant} if cfg.variant else {}
         self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
         # Prompts first: the text encoder is loaded, used and freed before the UNet arrives, so
         # the two are never in memory together (T5-XXL alone is 9.5 GB in fp16).
         self.embeddings: ViewEmbeddings | None = None
         self.set_prompt(prompt)
-        self.unet = load_component(
-            UNet2DConditionModel, self.source, "unet", torch_dtype=self.dtype, **kw
+        self.unet = load_weights(
+            UNet2DConditionModel, self.source, "unet", cfg.variant, torch_dtype=self.dtype
         )
-        self.vae = load_component(AutoencoderKL, self.source, "vae", torch_dtype=self.dtype, **kw)
+        self.vae = load_weights(
+            AutoencoderKL, self.source, "vae", cfg.variant, torch_dtype=self.dtype
+        )
         for m in (self.unet, self.vae):
             m.eval().requires_grad_(False)  # gradients flow through the VAE to the renders
             if cfg.cpu_offload:
