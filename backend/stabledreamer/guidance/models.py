@@ -145,11 +145,17 @@ def load_weights(cls: Any, source: str, subfolder: str, variant: str | None, **k
     """``load_component`` for a part with weights: the ``variant``'s files (``*.fp16.*``) when
     the source has them, else the default files (a folder saved without variants)."""
     if variant:
+        # diffusers logs a missing variant as an ERROR before raising: quiet while we try.
+        quiet = logging.getLogger("diffusers.models.modeling_utils")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
             return load_component(cls, source, subfolder, variant=variant, **kwargs)
         except GuidanceError as e:
             if e.__cause__ is None or not variant_missing(e.__cause__, variant):
                 raise
+        finally:
+            quiet.setLevel(level)
         log.info(
             "%s has no %s weights in %s/: loading the default files", source, variant, subfolder
         )

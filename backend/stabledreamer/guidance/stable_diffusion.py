@@ -27,6 +27,7 @@ from .models import (
     resize_renders,
     resolve_source,
 )
+from .vae_checkpointing import enable_vae_checkpointing
 
 
 @dataclass
@@ -57,6 +58,12 @@ class StableDiffusionConfig:
     cpu_offload: bool = False
     """Keep the UNet, the VAE (and the text encoder while it encodes the prompts) in CPU memory
     and stream them to the GPU layer by layer per forward (accelerate)."""
+    vae_gradient_checkpointing: bool | None = None
+    """Keep only each VAE encoder layer's input for the backward pass and recompute the layer
+    then (``vae_checkpointing``): the encoder's saved activations, most of stage 2's memory at
+    512², drop by about half (measured on the CPU: 3.17 -> 1.58 GiB per 512² view in fp32) for
+    one more encoder forward per step (+1.12 TFLOP per 512² view: +29 % of a full-size step's
+    FLOPs). None: on with CUDA, where memory is scarce; off on the CPU, where time is."""
     view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
 
 
@@ -82,6 +89,11 @@ class StableDiffusionGuidance:
         self.vae = load_weights(
             AutoencoderKL, self.source, "vae", cfg.variant, torch_dtype=self.dtype
         )
+        checkpointing = cfg.vae_gradient_checkpointing
+        if checkpointing is None:
+            checkpointing = self.device.type == "cuda"
+        if checkpointing:
+            enable_vae_checkpointing(self.vae)  # applies in eval mode: diffusers checks grad mode
         for m in (self.unet, self.vae):
             m.eval().requires_grad_(False)  # gradients flow through the VAE to the renders
             if cfg.cpu_offload:
