@@ -347,3 +347,20 @@ def test_vae_checkpointing_memory_estimate():
     # Measured on the CPU (fp32, 1 view at 512², peak process memory): 3.17 and 1.58 GiB.
     assert 3.0 < plain < 3.5 and 1.3 < ckpt < 1.7
     assert vae_encoder_saved_gib(512, 4, 2, True) < 0.5 * vae_encoder_saved_gib(512, 4, 2, False)
+
+
+def test_a_cached_hub_id_offline_falls_back_to_its_fp32_files(tiny_dir, tmp_path, monkeypatch):
+    """A hub id downloaded whole before (``hf download``, fp32 files only), used offline."""
+    from huggingface_hub import constants
+
+    for which, repo in (("if", "owner/tiny-if"), ("sd", "owner/tiny-sd")):
+        snapshot = tmp_path / ("models--" + repo.replace("/", "--"))
+        (snapshot / "refs").mkdir(parents=True)
+        (snapshot / "refs" / "main").write_text("0" * 40)
+        shutil.copytree(tiny_dir / which, snapshot / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    ifg = DeepFloydIFGuidance("a red chair", DeepFloydIFConfig(model="owner/tiny-if"))
+    sdg = StableDiffusionGuidance(
+        "a red chair", StableDiffusionConfig(model="owner/tiny-sd", resolution=64)
+    )
+    assert ifg.embeddings.cond.shape[0] == sdg.embeddings.cond.shape[0] == 4

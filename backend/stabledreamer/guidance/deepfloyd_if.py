@@ -91,10 +91,11 @@ class DeepFloydIFGuidance:
         """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
         if self.embeddings is not None and self.embeddings.prompt == prompt:
             return
-        from transformers import T5EncoderModel
+        from transformers import T5EncoderModel, T5Tokenizer
 
         self.embeddings = embed_view_prompts(
             self.source,
+            T5Tokenizer,
             T5EncoderModel,
             prompt,
             self.cfg,

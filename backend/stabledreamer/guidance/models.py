@@ -224,17 +224,25 @@ class ViewEmbeddings:
 
 
 def embed_view_prompts(
-    source: str, encoder_cls: Any, prompt: str, cfg: Any, device: Any, dtype: Any, encode_texts
+    source: str,
+    tokenizer_cls: Any,
+    encoder_cls: Any,
+    prompt: str,
+    cfg: Any,
+    device: Any,
+    dtype: Any,
+    encode_texts,
 ) -> ViewEmbeddings:
     """Load the tokenizer and text encoder of ``source``, encode ``prompt`` for every view and
     ``cfg.negative_prompt`` once, then free the encoder (the embeddings are all later steps
     need; the encoder is the largest memory cost). ``encode_texts(tokenizer, encoder, texts)``
-    is the model's own tokenisation and forward."""
+    is the model's own tokenisation and forward. The tokenizer's own class, not
+    ``AutoTokenizer``: transformers 5's ``AutoTokenizer`` also looks for ``tokenizer/config.json``,
+    which pipelines do not have, and offline that fails for a hub id whose snapshot was
+    downloaded whole (``hf download``) rather than file by file."""
     from functools import partial
 
-    from transformers import AutoTokenizer
-
-    tokenizer = load_component(AutoTokenizer, source, "tokenizer")
+    tokenizer = load_component(tokenizer_cls, source, "tokenizer")
     encoder = load_weights(encoder_cls, source, "text_encoder", cfg.variant, dtype=dtype)
     encoder.eval()
     if getattr(cfg, "cpu_offload", False):

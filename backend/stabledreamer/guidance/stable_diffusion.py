@@ -109,10 +109,11 @@ class StableDiffusionGuidance:
         """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
         if self.embeddings is not None and self.embeddings.prompt == prompt:
             return
-        from transformers import CLIPTextModel
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         self.embeddings = embed_view_prompts(
             self.source,
+            CLIPTokenizer,
             CLIPTextModel,
             prompt,
             self.cfg,
