@@ -48,7 +48,8 @@ class DeepFloydIFConfig:
     to its fp32 files (half the download: about 18 GB instead of 36 GB; threestudio's
     deepfloyd-if guidance and diffusers' IF docs load ``variant="fp16"``). A source without them
     falls back to the default files; None: always the default files. On the CPU the weights are
-    upcast to fp32 after loading."""
+    upcast to fp32 after loading (fp16-rounded values: for the full fp32 weights set None too
+    when ``half_precision`` is off)."""
     cpu_offload: bool = False
     """Keep the UNet (and the T5 encoder while it encodes the prompts) in CPU memory and stream
     them to the GPU layer by layer per forward (accelerate): the GPU then holds activations and

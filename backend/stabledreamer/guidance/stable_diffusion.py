@@ -54,7 +54,8 @@ class StableDiffusionConfig:
     """Weight files to load first: ``fp16`` reads ``*.fp16.safetensors`` (SD 2.1-base ships
     them next to its fp32 files: its UNet is 1.7 GB instead of 3.5 GB). A source without them
     falls back to the default files; None: always the default files. On the CPU the weights are
-    upcast to fp32 after loading."""
+    upcast to fp32 after loading (fp16-rounded values: for the full fp32 weights set None too
+    when ``half_precision`` is off)."""
     cpu_offload: bool = False
     """Keep the UNet, the VAE (and the text encoder while it encodes the prompts) in CPU memory
     and stream them to the GPU layer by layer per forward (accelerate)."""
