@@ -82,3 +82,11 @@ def test_resume_run_dir_continues_a_cancelled_run(tmp_path, capsys):
         run_reconstruction(cfg, out, callback=lambda p: p.global_step == 2)
     assert main(["reconstruct", "--resume", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4
+
+
+def test_tiny_models_command_writes_the_fp16_variant(tmp_path, capsys):
+    assert main(["tiny-models", str(tmp_path / "m"), "--variant", "fp16"]) == 0
+    assert "SD-like" in capsys.readouterr().out
+    unet = tmp_path / "m" / "sd" / "unet"
+    assert (unet / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert (unet / "diffusion_pytorch_model.safetensors").is_file()

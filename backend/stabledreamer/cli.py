@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("dir", help="folder to write")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed (default %(default)s)")
+    tiny.add_argument(
+        "--variant",
+        choices=["fp16"],
+        help="also write fp16 weight files next to the fp32 ones, as the real repositories do",
+    )
     return parser
 
 
@@ -448,7 +453,7 @@ def cmd_doctor(args) -> int:
 def cmd_tiny_models(args) -> int:
     from .tiny_models import save_tiny_models
 
-    paths = save_tiny_models(args.dir, seed=args.seed)
+    paths = save_tiny_models(args.dir, seed=args.seed, variant=args.variant)
     print(f"IF-like: {paths['if']}\nSD-like: {paths['sd']}")
     return 0
 
