@@ -137,6 +137,21 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _on_session(op, method: str, done: str = "") -> set[str]:
+    """Call ``Session.<method>()``; a SessionError becomes the operator's ERROR report."""
+    rt = runtime.get()
+    try:
+        if rt.session is None:
+            raise _session_error()("Not connected to a backend: press Connect first.")
+        getattr(rt.session, method)()
+    except _session_error() as e:
+        op.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    if done:
+        op.report({"INFO"}, done)
+    return {"FINISHED"}
+
+
 class STABLEDREAMER_OT_cancel(bpy.types.Operator):
     """Cancel the running job (the backend stops within a step)"""
 
@@ -144,15 +159,7 @@ class STABLEDREAMER_OT_cancel(bpy.types.Operator):
     bl_label = "Cancel"
 
     def execute(self, context):
-        rt = runtime.get()
-        try:
-            if rt.session is None:
-                raise _session_error()("No job is running.")
-            rt.session.cancel()
-        except _session_error() as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+        return _on_session(self, "cancel")
 
 
 class STABLEDREAMER_OT_retry_download(bpy.types.Operator):
@@ -162,15 +169,7 @@ class STABLEDREAMER_OT_retry_download(bpy.types.Operator):
     bl_label = "Retry Download"
 
     def execute(self, context):
-        rt = runtime.get()
-        try:
-            if rt.session is None:
-                raise _session_error()("Not connected to a backend: press Connect first.")
-            rt.session.retry_download()
-        except _session_error() as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+        return _on_session(self, "retry_download")
 
 
 class STABLEDREAMER_OT_show_log(bpy.types.Operator):
@@ -180,16 +179,8 @@ class STABLEDREAMER_OT_show_log(bpy.types.Operator):
     bl_label = "Backend Log"
 
     def execute(self, context):
-        rt = runtime.get()
-        try:
-            if rt.session is None:
-                raise _session_error()("Not connected to a backend: press Connect first.")
-            rt.session.request_logs()
-        except _session_error() as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, "Fetching the backend log into the text 'StableDreamer Log'")
-        return {"FINISHED"}
+        done = "Fetching the backend log into the text 'StableDreamer Log'"
+        return _on_session(self, "request_logs", done)
 
 
 class STABLEDREAMER_OT_history_recall(bpy.types.Operator):

@@ -20,25 +20,13 @@ import pytest
 from addon_helpers import ROOT, needs_bpy, run_blender
 
 sys.path.insert(0, str(ROOT / "tests" / "server"))
-from server_helpers import Server, free_port, make_keys  # noqa: E402
+from server_helpers import FAST_TEXT, Server, free_port, make_keys  # noqa: E402
 
 from stabledreamer.tiny_models import save_tiny_models  # noqa: E402
 
 pytestmark = needs_bpy
 
-FAST = {
-    "detail.resolution": 64,
-    "stable_diffusion.resolution": 64,
-    "init.num_points": 1000,
-    "debug_every": 2,
-    "camera.batch_size": 2,
-    "eval_resolution": 32,
-    "mesh.grid": 32,
-    "mesh.faces": 2000,
-    "mesh.texture_size": 64,
-    "mesh.views": 4,
-    "mesh.view_resolution": 32,
-}
+FAST = {**FAST_TEXT, "debug_every": 2}
 
 SESSION = textwrap.dedent(
     r"""

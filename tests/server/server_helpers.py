@@ -53,6 +53,19 @@ FAST = {
     "reconstruct.strategy.max_gaussians": 1000,
 }
 """Overrides that make a ``smoke`` job's fixed costs small."""
+FAST_TEXT = {
+    "detail.resolution": 64,
+    "stable_diffusion.resolution": 64,
+    "init.num_points": 1000,
+    "camera.batch_size": 2,
+    "eval_resolution": 32,
+    "mesh.grid": 32,
+    "mesh.faces": 2000,
+    "mesh.texture_size": 64,
+    "mesh.views": 4,
+    "mesh.view_resolution": 32,
+}
+"""Overrides that make a text job with the tiny models quick (set the step counts with them)."""
 
 
 def free_port() -> int:

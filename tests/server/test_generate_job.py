@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from server_helpers import make_keys
+from server_helpers import FAST_TEXT, make_keys
 
 from stabledreamer.tiny_models import save_tiny_models
 from stabledreamer_protocol import Error
@@ -21,20 +21,7 @@ def test_text_job_runs_with_the_services_models(tmp_path, make_server):
         tmp_path / "state", keys, "--if-model", str(tiny / "if"), "--sd-model", str(tiny / "sd")
     )
     s.wait_ready()
-    overrides = {
-        "geometry.steps": 2,
-        "detail.steps": 2,
-        "detail.resolution": 64,
-        "stable_diffusion.resolution": 64,
-        "init.num_points": 200,
-        "camera.batch_size": 2,
-        "eval_resolution": 32,
-        "mesh.grid": 32,
-        "mesh.faces": 2000,
-        "mesh.texture_size": 64,
-        "mesh.views": 4,
-        "mesh.view_resolution": 32,
-    }
+    overrides = {**FAST_TEXT, "geometry.steps": 2, "detail.steps": 2}
     with s.client() as c:
         hello = c.handshake(timeout_s=10)
         assert any(m.startswith("if:") for m in hello.models)
