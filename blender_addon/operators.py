@@ -183,6 +183,14 @@ class STABLEDREAMER_OT_show_log(bpy.types.Operator):
         return _on_session(self, "request_logs", done)
 
 
+def _history_entry(op):
+    """The history entry the operator's ``job`` names (None after an ERROR report)."""
+    entry = runtime.get().history.get(op.job)
+    if entry is None:
+        op.report({"ERROR"}, "This run is no longer in the history.")
+    return entry
+
+
 class STABLEDREAMER_OT_history_recall(bpy.types.Operator):
     """Put this run's prompt and settings back into the panel"""
 
@@ -193,9 +201,8 @@ class STABLEDREAMER_OT_history_recall(bpy.types.Operator):
     job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
 
     def execute(self, context):
-        entry = runtime.get().history.get(self.job)
+        entry = _history_entry(self)
         if entry is None:
-            self.report({"ERROR"}, "This run is no longer in the history.")
             return {"CANCELLED"}
         s = context.scene.stabledreamer
         s.prompt, s.negative = entry.prompt, entry.negative
@@ -216,9 +223,8 @@ class STABLEDREAMER_OT_history_import(bpy.types.Operator):
     job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
 
     def execute(self, context):
-        entry = runtime.get().history.get(self.job)
+        entry = _history_entry(self)
         if entry is None:
-            self.report({"ERROR"}, "This run is no longer in the history.")
             return {"CANCELLED"}
         try:
             obj = runtime.import_entry(entry, context.scene)

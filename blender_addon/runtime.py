@@ -44,7 +44,6 @@ class Runtime:
         """Name of the image holding the newest debug strip (for the Image Editor)."""
         self.debug_tiles: list[tuple[str, int]] = []
         """(label, icon id) of its tiles, drawn in the panel."""
-        self.last_preview_count = 0
 
     @property
     def status(self) -> str:
@@ -188,11 +187,12 @@ def poll() -> float:
         return IDLE_INTERVAL_S
     try:
         updates = session.poll()
-        with _ui_context():
-            for update in updates:
-                _apply_safely(rt, update)
-            if rt.pending_imports and _can_import():
-                _import_pending(rt)
+        if updates or rt.pending_imports:  # most ticks bring nothing: no context to set up
+            with _ui_context():
+                for update in updates:
+                    _apply_safely(rt, update)
+                if rt.pending_imports and _can_import():
+                    _import_pending(rt)
         _watch_backend_start(rt)
     except Exception as e:  # never let the timer die: it would silently stop all updates
         traceback.print_exc()
@@ -293,7 +293,6 @@ def apply(rt: Runtime, update) -> None:
         else:
             preview.place((0.0, 0.0, 0.0), 1.0, obj)
         preview.set_visible(True, obj)
-        rt.last_preview_count = len(g["means"])
     elif isinstance(update, DebugUpdate):
         rt.debug_image = result_import.show_debug_image(update.image).name
         rt.debug_tiles = result_import.debug_tiles(update.image, update.labels)

@@ -225,7 +225,6 @@ class Session:
         self._connect_timeout = CONNECT_TIMEOUT_S
         self._last_heard = 0.0
         self._last_ping = 0.0
-        self._log_cursor = 0
         self._logs_id: str | None = None
 
     # --- connection ---------------------------------------------------------------------------
@@ -368,15 +367,6 @@ class Session:
         client.send(msg)
         self._logs_id = msg.id
 
-    def forget_job(self) -> None:
-        """Stop following the job (its result stays on the backend)."""
-        if self.job is not None and self.client is not None and self.connected:
-            try:
-                self.client.detach(self.job.job)
-            except ProtocolError:
-                pass
-        self.job = None
-
     # --- polling ------------------------------------------------------------------------------
 
     def poll(self) -> list:
@@ -480,7 +470,6 @@ class Session:
         if isinstance(event, Logs):
             if self._logs_id is None or event.re == self._logs_id:
                 self.log_lines = list(event.lines)
-                self._log_cursor = event.cursor
                 out.append(LogUpdate(self.log_lines))
             return
         job = self.job
