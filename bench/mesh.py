@@ -25,7 +25,7 @@ import trimesh  # noqa: E402
 
 from stabledreamer.mesh import MeshConfig, gaussians_to_mesh  # noqa: E402
 from stabledreamer.mesh.synthetic import surface_gaussians  # noqa: E402
-from stabledreamer.procedural import demo_parts  # noqa: E402
+from stabledreamer.targets.procedural import demo_parts  # noqa: E402
 
 STEPS = ("grid", "render", "marching_cubes", "cleanup", "decimation", "unwrap", "bake")
 

@@ -21,7 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
 from stabledreamer.presets import get_preset  # noqa: E402
-from stabledreamer.reconstruct import run_reconstruction  # noqa: E402
+from stabledreamer.runs.reconstruct import run_reconstruction  # noqa: E402
 
 
 def gradient_blob(path: Path) -> None:

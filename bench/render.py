@@ -8,7 +8,7 @@ Columns: the native path (``STABLEDREAMER_RASTER=native``), the pure-torch path 
 the dense float64 reference, with torch/native and dense/native forward+backward ratios.
 Peak memory: increase of the process RSS high-water mark (/proc/self/status VmHWM, reset via
 /proc/self/clear_refs) over the first forward+backward of a case; glibc keeps freed arenas
-(raster_cpu sets mallopt), so later calls reuse that memory and the number is an upper bound.
+(raster_torch sets mallopt), so later calls reuse that memory and the number is an upper bound.
 Run: ``python bench/render.py [--quick] [--threads T]``.
 """
 
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
 import torch  # noqa: E402
 
-from stabledreamer import raster_native  # noqa: E402
 from stabledreamer.cameras import orbit_cameras  # noqa: E402
-from stabledreamer.raster_reference import render_reference  # noqa: E402
-from stabledreamer.render import RASTER_ENV, render  # noqa: E402
+from stabledreamer.render import raster_native  # noqa: E402
+from stabledreamer.render.dispatch import RASTER_ENV, render  # noqa: E402
+from stabledreamer.render.reference import render_reference  # noqa: E402
 
 DENSE_LIMIT = 2.1e7  # N x H x W pairs above which the dense reference is skipped (memory)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
 from stabledreamer.presets import get_preset  # noqa: E402
-from stabledreamer.reconstruct import PROCEDURAL_DEMO, run_reconstruction  # noqa: E402
+from stabledreamer.runs.reconstruct import PROCEDURAL_DEMO, run_reconstruction  # noqa: E402
 
 SCHEDULES = ("constant", "step", "linear", "sqrt")
 

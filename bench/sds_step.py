@@ -43,11 +43,11 @@ import torch  # noqa: E402
 
 from stabledreamer import gaussians as G  # noqa: E402
 from stabledreamer.cameras import sample_cameras  # noqa: E402
-from stabledreamer.full_size_models import build, count_flops  # noqa: E402
+from stabledreamer.doctor.full_size_models import build, count_flops  # noqa: E402
 from stabledreamer.guidance.base import GuidanceContext  # noqa: E402
+from stabledreamer.optim.sds import sample_timesteps, sds_loss  # noqa: E402
 from stabledreamer.presets import get_preset  # noqa: E402
 from stabledreamer.render import render  # noqa: E402
-from stabledreamer.sds import sample_timesteps, sds_loss  # noqa: E402
 
 PROMPT = "a ceramic teapot shaped like a pumpkin"
 
@@ -155,7 +155,7 @@ def run_tiny(views: int = 4, n_gaussians: int = 5000, steps: int = 3, sd_resolut
     """The tiny-model rows: one per stage."""
     from stabledreamer.guidance.deepfloyd_if import DeepFloydIFGuidance
     from stabledreamer.guidance.stable_diffusion import StableDiffusionGuidance
-    from stabledreamer.tiny_models import save_tiny_models
+    from stabledreamer.guidance.tiny_models import save_tiny_models
 
     device = torch.device("cpu")
     clock = Clock(device)
@@ -224,7 +224,7 @@ def _full_sd_guidance(device, dtype, res: int, views: int):
     predict_noise and alphas_sigmas), its text time and its FLOPs per step."""
     from diffusers import DDPMScheduler
 
-    from stabledreamer.guidance.models import ViewEmbeddings
+    from stabledreamer.guidance.loading import ViewEmbeddings
     from stabledreamer.guidance.stable_diffusion import (
         StableDiffusionConfig,
         StableDiffusionGuidance,
@@ -293,7 +293,7 @@ def _full_if_row(device, dtype, cfg, views, steps, flops) -> dict:
     from diffusers import DDPMScheduler
 
     from stabledreamer.guidance.deepfloyd_if import DeepFloydIFConfig, DeepFloydIFGuidance
-    from stabledreamer.guidance.models import ViewEmbeddings
+    from stabledreamer.guidance.loading import ViewEmbeddings
 
     clock = Clock(device)
     _peak_reset(device)

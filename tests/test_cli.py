@@ -72,8 +72,8 @@ def test_existing_out_is_refused(tmp_path, capsys):
 
 def test_resume_run_dir_continues_a_cancelled_run(tmp_path, capsys):
     from stabledreamer.presets import get_preset
-    from stabledreamer.reconstruct import PROCEDURAL_DEMO, run_reconstruction
-    from stabledreamer.trainer import TrainingCancelled
+    from stabledreamer.runs.reconstruct import PROCEDURAL_DEMO, run_reconstruction
+    from stabledreamer.runs.trainer import TrainingCancelled
 
     cfg = get_preset("smoke")
     cfg.target = PROCEDURAL_DEMO

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from stabledreamer.checkpoint import load_checkpoint
 from stabledreamer.cli import main
 from stabledreamer.device import DeviceError, resolve_device
-from stabledreamer.generate import build_guidance
+from stabledreamer.guidance.tiny_models import save_tiny_models
 from stabledreamer.presets import get_preset
-from stabledreamer.reconstruct import PROCEDURAL_DEMO, run_reconstruction
-from stabledreamer.tiny_models import save_tiny_models
-from stabledreamer.trainer import TrainingCancelled
+from stabledreamer.runs.checkpoint import load_checkpoint
+from stabledreamer.runs.generate import build_guidance
+from stabledreamer.runs.reconstruct import PROCEDURAL_DEMO, run_reconstruction
+from stabledreamer.runs.trainer import TrainingCancelled
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
@@ -99,8 +99,8 @@ def test_guidance_follows_the_run_device(tiny, monkeypatch):
 def test_generate_on_cuda_and_resume_on_cpu(tiny, tmp_path, monkeypatch):
     """Tiny models on the GPU: params, renders (gsplat) and guidance agree; then the CUDA
     checkpoint continues on the CPU."""
-    from stabledreamer.generate import run_generation
     from stabledreamer.mesh.config import MeshConfig
+    from stabledreamer.runs.generate import run_generation
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = get_preset("preview")
@@ -128,8 +128,8 @@ def test_generate_on_cuda_and_resume_on_cpu(tiny, tmp_path, monkeypatch):
 
 
 def test_cpu_offload_is_saved_and_harmless_on_the_cpu(tiny, tmp_path, monkeypatch):
-    from stabledreamer.generate import run_generation
     from stabledreamer.mesh.config import MeshConfig
+    from stabledreamer.runs.generate import run_generation
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = get_preset("preview")

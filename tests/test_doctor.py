@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from stabledreamer.cli import main
-from stabledreamer.doctor import FAIL, OK, DoctorConfig, run_checks
-from stabledreamer.tiny_models import save_tiny_models
+from stabledreamer.doctor.checks import FAIL, OK, DoctorConfig, run_checks
+from stabledreamer.guidance.tiny_models import save_tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from stabledreamer.cli import main
-from stabledreamer.generate import run_generation
+from stabledreamer.guidance.tiny_models import save_tiny_models
 from stabledreamer.mesh.config import MeshConfig
 from stabledreamer.presets import get_preset
-from stabledreamer.tiny_models import save_tiny_models
-from stabledreamer.trainer import TrainingCancelled
+from stabledreamer.runs.generate import run_generation
+from stabledreamer.runs.trainer import TrainingCancelled
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_init_from_point_cloud_mesh_and_3dgs(tmp_path):
     import trimesh
 
     from stabledreamer import gaussians as G
-    from stabledreamer.generate import initial_gaussians
     from stabledreamer.ply import save_ply
+    from stabledreamer.runs.generate import initial_gaussians
 
     pc = trimesh.PointCloud(
         np.random.default_rng(0).random((100, 3)) * 0.5, colors=np.tile([255, 0, 0, 255], (100, 1))

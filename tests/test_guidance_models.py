@@ -15,13 +15,13 @@ from transformers import CLIPTextModel, T5EncoderModel
 
 from stabledreamer.cameras import orbit_cameras
 from stabledreamer.cli import main
-from stabledreamer.guidance import models
+from stabledreamer.guidance import loading as models
 from stabledreamer.guidance.base import Guidance, GuidanceContext, GuidanceError
 from stabledreamer.guidance.deepfloyd_if import DeepFloydIFConfig, DeepFloydIFGuidance
+from stabledreamer.guidance.prompts import ViewPromptConfig, view_names, view_prompts
 from stabledreamer.guidance.stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
-from stabledreamer.prompts import ViewPromptConfig, view_names, view_prompts
-from stabledreamer.sds import NoiseConfig, sds_loss
-from stabledreamer.tiny_models import save_tiny_models
+from stabledreamer.guidance.tiny_models import save_tiny_models
+from stabledreamer.optim.sds import NoiseConfig, sds_loss
 
 AZ = [0.0, 90.0, 180.0, 270.0]
 EL = [10.0, 10.0, 10.0, 75.0]  # front, side, back, overhead
@@ -340,7 +340,7 @@ def test_vae_checkpointing_keeps_the_sds_gradient(sd_guidance, tiny_dir):
 
 
 def test_vae_checkpointing_memory_estimate():
-    from stabledreamer.gpu_memory import vae_encoder_saved_gib
+    from stabledreamer.doctor.gpu_memory import vae_encoder_saved_gib
 
     plain = vae_encoder_saved_gib(512, 1, 4, False)
     ckpt = vae_encoder_saved_gib(512, 1, 4, True)

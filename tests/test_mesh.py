@@ -24,9 +24,9 @@ from stabledreamer.mesh.chamfer import (
 )
 from stabledreamer.mesh.export import Z_UP_TO_Y_UP
 from stabledreamer.mesh.synthetic import surface_gaussians
-from stabledreamer.mesh_raster import render_mesh
 from stabledreamer.ply import save_ply
-from stabledreamer.target_mesh import TargetMesh
+from stabledreamer.targets.raster import render_mesh
+from stabledreamer.targets.target_mesh import TargetMesh
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT / "tools" / "gltf-validator" / "validate.js"
@@ -261,7 +261,7 @@ def test_api_errors_are_value_errors():
 
 def test_reconstruct_writes_mesh_and_metrics(tmp_path):
     from stabledreamer.presets import get_preset
-    from stabledreamer.reconstruct import run_reconstruction
+    from stabledreamer.runs.reconstruct import run_reconstruction
 
     # A target far from the origin and not unit-sized: the mesh must come back in its frame.
     box = trimesh.creation.box(extents=(4.0, 2.0, 3.0))

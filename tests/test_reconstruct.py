@@ -7,12 +7,12 @@ import torch
 import trimesh
 
 from stabledreamer import gaussians as G
-from stabledreamer import trainer as trainer_mod
-from stabledreamer.checkpoint import load_checkpoint
 from stabledreamer.ply import load_ply
 from stabledreamer.presets import get_preset
-from stabledreamer.reconstruct import PROCEDURAL_DEMO, RunDirError, run_reconstruction
-from stabledreamer.trainer import TrainingCancelled, TrainingDiverged
+from stabledreamer.runs import trainer as trainer_mod
+from stabledreamer.runs.checkpoint import load_checkpoint
+from stabledreamer.runs.reconstruct import PROCEDURAL_DEMO, RunDirError, run_reconstruction
+from stabledreamer.runs.trainer import TrainingCancelled, TrainingDiverged
 
 
 def smoke(steps=4, target=PROCEDURAL_DEMO):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stabledreamer.regularizers import RegularizerConfig, regularization_losses, weighted_sum
+from stabledreamer.optim.regularizers import RegularizerConfig, regularization_losses, weighted_sum
 
 
 def _params(scales, means=None, opacity=0.0):

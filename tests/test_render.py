@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from stabledreamer import raster_native
-from stabledreamer import render as render_mod
 from stabledreamer.cameras import orbit_cameras
-from stabledreamer.projection import project
-from stabledreamer.raster_reference import render_reference
-from stabledreamer.render import RASTER_ENV, cpu_raster_path, render
+from stabledreamer.render import dispatch as render_mod
+from stabledreamer.render import raster_native
+from stabledreamer.render.dispatch import RASTER_ENV, cpu_raster_path, render
+from stabledreamer.render.projection import project
+from stabledreamer.render.reference import render_reference
 
 H, W = 32, 40  # non-square on purpose
 

@@ -5,7 +5,7 @@ import torch
 
 from stabledreamer.cameras import orbit_cameras
 from stabledreamer.guidance.base import GuidanceContext
-from stabledreamer.sds import NoiseConfig, sample_timesteps, sds_loss, t_max_at, weight
+from stabledreamer.optim.sds import NoiseConfig, sample_timesteps, sds_loss, t_max_at, weight
 
 
 class FixedGuidance:

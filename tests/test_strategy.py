@@ -4,8 +4,8 @@ import torch
 
 from stabledreamer import gaussians as G
 from stabledreamer.config import StageConfig
-from stabledreamer.strategy import StrategyConfig, make_strategy
-from stabledreamer.trainer import make_optimizers
+from stabledreamer.optim.strategy import StrategyConfig, make_strategy
+from stabledreamer.runs.trainer import make_optimizers
 
 
 def _setup(n, cap):

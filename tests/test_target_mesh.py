@@ -10,15 +10,15 @@ import trimesh
 from PIL import Image
 
 from stabledreamer.cameras import Cameras, intrinsics, look_at, orbit_cameras
-from stabledreamer.mesh_raster import render_mesh, render_mesh_depth
-from stabledreamer.procedural import (
+from stabledreamer.targets.procedural import (
     COLOURS,
     Z_UP_TO_Y_UP,
     demo_target,
     demo_target_mesh,
     write_demo_target,
 )
-from stabledreamer.target_mesh import (
+from stabledreamer.targets.raster import render_mesh, render_mesh_depth
+from stabledreamer.targets.target_mesh import (
     NORMALISED_RADIUS,
     TargetError,
     TargetMesh,

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from_args(args):
     from .presets import get_preset
-    from .reconstruct import PROCEDURAL_DEMO
+    from .runs.reconstruct import PROCEDURAL_DEMO
 
     cfg = get_preset(args.preset)
     if args.command == "demo":
@@ -193,7 +193,7 @@ def _add_generate_parser(sub) -> None:
 
 def _run_dir_and_saved_config(args):
     """The run folder (``--resume RUN_DIR`` or ``--out``) and, when resuming, its saved config."""
-    from .reconstruct import load_run_config
+    from .runs.reconstruct import load_run_config
 
     if args.resume:
         args.out = args.resume
@@ -208,8 +208,8 @@ def _run_dir_and_saved_config(args):
 
 
 def cmd_generate(args) -> int:
-    from .generate import run_generation
     from .presets import TEXT_PRESETS, get_preset
+    from .runs.generate import run_generation
 
     out, cfg = _run_dir_and_saved_config(args)
     resume = cfg is not None
@@ -250,7 +250,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from .reconstruct import run_reconstruction
+    from .runs.reconstruct import run_reconstruction
 
     out, cfg = _run_dir_and_saved_config(args)
     resume = cfg is not None
@@ -445,13 +445,13 @@ def _add_doctor_parser(sub) -> None:
 
 
 def cmd_doctor(args) -> int:
-    from .doctor import cmd_doctor as run
+    from .doctor.checks import cmd_doctor as run
 
     return run(args)
 
 
 def cmd_tiny_models(args) -> int:
-    from .tiny_models import save_tiny_models
+    from .guidance.tiny_models import save_tiny_models
 
     paths = save_tiny_models(args.dir, seed=args.seed, variant=args.variant)
     print(f"IF-like: {paths['if']}\nSD-like: {paths['sd']}")
@@ -461,7 +461,7 @@ def cmd_tiny_models(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .guidance.base import GuidanceError
-    from .trainer import TrainingCancelled, TrainingDiverged
+    from .runs.trainer import TrainingCancelled, TrainingDiverged
 
     user_errors = (
         ValueError, FileNotFoundError, TrainingDiverged, TrainingCancelled, GuidanceError,

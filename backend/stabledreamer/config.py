@@ -19,9 +19,9 @@ from .guidance.deepfloyd_if import DeepFloydIFConfig
 from .guidance.oracle import OracleConfig
 from .guidance.stable_diffusion import StableDiffusionConfig
 from .mesh.config import MeshConfig
-from .regularizers import RegularizerConfig
-from .sds import NoiseConfig
-from .strategy import StrategyConfig
+from .optim.regularizers import RegularizerConfig
+from .optim.sds import NoiseConfig
+from .optim.strategy import StrategyConfig
 
 
 @dataclass

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from .config import RunConfig, StageConfig
 from .gaussians import InitConfig
 from .mesh.config import MeshConfig
-from .sds import NoiseConfig
-from .strategy import StrategyConfig
+from .optim.sds import NoiseConfig
+from .optim.strategy import StrategyConfig
 
 
 def reconstruct() -> RunConfig:

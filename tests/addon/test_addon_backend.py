@@ -22,7 +22,7 @@ from addon_helpers import ROOT, needs_bpy, run_blender
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 from server_helpers import FAST_TEXT, Server, free_port, make_keys  # noqa: E402
 
-from stabledreamer.tiny_models import save_tiny_models  # noqa: E402
+from stabledreamer.guidance.tiny_models import save_tiny_models  # noqa: E402
 
 pytestmark = needs_bpy
 

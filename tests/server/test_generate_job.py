@@ -7,7 +7,7 @@ import json
 import numpy as np
 from server_helpers import FAST_TEXT, make_keys
 
-from stabledreamer.tiny_models import save_tiny_models
+from stabledreamer.guidance.tiny_models import save_tiny_models
 from stabledreamer_protocol import Error
 from stabledreamer_protocol.client import ResultDownloaded
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..prompts import ViewPromptConfig
 from .base import GuidanceContext
-from .models import (
+from .loading import (
     ViewEmbeddings,
     classifier_free_guidance,
     deepfloyd_notice,
@@ -27,6 +26,7 @@ from .models import (
     resize_renders,
     resolve_source,
 )
+from .prompts import ViewPromptConfig
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import CameraConfig, Cameras, sample_cameras
-from ..mesh_raster import render_mesh
-from ..target_mesh import TargetMesh
+from ..targets.raster import render_mesh
+from ..targets.target_mesh import TargetMesh
 from .base import GuidanceContext
 
 

@@ -27,8 +27,8 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from .. import gaussians as G
-from ..mesh_raster import rasterize
-from ..target_mesh import TargetMesh
+from ..targets.raster import rasterize
+from ..targets.target_mesh import TargetMesh
 from .views import ViewRenders
 
 

@@ -19,8 +19,8 @@ import torch
 from scipy.spatial import cKDTree
 
 from ..cameras import Cameras, intrinsics, look_at
-from ..mesh_raster import render_mesh_depth
-from ..target_mesh import TargetMesh
+from ..targets.raster import render_mesh_depth
+from ..targets.target_mesh import TargetMesh
 from .views import FOV_Y_DEG, fibonacci_directions
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import gaussians as G
-from ..projection import rotation_components
+from ..render.projection import rotation_components
 from .errors import MeshError
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..target_mesh import TargetMesh
+from ..targets.target_mesh import TargetMesh
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TexturedMesh:
                             dict(self.timings), self.level)  # fmt: skip
 
     def to_target_mesh(self) -> TargetMesh:
-        """For ``mesh_raster.render_mesh``: per-corner UVs and the texture."""
+        """For ``targets.raster.render_mesh``: per-corner UVs and the texture."""
         return TargetMesh(
             vertices=torch.from_numpy(self.vertices).float(),
             faces=torch.from_numpy(self.faces).long(),

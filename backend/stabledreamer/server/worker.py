@@ -104,7 +104,7 @@ def _warm_up() -> dict[str, Any]:
     torch's compiler modules, seconds on a small CPU), so a job starts at once."""
     import torch
 
-    from .. import reconstruct  # noqa: F401
+    from ..runs import reconstruct  # noqa: F401
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=0.1)
@@ -291,11 +291,11 @@ def manifest(run_dir: Path) -> dict[str, Any]:
 def _run(conn, spec: dict[str, Any]) -> None:
     import torch
 
-    from ..checkpoint import checkpoint_path
-    from ..generate import run_generation
     from ..guidance.base import GuidanceError
-    from ..reconstruct import run_reconstruction
-    from ..trainer import TrainingCancelled, TrainingDiverged
+    from ..runs.checkpoint import checkpoint_path
+    from ..runs.generate import run_generation
+    from ..runs.reconstruct import run_reconstruction
+    from ..runs.trainer import TrainingCancelled, TrainingDiverged
     from .jobs import ConfigError, build_config
 
     job = spec["job"]
@@ -320,7 +320,7 @@ def _run(conn, spec: dict[str, Any]) -> None:
         what = "resuming from the last checkpoint" if resume else "started"
         conn.send(("log", logging.INFO, what))
         if resume:
-            from ..reconstruct import load_run_config
+            from ..runs.reconstruct import load_run_config
 
             cfg = load_run_config(run_dir)
         run = run_generation if spec["kind"] == "generate" else run_reconstruction

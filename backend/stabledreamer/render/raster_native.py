@@ -1,6 +1,6 @@
 """Native CPU projection + tile rasteriser (``csrc/gauss_cpu.cpp``), compiled at first use.
 
-Same semantics as ``projection.project`` and ``raster_cpu.rasterize`` (gsplat 1.5.3 "classic"),
+Same semantics as ``projection.project`` and ``raster_torch.rasterize`` (gsplat 1.5.3 "classic"),
 float32 only. The C++ has a plain C ABI and no torch headers, so the first build takes seconds;
 it is built with ``torch.utils.cpp_extension.load`` into ``TORCH_EXTENSIONS_DIR`` with ``-O3``
 (no ``-march=native``: the build cache may be shared between machines) and OpenMP (the process
@@ -234,5 +234,5 @@ def rasterize(
     height: int,
     width: int,
 ) -> Tensor:
-    """Differentiable pixel sums [C, H, W, 5]: (sum w rgb, sum w z, alpha), like raster_cpu."""
+    """Differentiable pixel sums [C, H, W, 5]: (sum w rgb, sum w z, alpha), like raster_torch."""
     return _Rasterize.apply(means2d, conics, opacities, colors, depths, radii, height, width)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .guidance.base import Guidance, GuidanceContext
+from ..guidance.base import Guidance, GuidanceContext
 
 SCHEDULES = ("constant", "step", "linear", "sqrt")
 WEIGHTINGS = ("sds", "uniform", "snr")

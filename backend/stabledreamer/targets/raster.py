@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
+from ..cameras import Cameras
 from .target_mesh import TargetMesh
 
 NEAR = 1e-2

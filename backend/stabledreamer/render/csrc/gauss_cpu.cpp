@@ -1,7 +1,7 @@
 // Native CPU projection and tile rasteriser for 3D Gaussians (float32), forward and backward.
 //
 // Plain C++ with a C ABI (called through ctypes on tensors' data pointers; no torch headers, so
-// it compiles in seconds). Semantics mirror projection.py and raster_cpu.py exactly (gsplat
+// it compiles in seconds). Semantics mirror projection.py and raster_torch.py exactly (gsplat
 // 1.5.3 "classic"): pixel centres at (x + 0.5, y + 0.5), alpha = min(0.999, o exp(-sigma)),
 // pairs with alpha < 1/255 or sigma < 0 skipped, front-to-back compositing in depth order, and a
 // pixel stops before the Gaussian that would bring its transmittance to <= 1e-4.

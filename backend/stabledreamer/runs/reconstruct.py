@@ -18,16 +18,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import gaussians as G
-from .atomic import write_json
-from .cameras import heldout_cameras, orbit_cameras
-from .config import RunConfig, StageConfig, from_dict, to_dict
+from .. import gaussians as G
+from ..atomic import write_json
+from ..cameras import heldout_cameras, orbit_cameras
+from ..config import RunConfig, StageConfig, from_dict, to_dict
 from .debug_images import image_grid, save_png
-from .device import resolve_device
-from .guidance.oracle import OracleGuidance
-from .ply import save_ply
-from .render import render
-from .target_mesh import TargetMesh, load_target
+from ..device import resolve_device
+from ..guidance.oracle import OracleGuidance
+from ..ply import save_ply
+from ..render import render
+from ..targets.target_mesh import TargetMesh, load_target
 from .trainer import Progress, Trainer
 
 PROCEDURAL_DEMO = "procedural:demo"
@@ -63,7 +63,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 def resolve_target(spec: str, run_dir: Path) -> TargetMesh:
     if spec == PROCEDURAL_DEMO:
-        from .procedural import write_demo_target
+        from ..targets.procedural import write_demo_target
 
         path = run_dir / "target.glb"
         if not path.is_file():
@@ -111,9 +111,9 @@ def mesh_step(
     ``mesh_psnr_heldout`` (rendered unlit from the held-out cameras of ``psnr_heldout``, on the
     same white). Writes ``mesh_heldout.png``. A mesh that cannot be made (say, a run so short
     that nothing is opaque yet) is reported as ``mesh_error`` and leaves the run's other outputs."""
-    from .mesh import MeshError, gaussians_to_mesh
-    from .mesh.chamfer import chamfer_distance
-    from .mesh_raster import render_mesh
+    from ..mesh import MeshError, gaussians_to_mesh
+    from ..mesh.chamfer import chamfer_distance
+    from ..targets.raster import render_mesh
 
     start = time.perf_counter()
     try:

@@ -204,7 +204,7 @@ class ViewEmbeddings:
     def __init__(self, prompt: str, negative_prompt: str, view_cfg: Any, encode_texts) -> None:
         import torch
 
-        from ..prompts import VIEWS, view_prompt
+        from .prompts import VIEWS, view_prompt
 
         self.prompt = prompt
         self.view_cfg = view_cfg
@@ -216,7 +216,7 @@ class ViewEmbeddings:
 
     def for_cameras(self, cameras: Any):
         """(cond [B, L, D], uncond [B, L, D]) for a batch of cameras."""
-        from ..prompts import view_indices
+        from .prompts import view_indices
 
         idx = view_indices(self.view_cfg, cameras.azimuth_deg.cpu(), cameras.elevation_deg.cpu())
         cond = self.cond[idx.to(self.cond.device)]

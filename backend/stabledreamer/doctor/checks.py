@@ -113,7 +113,7 @@ def check_cuda(device: str) -> tuple[Check, int]:
         else:
             fix = "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
         return Check("cuda", FAIL, "no CUDA GPU visible to torch", fix), 0
-    from .device import DeviceError, resolve_device
+    from ..device import DeviceError, resolve_device
 
     try:
         dev = resolve_device(device)
@@ -192,9 +192,9 @@ def _gsplat_matches_cpu(device: str) -> float:
     """Render 200 Gaussians at 32 x 32 with gsplat and on the CPU; the largest difference."""
     import torch
 
-    from . import gaussians as G
-    from .cameras import orbit_cameras
-    from .render import render
+    from .. import gaussians as G
+    from ..cameras import orbit_cameras
+    from ..render import render
 
     params = G.init_ball(G.InitConfig(num_points=200), torch.Generator().manual_seed(0))
     cams = orbit_cameras(torch.tensor([0.0, 90.0]), 20.0, 2.5, 49.0, 32, 32)
@@ -206,7 +206,7 @@ def _gsplat_matches_cpu(device: str) -> float:
 
 
 def check_native_rasterizer() -> Check:
-    from . import raster_native
+    from ..render import raster_native
 
     if raster_native.available():
         return Check("cpu rasteriser", OK, f"native kernel built ({raster_native.isa()})")
@@ -234,8 +234,8 @@ def _hub_cached(repo_id: str, cache_dir: str | None) -> str | None:
 
 def check_model(kind: str, source: str, cfg: DoctorConfig) -> tuple[Check, float]:
     """The model check and the GiB a first run would download (0 when present)."""
-    from .guidance.base import GuidanceError
-    from .guidance.models import hub_offline, looks_like_path, resolve_source
+    from ..guidance.base import GuidanceError
+    from ..guidance.loading import hub_offline, looks_like_path, resolve_source
 
     name = f"{kind} model"
     try:
@@ -277,9 +277,9 @@ def check_model(kind: str, source: str, cfg: DoctorConfig) -> tuple[Check, float
 def _download_gib(kind: str) -> float:
     """GiB of weight files a first run downloads: the fp16 variant's (2 bytes per parameter)
     with the default ``variant="fp16"``, else the fp32 files (4)."""
+    from ..guidance.deepfloyd_if import DeepFloydIFConfig
+    from ..guidance.stable_diffusion import StableDiffusionConfig
     from .full_size_models import param_count
-    from .guidance.deepfloyd_if import DeepFloydIFConfig
-    from .guidance.stable_diffusion import StableDiffusionConfig
 
     variant = (DeepFloydIFConfig() if kind == "if" else StableDiffusionConfig()).variant
     nbytes = 2 if variant == "fp16" else 4
@@ -322,7 +322,7 @@ def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
 def check_token(if_source: str, if_check: Check) -> Check:
     from huggingface_hub import get_token
 
-    from .guidance.models import looks_like_path
+    from ..guidance.loading import looks_like_path
 
     if looks_like_path(if_source):
         return Check("hub token", OK, "not needed: DeepFloyd IF comes from a local folder")
@@ -373,7 +373,7 @@ def check_disk(out: str, hf_cache: str | None, download_gib: float) -> list[Chec
 
 
 def run_checks(cfg: DoctorConfig) -> list[Check]:
-    from .device import DeviceError, check_device_name
+    from ..device import DeviceError, check_device_name
 
     checks = [check_python(), check_packages()]
     if checks[-1].status == FAIL:
@@ -412,8 +412,8 @@ def format_checks(checks: list[Check], device: str = "auto") -> str:
 
 
 def cmd_doctor(args) -> int:
-    from .guidance.deepfloyd_if import DeepFloydIFConfig
-    from .guidance.stable_diffusion import StableDiffusionConfig
+    from ..guidance.deepfloyd_if import DeepFloydIFConfig
+    from ..guidance.stable_diffusion import StableDiffusionConfig
 
     cfg = DoctorConfig(
         if_model=args.if_model or DeepFloydIFConfig().model,

@@ -13,8 +13,8 @@ import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 from torch import Tensor
 
-from .cameras import Cameras
-from .render import RenderOutput, gaussian_colors
+from ..cameras import Cameras
+from .dispatch import RenderOutput, gaussian_colors
 
 ALPHA_MIN, ALPHA_MAX, T_MIN = 1.0 / 255.0, 0.999, 1e-4
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

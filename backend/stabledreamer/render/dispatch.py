@@ -6,7 +6,7 @@ transmittance early stop at 1e-4, colours ``max(SH(dir) + 0.5, 0)``, expected de
 ``sum w z / alpha``. ``meta`` is what ``gsplat.strategy.DefaultStrategy`` reads (packed=False).
 
 On CPU the projection + rasterisation run in the native C++ kernel (``raster_native``, compiled at
-first use) when it builds, else in pure torch (``projection`` + ``raster_cpu``) with a one-time
+first use) when it builds, else in pure torch (``projection`` + ``raster_torch``) with a one-time
 warning; ``STABLEDREAMER_RASTER=native|torch`` forces one (see ``cpu_raster_path``).
 """
 
@@ -20,11 +20,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..cameras import Cameras
+from ..gaussians import SH_C0, sh_degree_of
 from . import raster_native
-from .cameras import Cameras
-from .gaussians import SH_C0, sh_degree_of
 from .projection import EPS2D, NEAR_PLANE, project
-from .raster_cpu import rasterize
+from .raster_torch import rasterize
 
 BACKENDS = ("auto", "cpu", "gsplat")
 RASTER_ENV = "STABLEDREAMER_RASTER"  # CPU rasteriser: "native" (C++), "torch", or unset (auto)
@@ -83,7 +83,7 @@ def gaussian_colors(gaussians: Mapping[str, Tensor], viewmats: Tensor) -> Tensor
 
 
 def cpu_raster_path(dtype: torch.dtype = torch.float32) -> str:
-    """Which CPU rasteriser ``render`` uses: "native" (compiled C++) or "torch" (raster_cpu).
+    """Which CPU rasteriser ``render`` uses: "native" (compiled C++) or "torch" (raster_torch).
 
     ``STABLEDREAMER_RASTER=native|torch`` forces one; unset, the native kernel is used when it
     compiles (float32 only), else the pure-torch path with a one-time warning.
@@ -153,7 +153,7 @@ def _render_cpu(gaussians, cameras: Cameras, background: Tensor) -> RenderOutput
 
 
 def _rasterize_torch(proj, opacities: Tensor, colors: Tensor, C: int, H: int, W: int) -> Tensor:
-    """Pixel sums [C, H, W, 5] with the pure-torch sparse rasteriser (raster_cpu)."""
+    """Pixel sums [C, H, W, 5] with the pure-torch sparse rasteriser (raster_torch)."""
     N = opacities.shape[0]
     # Visible (camera, Gaussian) entries, front to back (one global depth order is enough:
     # pixels of different cameras never share a segment).

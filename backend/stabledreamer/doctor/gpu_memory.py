@@ -63,8 +63,8 @@ def vae_encoder_saved_gib(
     GiB counted here (the count leaves out the gradients in flight during the backward pass)."""
     import torch
 
+    from ..guidance.vae_checkpointing import checkpointed_layers
     from .full_size_models import build
-    from .guidance.vae_checkpointing import checkpointed_layers
 
     dtype = torch.float16 if bytes_per_value == 2 else torch.float32
     vae = build("sd_vae", dtype=dtype)
@@ -141,7 +141,7 @@ def minimum_gib(cfg) -> float:
 
 def preset_table(offload: bool = False) -> dict[str, list[StageMemory]]:
     """Estimates for the text presets (preview, standard, final), optionally with CPU offload."""
-    from .presets import TEXT_PRESETS, get_preset
+    from ..presets import TEXT_PRESETS, get_preset
 
     table = {}
     for name in TEXT_PRESETS:

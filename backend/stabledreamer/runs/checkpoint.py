@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import gaussians as G
-from .atomic import write_json
-from .config import RunConfig, StageConfig, to_dict
-from .device import DeviceError, resolve_device
-from .guidance.base import Guidance
-from .ply import load_ply, save_ply
+from .. import gaussians as G
+from ..atomic import write_json
+from ..config import RunConfig, StageConfig, to_dict
+from ..device import DeviceError, resolve_device
+from ..guidance.base import Guidance
+from ..ply import load_ply, save_ply
 from .reconstruct import load_run_config, prepare_run_dir, save_turntable
 from .trainer import Progress, Trainer
 
@@ -49,11 +49,11 @@ def build_guidance(
     """The stage's text guidance on ``device`` (default: ``cfg.device``), the trainer's."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     if stage.guidance == "deepfloyd_if":
-        from .guidance.deepfloyd_if import DeepFloydIFGuidance
+        from ..guidance.deepfloyd_if import DeepFloydIFGuidance
 
         return DeepFloydIFGuidance(cfg.prompt, cfg.deepfloyd_if, device=device)
     if stage.guidance == "stable_diffusion":
-        from .guidance.stable_diffusion import StableDiffusionGuidance
+        from ..guidance.stable_diffusion import StableDiffusionGuidance
 
         return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device)
     raise ValueError(
@@ -177,7 +177,7 @@ def run_generation(
     save_turntable(params, cfg, out)
     metrics: dict = {"prompt": cfg.prompt, "preset": cfg.preset}
     if cfg.mesh.enabled:
-        from .mesh import MeshError, gaussians_to_mesh
+        from ..mesh import MeshError, gaussians_to_mesh
 
         start = time.perf_counter()
         try:

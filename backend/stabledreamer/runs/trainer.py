@@ -19,17 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import gaussians as G
-from .cameras import Cameras, sample_cameras
+from .. import gaussians as G
+from ..cameras import Cameras, sample_cameras
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig, StageConfig, to_dict
+from ..config import RunConfig, StageConfig, to_dict
 from .debug_images import debug_strip, save_png
-from .device import resolve_device
-from .guidance.base import Guidance, GuidanceContext
-from .regularizers import regularization_losses, weighted_sum
-from .render import render
-from .sds import sample_timesteps, sds_loss
-from .strategy import make_strategy
+from ..device import resolve_device
+from ..guidance.base import Guidance, GuidanceContext
+from ..optim.regularizers import regularization_losses, weighted_sum
+from ..render import render
+from ..optim.sds import sample_timesteps, sds_loss
+from ..optim.strategy import make_strategy
 
 GuidanceFactory = Callable[[StageConfig, int], Guidance]  # (stage config, stage index) -> guidance
 
