@@ -1,0 +1,28 @@
+"""One root for every error a user can act on.
+
+A :class:`StableDreamerError` carries a message that says what went wrong and what to do, and the
+protocol error code it travels under (``stabledreamer_protocol.ErrorCode``). Only these count as
+user errors: the CLI prints them as one line (exit code 2) and the service's worker sends them as
+``job_failed`` (or their own code). Anything else is a bug, reported as ``internal`` with a
+traceback. Parts define their own subclasses (``GuidanceError``, ``MeshError``, ...).
+"""
+
+from __future__ import annotations
+
+
+class StableDreamerError(Exception):
+    """A failure the user can fix; ``code`` is its protocol error code."""
+
+    code: str = "job_failed"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UsageError(StableDreamerError):
+    """A command-line option, a config value or an input file the run cannot use."""
+
+    code = "bad_override"
+
