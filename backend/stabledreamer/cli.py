@@ -460,6 +460,9 @@ def cmd_tiny_models(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .render.raster_torch import tune_allocator
+
+    tune_allocator()  # this process renders: keep the rasteriser's freed arenas (see there)
     from .guidance.base import GuidanceError
     from .runs.trainer import TrainingCancelled, TrainingDiverged
 

@@ -22,6 +22,7 @@ from .mesh.config import MeshConfig
 from .optim.regularizers import RegularizerConfig
 from .optim.sds import NoiseConfig
 from .optim.strategy import StrategyConfig
+from .render.backend import check_backend_name
 
 
 @dataclass
@@ -92,6 +93,10 @@ class RunConfig:
     the CPU) | cpu | cuda | cuda:N. Checkpoints load on any device."""
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """The textured mesh written at the end of a run (``mesh.glb``)."""
+    render_backend: str = "auto"
+    """The rasteriser: auto | gsplat | native | torch (``render.backend``); resolved once when
+    the run starts (``STABLEDREAMER_RASTER`` overrides it). auto: gsplat on CUDA when its kernels
+    are built, else the pure-torch one with a notice; on the CPU the native kernel."""
 
     def validate(self) -> None:
         if not self.stages:
@@ -106,6 +111,7 @@ class RunConfig:
         if self.checkpoint_every <= 0:
             raise ValueError("checkpoint_every must be positive")
         check_device_name(self.device)
+        check_backend_name(self.render_backend)
 
     @property
     def total_steps(self) -> int:

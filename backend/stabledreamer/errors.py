@@ -25,4 +25,3 @@ class UsageError(StableDreamerError):
     """A command-line option, a config value or an input file the run cannot use."""
 
     code = "bad_override"
-

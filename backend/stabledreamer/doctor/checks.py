@@ -199,7 +199,7 @@ def _gsplat_matches_cpu(device: str) -> float:
     params = G.init_ball(G.InitConfig(num_points=200), torch.Generator().manual_seed(0))
     cams = orbit_cameras(torch.tensor([0.0, 90.0]), 20.0, 2.5, 49.0, 32, 32)
     bg = torch.ones(3)
-    cpu = render(params, cams, bg, backend="cpu").rgb
+    cpu = render(params, cams, bg, backend="auto").rgb
     gpu_params = {k: v.to(device) for k, v in params.items()}
     gpu = render(gpu_params, cams.to(device), bg.to(device), backend="gsplat").rgb
     return float((gpu.cpu() - cpu).abs().max())

@@ -37,6 +37,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from stabledreamer_protocol import DEFAULT_LIMITS
+
 PROGRESS_INTERVAL_S = 0.1
 DEBUG_INTERVAL_S = 1.0
 CHUNK_SIZE = 1 << 20
@@ -48,9 +50,6 @@ MEDIA_TYPES = {
     "heldout.png": "image/png",
 }
 """Result files, in manifest order (those a run wrote)."""
-TIMESTEPS = 1000
-"""Diffusion timesteps of the guidance models (DDPM's 1000: IF, SD, the oracle); the progress
-reports t / TIMESTEPS in [0, 1]."""
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -81,6 +80,9 @@ def worker_main(conn, parent_pid: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the service decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from ..render.raster_torch import tune_allocator
+
+    tune_allocator()  # this process renders: keep the rasteriser's freed arenas (see there)
     try:
         info = _warm_up()
         conn.send(("ready", info))
@@ -120,6 +122,13 @@ def _warm_up() -> dict[str, Any]:
     return {"device": "cpu"}
 
 
+def _timestep_fraction(p) -> float | None:
+    """The step's first timestep as a fraction of the guidance's T, in [0, 1]."""
+    if not p.t or not p.num_train_timesteps:
+        return None
+    return min(max(p.t[0] / p.num_train_timesteps, 0.0), 1.0)
+
+
 class Reporter:
     """The trainer's progress callback: reports to the service, reads cancel/stop."""
 
@@ -154,7 +163,7 @@ class Reporter:
                         "total": p.stage_steps,
                         "losses": {k: float(v) for k, v in p.losses.items()},
                         "num_gaussians": int(p.gaussians),
-                        "timestep": (min(max(p.t[0] / TIMESTEPS, 0.0), 1.0) if p.t else None),
+                        "timestep": _timestep_fraction(p),
                         "elapsed_s": float(p.elapsed_s),
                         "eta_s": float(p.eta_s),
                     },
@@ -199,13 +208,13 @@ class Reporter:
         import torch
 
         image = p.debug_image.detach().float().clamp(0, 1)
-        side = 4096
+        side = DEFAULT_LIMITS.max_image_side
         h, w = image.shape[:2]
-        if h > side or w > side:  # the protocol's max_image_side
+        if h > side or w > side:
             step = -(-max(h, w) // side)
             image = image[::step, ::step]
         u8 = (image * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-        timestep = min(max(p.t[0] / TIMESTEPS, 0.0), 1.0) if p.t else None
+        timestep = _timestep_fraction(p)
         return {
             "stage": p.stage,
             "step": p.step,
