@@ -25,3 +25,4 @@ class UsageError(StableDreamerError):
     """A command-line option, a config value or an input file the run cannot use."""
 
     code = "bad_override"
+
