@@ -123,3 +123,37 @@ def test_init_from_point_cloud_mesh_and_3dgs(tmp_path):
     torch.testing.assert_close(initial_gaussians(cfg)["means"], splats["means"])
     cfg.init_from = "sphere"
     assert initial_gaussians(cfg) is None
+
+
+def test_short_stages_still_write_a_debug_strip(tiny, tmp_path):
+    out = tmp_path / "run"
+    cfg = small_config(tiny)
+    cfg.debug_every = 100  # longer than either stage
+    cfg.mesh.enabled = False
+    run_generation(cfg, out)
+    assert sorted(p.name for p in (out / "debug").glob("*.png")) == [
+        "detail_000002.png",
+        "geometry_000003.png",
+    ]
+
+
+def test_peak_memory_is_the_runs_device_over_all_stages(monkeypatch):
+    import torch
+
+    from stabledreamer.runs.generate import run_peak_memory_mb
+
+    asked = []
+
+    def fake_peak(device=None):
+        asked.append(torch.device(device))
+        return 3000 * 2**20 if torch.device(device) == torch.device("cuda:1") else 9e9
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", fake_peak)
+    # Stage 1 peaked at 5000 MiB before stage 2 reset the counter: the run's peak is 5000.
+    assert run_peak_memory_mb(torch.device("cuda:1"), [5000.0, 2900.0]) == 5000.0
+    assert asked == [torch.device("cuda:1")]
+    # A CPU run on a machine with a GPU reports the process's memory, not the GPU's.
+    asked.clear()
+    assert 0 < run_peak_memory_mb(torch.device("cpu"), []) < 9e9 / 2**20
+    assert asked == []

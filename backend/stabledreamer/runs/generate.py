@@ -103,9 +103,14 @@ def _offload(cfg: RunConfig, on: bool) -> None:
         cfg.deepfloyd_if.cpu_offload = cfg.stable_diffusion.cpu_offload = True
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def run_peak_memory_mb(device: torch.device, stage_peaks_mb: list[float]) -> float:
+    """The run's peak memory in MiB: on CUDA the largest allocation on the run's GPU over all
+    stages (the counter is reset when each stage's models load, so the stages' own peaks count
+    too); on the CPU the process's resident high-water mark."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        now = torch.cuda.max_memory_allocated(device) / 2**20
+        return max([now, *stage_peaks_mb])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
@@ -202,7 +207,12 @@ def run_generation(
             }
             for name, s in stages.items()
         },
-        peak_memory_mb=round(_peak_memory_mb(), 1),
+        peak_memory_mb=round(
+            run_peak_memory_mb(
+                device, [s["peak_gpu_mb"] for s in stages.values() if "peak_gpu_mb" in s]
+            ),
+            1,
+        ),
     )
     write_json(out / "metrics.json", metrics)
     return metrics

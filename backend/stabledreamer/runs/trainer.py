@@ -272,7 +272,8 @@ class Trainer:
                     "checkpoint is kept: lower the learning rates, then resume"
                 )
         strip = None
-        if cfg.debug_every and (s.step + 1) % cfg.debug_every == 0:
+        stage_end = s.step + 1 == stage.steps  # short runs still leave one strip per stage
+        if cfg.debug_every and ((s.step + 1) % cfg.debug_every == 0 or stage_end):
             strip = debug_strip(guidance, out.rgb.detach(), sds)
             save_png(self.run_dir / "debug" / f"{stage.name}_{s.step + 1:06d}.png", strip)
         losses = {
