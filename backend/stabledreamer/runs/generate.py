@@ -23,6 +23,7 @@ from ..atomic import write_json
 from ..config import RunConfig, StageConfig, to_dict
 from ..device import DeviceError, resolve_device
 from ..guidance.base import Guidance
+from ..memory_tiers import apply_tier
 from ..ply import load_ply, save_ply
 from .reconstruct import load_run_config, prepare_run_dir, save_turntable
 from .trainer import Progress, Trainer
@@ -98,9 +99,16 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
     return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
 
 
-def _offload(cfg: RunConfig, on: bool) -> None:
-    if on:
-        cfg.deepfloyd_if.cpu_offload = cfg.stable_diffusion.cpu_offload = True
+Preflight = Callable[[RunConfig], "int | None"]
+"""Checks a run's final config before any model loads (``doctor.preflight``, given by the CLI and
+the service) and returns the memory tier to use (None: keep the config's placement)."""
+
+
+def _prepare(cfg: RunConfig, preflight, memory_tier, cpu_offload: bool) -> None:
+    """Preflight, then the memory tier's placement and ``--cpu-offload`` on top."""
+    if preflight is not None:
+        memory_tier = preflight(cfg) or memory_tier
+    apply_tier(cfg, memory_tier, cpu_offload)
 
 
 def run_peak_memory_mb(device: torch.device, stage_peaks_mb: list[float]) -> float:
@@ -124,25 +132,29 @@ def run_generation(
     callback: Callable[[Progress], bool | None] | None = None,
     device: str | None = None,
     cpu_offload: bool = False,
+    memory_tier: int | None = None,
+    preflight: Preflight | None = None,
 ) -> dict:
     """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics.
 
     ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device`` and ``cpu_offload`` turns on
     both guidances' offload, also on resume: a run may continue on another device, or with less
-    GPU memory, than it started with."""
+    GPU memory, than it started with. ``memory_tier`` (8 | 12 | 16 | 24, ``memory_tiers``) sets
+    where the models live, also on resume; ``preflight`` is called with the final config after
+    the inputs are checked and before anything is written or loaded, and may pick the tier."""
     out = Path(out)
     if not resume:
         cfg.prompt = check_prompt(cfg.prompt)
         cfg.device = device or cfg.device
-        _offload(cfg, cpu_offload)
         cfg.validate()
         resolve_device(cfg.device)  # a missing GPU is refused before anything is written
         init = initial_gaussians(cfg)  # read it before touching the output folder
+        _prepare(cfg, preflight, memory_tier, cpu_offload)
     prepare_run_dir(out, overwrite, resume)
     if resume:
         cfg, init = load_run_config(out), None
         cfg.device = device or cfg.device
-        _offload(cfg, cpu_offload)
+        _prepare(cfg, preflight, memory_tier, cpu_offload)
     else:
         write_json(out / "config.json", to_dict(cfg))
 
@@ -180,7 +192,12 @@ def run_generation(
         ) from e
     save_ply(params, out / "gaussians.ply")
     save_turntable(params, cfg, out)
-    metrics: dict = {"prompt": cfg.prompt, "preset": cfg.preset}
+    metrics: dict = {
+        "prompt": cfg.prompt,
+        "preset": cfg.preset,
+        "device": str(device),
+        "render_backend": trainer.render_backend,
+    }
     if cfg.mesh.enabled:
         from ..mesh import MeshError, gaussians_to_mesh
 

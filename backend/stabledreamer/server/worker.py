@@ -117,9 +117,25 @@ def _warm_up() -> dict[str, Any]:
 
     dev = resolve_device("auto")
     if dev.type == "cuda":
+        _ready_gsplat()
         props = torch.cuda.get_device_properties(dev)
         return {"device": f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"}
     return {"device": "cpu"}
+
+
+def _ready_gsplat() -> None:
+    """Build gsplat's kernels now when they are missing and can be built (once, with progress on
+    stderr), so no job compiles them inside its first step; without a compiler jobs render with
+    the pure-torch rasteriser (the run says so)."""
+    from ..render import gsplat_kernels
+
+    st = gsplat_kernels.status()
+    if st.ready or not st.can_build:
+        return
+    try:
+        gsplat_kernels.build(lambda msg: print(msg, file=sys.stderr, flush=True))
+    except RuntimeError as e:
+        print(f"stabledreamer worker: {e}", file=sys.stderr, flush=True)
 
 
 def _timestep_fraction(p) -> float | None:
@@ -297,9 +313,24 @@ def manifest(run_dir: Path) -> dict[str, Any]:
     return {"files": files, "chunk_size": CHUNK_SIZE}
 
 
+def _preflight(conn, run_dir: Path):
+    """The job's preflight (``doctor.preflight``): its notes go to the job's log."""
+
+    def check(cfg):
+        from ..doctor.preflight import preflight
+
+        pf = preflight(cfg, run_dir, memory="auto")
+        for note in pf.notes:
+            conn.send(("log", logging.WARNING, note))
+        return pf.memory_tier
+
+    return check
+
+
 def _run(conn, spec: dict[str, Any]) -> None:
     import torch
 
+    from ..errors import StableDreamerError
     from ..guidance.base import GuidanceError
     from ..runs.checkpoint import checkpoint_path
     from ..runs.generate import run_generation
@@ -332,8 +363,11 @@ def _run(conn, spec: dict[str, Any]) -> None:
             from ..runs.reconstruct import load_run_config
 
             cfg = load_run_config(run_dir)
-        run = run_generation if spec["kind"] == "generate" else run_reconstruction
-        metrics = run(cfg, run_dir, resume=resume, callback=reporter)
+        if spec["kind"] == "generate":  # checked before any model loads
+            metrics = run_generation(cfg, run_dir, resume=resume, callback=reporter,
+                                     preflight=_preflight(conn, run_dir))  # fmt: skip
+        else:
+            metrics = run_reconstruction(cfg, run_dir, resume=resume, callback=reporter)
         reporter.read_commands()
         conn.send(("done", metrics, manifest(run_dir)))
     except TrainingCancelled:
@@ -342,6 +376,8 @@ def _run(conn, spec: dict[str, Any]) -> None:
         conn.send(("failed", e.code, str(e)))
     except torch.OutOfMemoryError as e:
         conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
+    except StableDreamerError as e:  # PreflightError and the parts' own errors, with a fix
+        conn.send(("failed", e.code, str(e)))
     except (TrainingDiverged, ValueError, FileNotFoundError, GuidanceError) as e:
         # TargetError (a bad mesh), RunDirError and config errors are ValueErrors with a fix.
         conn.send(("failed", "job_failed", str(e)))
