@@ -16,14 +16,11 @@ from stabledreamer.guidance.diffusion import (
     to_epsilon,
 )
 from stabledreamer.guidance.stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
-from stabledreamer.guidance.tiny_models import save_tiny_models
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    save_tiny_models(d)
-    return d
+@pytest.fixture
+def tiny(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import torch
 
 from stabledreamer import device as device_mod
 from stabledreamer.doctor.preflight import PreflightError, preflight
-from stabledreamer.guidance.tiny_models import save_tiny_models
 from stabledreamer.mesh.config import MeshConfig
 from stabledreamer.presets import get_preset
 from stabledreamer.render import backend as backend_mod
@@ -16,11 +15,9 @@ from stabledreamer.render import gsplat_kernels
 from stabledreamer.runs.generate import run_generation
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    save_tiny_models(d)
-    return d
+@pytest.fixture
+def tiny(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(autouse=True)
