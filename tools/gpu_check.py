@@ -232,9 +232,10 @@ def _figures(stdout: str) -> dict:
     for line in stdout.splitlines():
         if line.startswith(RESULT_TAG):
             figures.update(json.loads(line[len(RESULT_TAG) :]))
-    table = [line for line in stdout.splitlines() if line.startswith("| ")]
-    if table:
-        figures["table"] = table
+    lines = stdout.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if first is not None:  # the step's own markdown output (the bench's tables), verbatim
+        figures["table"] = [x for x in lines[first:] if not x.startswith(RESULT_TAG)]
     return figures
 
 
