@@ -61,8 +61,7 @@ def _raw_guided(g, x_t, t, ctx):
     return u, c
 
 
-@pytest.mark.parametrize("which", ["if", "sd"])
-@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+@pytest.mark.parametrize("which, kind", [("if", "sample"), ("sd", "v_prediction")])
 def test_other_prediction_types_are_converted_to_noise(which, kind, tiny, tmp_path):
     g = _build(which, _with_prediction_type(tiny, which, kind, tmp_path))
     assert g.prediction_type == kind
