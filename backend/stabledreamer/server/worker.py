@@ -291,12 +291,12 @@ def manifest(run_dir: Path) -> dict[str, Any]:
 def _run(conn, spec: dict[str, Any]) -> None:
     import torch
 
-    from ..guidance.base import GuidanceError
+    from ..errors import StableDreamerError
     from ..runs.checkpoint import checkpoint_path
     from ..runs.generate import run_generation
     from ..runs.reconstruct import run_reconstruction
-    from ..runs.trainer import TrainingCancelled, TrainingDiverged
-    from .jobs import ConfigError, build_config
+    from ..runs.trainer import TrainingCancelled
+    from .jobs import build_config
 
     job = spec["job"]
     run_dir = Path(spec["run_dir"])
@@ -320,7 +320,7 @@ def _run(conn, spec: dict[str, Any]) -> None:
         what = "resuming from the last checkpoint" if resume else "started"
         conn.send(("log", logging.INFO, what))
         if resume:
-            from ..runs.reconstruct import load_run_config
+            from ..runs.folder import load_run_config
 
             cfg = load_run_config(run_dir)
         run = run_generation if spec["kind"] == "generate" else run_reconstruction
@@ -329,13 +329,10 @@ def _run(conn, spec: dict[str, Any]) -> None:
         conn.send(("done", metrics, manifest(run_dir)))
     except TrainingCancelled:
         conn.send(("stopped",) if reporter.stop_reason == "stop" else ("cancelled",))
-    except ConfigError as e:
-        conn.send(("failed", e.code, str(e)))
     except torch.OutOfMemoryError as e:
         conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
-    except (TrainingDiverged, ValueError, FileNotFoundError, GuidanceError) as e:
-        # TargetError (a bad mesh), RunDirError and config errors are ValueErrors with a fix.
-        conn.send(("failed", "job_failed", str(e)))
+    except StableDreamerError as e:  # what the user can fix: a bad mesh, setting, model, ...
+        conn.send(("failed", e.code, str(e)))
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:
