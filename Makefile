@@ -12,7 +12,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
 export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
 
-.PHONY: setup demo test lint format bench lock clean
+.PHONY: setup native demo test lint format bench lock clean
 
 PKG_STAMP := $(VENV)/.package
 PKG_SRC := setup.py backend/stabledreamer/render/native_build.py \
@@ -34,6 +34,11 @@ $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock
 $(PKG_STAMP): $(STAMP) $(PKG_SRC)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(PKG_STAMP)
+
+# The native CPU rasteriser compiled in place, without reinstalling: for a checkout that is used
+# through PYTHONPATH rather than installed (a git worktree sharing another checkout's .venv).
+native:
+	$(PY) setup.py --quiet build_ext --inplace
 
 demo: setup
 	$(VENV)/bin/stabledreamer demo --out runs/demo --overwrite

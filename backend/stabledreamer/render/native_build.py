@@ -25,8 +25,9 @@ UNIX_CFLAGS = ("-O3", "-g0", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fn
                "-Wno-psabi")  # fmt: skip
 UNIX_LDFLAGS = ("-fopenmp",)
 REBUILD_HINT = (
-    "rebuild it with `pip install --no-deps --no-build-isolation -e .` from the repository "
-    "(or `make setup`), with g++ or clang++ and OpenMP installed"
+    "build it with g++ or clang++ and OpenMP installed: `make setup` (or `pip install --no-deps "
+    "--no-build-isolation -e .`) reinstalls the package, `make native` (`python setup.py "
+    "build_ext --inplace`) builds it in a source checkout used through PYTHONPATH"
 )
 
 
