@@ -5,6 +5,7 @@ midway (leaving torch's ``<build_dir>/lock`` behind, as a killed ``cpp_extension
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,9 +87,11 @@ def test_a_live_build_is_waited_for_then_times_out_with_the_holder_named(tmp_pat
 def test_a_waiter_builds_once_the_holder_finishes(tmp_path):
     build_dir = tmp_path / "ext"
     holder = _start_holder(build_dir, 1.0)
-    with pytest.warns(RuntimeWarning, match="waiting"):
-        assert guarded_build(build_dir, lambda: "second", 30.0, "test ext") == "second"
+    said = []
+    assert guarded_build(build_dir, lambda: "second", 30.0, "test ext", said.append) == "second"
     assert holder.wait(10) == 0
+    assert len(said) == 1 and said[0].startswith("test ext: waiting up to 30 s")
+    assert f"held by process {holder.pid}" in said[0]
 
 
 def test_the_guard_lives_outside_the_build_folder(tmp_path):
@@ -97,3 +100,35 @@ def test_the_guard_lives_outside_the_build_folder(tmp_path):
         assert guard == tmp_path / "deep" / "ext.guard"
         assert guard.read_text().split()[0] == str(os.getpid())
     assert not build_dir.exists()
+
+
+# torch's own cpp_extension.load on a one-line C++ file, in the folder where a SIGKILLed build
+# left its lock: unguarded, load() waits on that lock forever; guarded, it builds.
+_TORCH_BUILD = textwrap.dedent("""
+    import ctypes, sys
+    from pathlib import Path
+    from torch.utils.cpp_extension import load
+    from stabledreamer.render.build_guard import guarded_build
+    root = Path(sys.argv[1])
+    src = root / "tiny.cpp"
+    src.write_text('extern "C" int tiny() { return 7; }\\n')
+    build_dir = root / "ext" / "tiny"
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").touch()
+    path = guarded_build(build_dir, lambda: load("tiny", [str(src)], build_directory=str(build_dir),
+                                                 is_python_module=False), 120.0, "tiny ext")
+    print(ctypes.CDLL(path).tiny())
+""")
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_a_real_torch_build_goes_through_after_a_killed_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": _SRC}
+    try:
+        out = subprocess.run([sys.executable, "-c", _TORCH_BUILD, str(tmp_path)], env=env,
+                             capture_output=True, text=True, timeout=240)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("torch's build waited on the stale lock")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "7"
+    assert "killed midway" in out.stderr

@@ -36,43 +36,49 @@ class BuildLockTimeout(StableDreamerError):
 
 
 def guarded_build(build_dir: str | os.PathLike, build_fn: Callable[[], T], timeout_s: float,
-                  what: str) -> T:  # fmt: skip
+                  what: str, notify: Callable[[str], None] | None = None) -> T:  # fmt: skip
     """``build_fn()`` while holding the guard of ``build_dir``; its result.
 
-    Waits up to ``timeout_s`` seconds for a build of the same folder in another process (with a
-    warning when it has to wait), then raises :class:`BuildLockTimeout`. ``what`` names the
-    build in messages (e.g. "gsplat CUDA kernels").
+    Waits up to ``timeout_s`` seconds for a build of the same folder in another process, then
+    raises :class:`BuildLockTimeout`. ``what`` names the build in messages (e.g. "gsplat CUDA
+    kernels"). ``notify`` receives what happened (waiting for another build, a stale lock
+    removed), for a progress line or a job log; by default it is a ``RuntimeWarning``.
     """
-    with build_guard(build_dir, timeout_s, what):
+    with build_guard(build_dir, timeout_s, what, notify):
         return build_fn()
 
 
+def _warn(text: str) -> None:
+    warnings.warn(text, RuntimeWarning, stacklevel=5)
+
+
 @contextlib.contextmanager
-def build_guard(build_dir: str | os.PathLike, timeout_s: float, what: str) -> Iterator[Path]:
+def build_guard(build_dir: str | os.PathLike, timeout_s: float, what: str,
+                notify: Callable[[str], None] | None = None) -> Iterator[Path]:  # fmt: skip
     """Hold the guard of ``build_dir`` (see the module docstring); yields the guard's path."""
+    notify = notify or _warn
     build_dir = Path(build_dir)
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     guard = build_dir.with_name(build_dir.name + ".guard")
     fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, guard, timeout_s, what)
+        _acquire(fd, guard, timeout_s, what, notify)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {time.time():.0f}\n".encode())
         stale = build_dir / TORCH_LOCK
         if stale.exists():
             stale.unlink(missing_ok=True)
-            warnings.warn(
+            notify(
                 f"{what}: removed {stale}, a lock file left by an earlier build that was killed "
-                "midway; building again",
-                RuntimeWarning,
-                stacklevel=3,
+                "midway; building again"
             )
         yield guard
     finally:
         os.close(fd)  # releases the lock (the kernel also releases it when the process dies)
 
 
-def _acquire(fd: int, guard: Path, timeout_s: float, what: str) -> None:
+def _acquire(fd: int, guard: Path, timeout_s: float, what: str,
+             notify: Callable[[str], None]) -> None:  # fmt: skip
     deadline = time.monotonic() + timeout_s
     warned = False
     while not _try_lock(fd):
@@ -84,11 +90,9 @@ def _acquire(fd: int, guard: Path, timeout_s: float, what: str) -> None:
             )
         if not warned:
             warned = True
-            warnings.warn(
+            notify(
                 f"{what}: waiting up to {timeout_s:.0f} s for another build to finish "
-                f"({_holder(guard)})",
-                RuntimeWarning,
-                stacklevel=4,
+                f"({_holder(guard)})"
             )
         time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
