@@ -12,6 +12,7 @@ from stabledreamer.doctor.gpu_memory import (
     tier_estimate,
     weight_gib,
 )
+from stabledreamer.errors import ConfigError
 from stabledreamer.memory_tiers import MEMORY_TIERS, TIERS, apply_tier, check_memory_choice
 from stabledreamer.presets import TEXT_PRESETS, get_preset
 
@@ -76,5 +77,5 @@ def test_auto_on_a_card_too_small_is_none():
 
 def test_memory_choice_is_checked():
     assert check_memory_choice("auto") == "auto" and check_memory_choice(12) == "12"
-    with pytest.raises(ValueError, match="auto \\| 8 \\| 12 \\| 16 \\| 24"):
+    with pytest.raises(ConfigError, match="auto \\| 8 \\| 12 \\| 16 \\| 24"):
         check_memory_choice("10")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stabledreamer.cameras import orbit_cameras
+from stabledreamer.errors import ConfigError
 from stabledreamer.render import backend as backend_mod
 from stabledreamer.render import raster_native
 from stabledreamer.render.backend import (
@@ -149,7 +150,7 @@ def test_rejects_bad_input(monkeypatch):
     with pytest.raises(RenderBackendError, match="CUDA"):
         render_any(scene, cams, torch.ones(3), backend="gsplat")
     monkeypatch.setenv(RASTER_ENV, "opengl")
-    with pytest.raises(ValueError, match=RASTER_ENV):
+    with pytest.raises(ConfigError, match=RASTER_ENV):
         backend_from_env("auto")
 
 

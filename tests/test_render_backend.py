@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stabledreamer.errors import ConfigError
 from stabledreamer.render import backend as backend_mod
 from stabledreamer.render import gsplat_kernels
 from stabledreamer.render.backend import RenderBackendError, resolve_backend
@@ -21,6 +22,7 @@ def ready(ok: bool, why: str = "no nvcc (simulated)"):
 @pytest.fixture(autouse=True)
 def fresh_notices(monkeypatch):
     monkeypatch.setattr(backend_mod, "_notices", set())
+    monkeypatch.setattr(gsplat_kernels, "_failed", None)
 
 
 def test_cuda_auto_uses_gsplat_when_its_kernels_are_there():
@@ -62,7 +64,7 @@ def test_cpu_choices():
         resolve_backend("native", CPU, native_ready=ready(False))
     with pytest.raises(RenderBackendError, match="needs a CUDA device"):
         resolve_backend("gsplat", CPU)
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ConfigError, match="choose one of"):
         resolve_backend("vulkan", CPU)
 
 
@@ -116,6 +118,35 @@ def test_build_reports_progress_and_sets_max_jobs(monkeypatch):
     assert "MAX_JOBS" not in __import__("os").environ  # restored
 
 
-def test_build_failure_says_what_to_do():
+def test_build_failure_says_what_to_do_and_the_run_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="CUDA_HOME.*torch"):
         gsplat_kernels.build(lambda s: None, max_jobs=1, load=lambda: None)
+    st = gsplat_kernels.status()  # a failed load is remembered: no gsplat for this process
+    assert not st.ready and "failed in this process" in st.why
+    assert resolve_backend("auto", CUDA, notify=lambda s: None) == "torch"
+
+
+def test_build_runs_under_the_build_guard(monkeypatch, tmp_path):
+    """One builder per build folder across processes (render.build_guard), a killed build's
+    torch lock removed first."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    (tmp_path / "gsplat_cuda").mkdir()
+    (tmp_path / "gsplat_cuda" / "lock").write_text("")  # left by a killed build
+    lines: list[str] = []
+
+    def load():
+        assert (tmp_path / "gsplat_cuda.guard").exists()
+        assert not (tmp_path / "gsplat_cuda" / "lock").exists()
+        return object()
+
+    gsplat_kernels.build(lines.append, max_jobs=1, load=load)
+    assert any("removed" in x and "lock" in x for x in lines)
+
+
+def test_the_configs_choices_are_the_renderers():
+    import typing
+
+    from stabledreamer.config_space import RenderBackend
+
+    assert typing.get_args(RenderBackend) == backend_mod.BACKENDS

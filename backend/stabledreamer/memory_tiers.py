@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 TIERS: tuple[int, ...] = (8, 12, 16, 24)
 MEMORY_CHOICES: tuple[str, ...] = ("auto", *(str(t) for t in TIERS))
 
@@ -53,7 +55,7 @@ MEMORY_TIERS: dict[int, MemoryTier] = {
 def check_memory_choice(value: str | int) -> str:
     v = str(value).strip().lower()
     if v not in MEMORY_CHOICES:
-        raise ValueError(f"--memory {value!r}: choose {' | '.join(MEMORY_CHOICES)}")
+        raise ConfigError(f"--memory {value!r}: choose {' | '.join(MEMORY_CHOICES)}")
     return v
 
 

@@ -81,10 +81,10 @@ def preflight(
     requested = backend_from_env(cfg.render_backend)
     if device.type == "cuda" and requested in ("auto", "gsplat") and build_kernels:
         st = gsplat_kernels.status()
-        if not st.ready and st.can_build:
+        if st.ready or st.can_build:  # load them now (or build them, visibly), not in step 1
             try:
                 gsplat_kernels.build(progress)
-            except RuntimeError as e:
+            except RuntimeError as e:  # status() now says not ready: the run falls back
                 notes.append(str(e))
     try:
         backend = resolve_backend(requested, device, notify=notes.append)

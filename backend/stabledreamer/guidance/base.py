@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..errors import StableDreamerError
 
 
 @dataclass
@@ -53,5 +54,5 @@ class Guidance(Protocol):
         the trainer then samples random orbit cameras."""
 
 
-class GuidanceError(RuntimeError):
+class GuidanceError(StableDreamerError):
     """A guidance could not be built or run; the message says what to do."""

@@ -23,6 +23,8 @@ from typing import Literal
 
 import torch
 
+from ..errors import ConfigError, StableDreamerError
+
 RenderBackend = Literal["auto", "gsplat", "native", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "gsplat", "native", "torch")
 CONCRETE: tuple[str, ...] = ("gsplat", "native", "torch")
@@ -32,14 +34,14 @@ RASTER_ENV = "STABLEDREAMER_RASTER"
 _notices: set[str] = set()
 
 
-class RenderBackendError(RuntimeError):
+class RenderBackendError(StableDreamerError):
     """The asked-for rasteriser cannot run here; the message says what to do instead."""
 
 
 def check_backend_name(name: str) -> str:
     name = str(name).strip().lower()
     if name not in BACKENDS:
-        raise ValueError(f"render backend {name!r}: choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"render backend {name!r}: choose one of {', '.join(BACKENDS)}")
     return name
 
 
@@ -49,7 +51,7 @@ def backend_from_env(configured: str = "auto") -> str:
     if not env:
         return check_backend_name(configured)
     if env not in BACKENDS:
-        raise ValueError(f"{RASTER_ENV}={env!r}: choose one of {', '.join(BACKENDS)} or unset it")
+        raise ConfigError(f"{RASTER_ENV}={env!r}: choose one of {', '.join(BACKENDS)} or unset it")
     return env
 
 

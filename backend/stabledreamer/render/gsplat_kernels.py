@@ -22,12 +22,13 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .build_guard import build_guard
 
 EXT_NAME = "gsplat_cuda"
 GIB_PER_JOB = 2.5
@@ -36,6 +37,11 @@ gsplat's default of 10 jobs is what the issue saw exhausting RAM; `make gpu-chec
 build's time on the machine it runs on."""
 MAX_JOBS_CAP = 10
 """gsplat's own default MAX_JOBS (gsplat/cuda/_backend.py)."""
+GUARD_WAIT_S = 1200.0
+"""How long a build waits for another process's build of the same folder (``build_guard``): a
+gsplat build takes minutes (`make gpu-check` times it); past this the error names the holder."""
+
+_failed: str | None = None  # why loading the kernels failed in this process (then: not ready)
 
 
 @dataclass
@@ -79,6 +85,8 @@ def aot_available() -> bool:
 
 def status() -> KernelStatus:
     """Whether gsplat's kernels can be loaded now, without compiling anything."""
+    if _failed is not None:
+        return KernelStatus(False, False, f"loading them failed in this process: {_failed}")
     if torch.version.cuda is None:
         return KernelStatus(False, False, f"this torch ({torch.__version__}) is a CPU-only build")
     if importlib.util.find_spec("gsplat") is None:
@@ -119,13 +127,6 @@ def max_jobs_for(free_bytes: int | None, cpus: int | None = None) -> int:
     return max(1, min(by_ram, cpus, MAX_JOBS_CAP))
 
 
-@contextmanager
-def _build_guard(path: Path) -> Iterator[None]:
-    # MERGE(B2): wrap the build in render.build_guard's flock guard here (one builder per
-    # build folder, a stale torch lock removed, a timeout with a message). Until then: nothing.
-    yield
-
-
 def _load_backend() -> object:
     """Import gsplat's backend: loads, or compiles then loads, the kernels; returns ``_C``."""
     return importlib.import_module("gsplat.cuda._backend")._C
@@ -139,7 +140,10 @@ def build(
     load: Callable[[], object] | None = None,
 ) -> float:
     """Compile (or load) gsplat's kernels now, saying so every ``every_s`` seconds; returns the
-    seconds it took. Raises ``RuntimeError`` with the fix when they cannot be had."""
+    seconds it took. Under ``build_guard``: one builder per build folder across processes, a
+    stale torch lock from a killed build removed. Raises ``RuntimeError`` with the fix when they
+    cannot be had; ``status()`` then says not ready for the rest of this process."""
+    global _failed
     load = load or _load_backend
     jobs = max_jobs or max_jobs_for(free_ram_bytes())
     old = os.environ.get("MAX_JOBS")
@@ -153,9 +157,11 @@ def build(
             result["error"] = e
 
     start = time.perf_counter()
-    progress(f"gsplat: building its CUDA kernels once into {build_dir()} (MAX_JOBS={jobs})")
+    st = status()
+    what = "loading" if st.ready else f"building its CUDA kernels once into {build_dir()}"
+    progress(f"gsplat: {what} (MAX_JOBS={jobs})")
     try:
-        with _build_guard(build_dir()):
+        with build_guard(build_dir(), GUARD_WAIT_S, "gsplat CUDA kernels", notify=progress):
             thread = threading.Thread(target=work, name="gsplat-build", daemon=True)
             thread.start()
             while thread.is_alive():
@@ -171,6 +177,7 @@ def build(
     if "error" in result or result.get("C") is None:
         err = result.get("error")
         detail = f"{type(err).__name__}: {str(err)[-300:]}" if err else "gsplat disabled itself"
+        _failed = detail
         raise RuntimeError(
             f"gsplat's CUDA kernels did not build ({detail}). Install the CUDA toolkit matching "
             f"torch's CUDA {torch.version.cuda} and set CUDA_HOME, or run with the pure-torch "

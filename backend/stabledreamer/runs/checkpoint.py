@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path
+from ..errors import InputError
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1
@@ -29,12 +30,12 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = checkpoint_path(run_dir)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"{run_dir}: no checkpoint to resume from ({path} is missing); start a new run instead"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path}: checkpoint format {state.get('format_version')} is not supported"
         )
     return state

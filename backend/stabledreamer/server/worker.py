@@ -124,13 +124,13 @@ def _warm_up() -> dict[str, Any]:
 
 
 def _ready_gsplat() -> None:
-    """Build gsplat's kernels now when they are missing and can be built (once, with progress on
-    stderr), so no job compiles them inside its first step; without a compiler jobs render with
-    the pure-torch rasteriser (the run says so)."""
+    """Load gsplat's kernels now, building them first when they are missing and can be built
+    (once, with progress on stderr), so no job compiles them inside its first step; without a
+    compiler, or when loading fails, jobs render with the pure-torch rasteriser (they say so)."""
     from ..render import gsplat_kernels
 
     st = gsplat_kernels.status()
-    if st.ready or not st.can_build:
+    if not (st.ready or st.can_build):
         return
     try:
         gsplat_kernels.build(lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -331,12 +331,11 @@ def _run(conn, spec: dict[str, Any]) -> None:
     import torch
 
     from ..errors import StableDreamerError
-    from ..guidance.base import GuidanceError
     from ..runs.checkpoint import checkpoint_path
     from ..runs.generate import run_generation
     from ..runs.reconstruct import run_reconstruction
-    from ..runs.trainer import TrainingCancelled, TrainingDiverged
-    from .jobs import ConfigError, build_config
+    from ..runs.trainer import TrainingCancelled
+    from .jobs import build_config
 
     job = spec["job"]
     run_dir = Path(spec["run_dir"])
@@ -360,7 +359,7 @@ def _run(conn, spec: dict[str, Any]) -> None:
         what = "resuming from the last checkpoint" if resume else "started"
         conn.send(("log", logging.INFO, what))
         if resume:
-            from ..runs.reconstruct import load_run_config
+            from ..runs.folder import load_run_config
 
             cfg = load_run_config(run_dir)
         if spec["kind"] == "generate":  # checked before any model loads
@@ -372,15 +371,10 @@ def _run(conn, spec: dict[str, Any]) -> None:
         conn.send(("done", metrics, manifest(run_dir)))
     except TrainingCancelled:
         conn.send(("stopped",) if reporter.stop_reason == "stop" else ("cancelled",))
-    except ConfigError as e:
-        conn.send(("failed", e.code, str(e)))
     except torch.OutOfMemoryError as e:
         conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
-    except StableDreamerError as e:  # PreflightError and the parts' own errors, with a fix
-        conn.send(("failed", e.code, str(e)))
-    except (TrainingDiverged, ValueError, FileNotFoundError, GuidanceError) as e:
-        # TargetError (a bad mesh), RunDirError and config errors are ValueErrors with a fix.
-        conn.send(("failed", "job_failed", str(e)))
+    except StableDreamerError as e:  # what the user can fix: a bad mesh, setting, model,
+        conn.send(("failed", e.code, str(e)))  # a machine the preflight refused, ...
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:
