@@ -84,8 +84,8 @@ def preflight(
         if st.ready or st.can_build:  # load them now (or build them, visibly), not in step 1
             try:
                 gsplat_kernels.build(progress)
-            except RuntimeError as e:  # status() now says not ready: the run falls back
-                notes.append(str(e))
+            except (RuntimeError, StableDreamerError) as e:  # a failed build, or another
+                notes.append(str(e))  # process's build past the guard's wait: torch renders
     try:
         backend = resolve_backend(requested, device, notify=notes.append)
         checks.append(Check("renderer", OK, backend))

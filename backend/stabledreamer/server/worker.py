@@ -127,6 +127,7 @@ def _ready_gsplat() -> None:
     """Load gsplat's kernels now, building them first when they are missing and can be built
     (once, with progress on stderr), so no job compiles them inside its first step; without a
     compiler, or when loading fails, jobs render with the pure-torch rasteriser (they say so)."""
+    from ..errors import StableDreamerError
     from ..render import gsplat_kernels
 
     st = gsplat_kernels.status()
@@ -134,7 +135,7 @@ def _ready_gsplat() -> None:
         return
     try:
         gsplat_kernels.build(lambda msg: print(msg, file=sys.stderr, flush=True))
-    except RuntimeError as e:
+    except (RuntimeError, StableDreamerError) as e:  # BuildLockTimeout: another build runs
         print(f"stabledreamer worker: {e}", file=sys.stderr, flush=True)
 
 
