@@ -18,16 +18,6 @@ from stabledreamer.guidance.diffusion import (
 from stabledreamer.guidance.stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
 
 
-@pytest.fixture
-def tiny(tiny_models):
-    return tiny_models
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _ctx(n=2) -> GuidanceContext:
     cams = orbit_cameras([0.0, 180.0][:n], 10.0, 2.5, 49.0, 32, 32)
     return GuidanceContext(cams, torch.ones(n, 3), 0)
@@ -40,9 +30,9 @@ def _build(which, folder):
     return StableDiffusionGuidance("a chair", cfg)
 
 
-def _with_prediction_type(tiny, which, kind, tmp_path):
+def _with_prediction_type(tiny_models, which, kind, tmp_path):
     dst = tmp_path / which
-    shutil.copytree(tiny / which, dst)
+    shutil.copytree(tiny_models / which, dst)
     path = dst / "scheduler" / "scheduler_config.json"
     sched = json.loads(path.read_text())
     sched["prediction_type"] = kind
@@ -62,8 +52,8 @@ def _raw_guided(g, x_t, t, ctx):
 
 
 @pytest.mark.parametrize("which, kind", [("if", "sample"), ("sd", "v_prediction")])
-def test_other_prediction_types_are_converted_to_noise(which, kind, tiny, tmp_path):
-    g = _build(which, _with_prediction_type(tiny, which, kind, tmp_path))
+def test_other_prediction_types_are_converted_to_noise(which, kind, tiny_models, tmp_path):
+    g = _build(which, _with_prediction_type(tiny_models, which, kind, tmp_path))
     assert g.prediction_type == kind
     ch = 3 if which == "if" else 4
     x_t = torch.randn(2, ch, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -82,9 +72,9 @@ def test_other_prediction_types_are_converted_to_noise(which, kind, tiny, tmp_pa
 
 
 @pytest.mark.parametrize("which", ["if", "sd"])
-def test_an_unknown_prediction_type_is_refused(which, tiny, tmp_path):
+def test_an_unknown_prediction_type_is_refused(which, tiny_models, tmp_path):
     with pytest.raises(GuidanceError, match="prediction_type.*flow"):
-        _build(which, _with_prediction_type(tiny, which, "flow", tmp_path))
+        _build(which, _with_prediction_type(tiny_models, which, "flow", tmp_path))
 
 
 def test_v_to_epsilon_inverts_the_forward_process():
@@ -112,9 +102,9 @@ def test_cfg_scale_relation_to_threestudio():
     assert StableDiffusionConfig().guidance_scale == from_threestudio_scale(100.0) == 101.0
 
 
-def test_vae_latent_sample_draws_from_the_run_generator(tiny):
+def test_vae_latent_sample_draws_from_the_run_generator(tiny_models):
     """A resumed stage 2 draws the same latent noise: the global RNG must not matter."""
-    g = _build("sd", tiny / "sd")
+    g = _build("sd", tiny_models / "sd")
     rgb = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(3))
     zs = []
     for global_seed in (1, 2):

@@ -15,22 +15,16 @@ from stabledreamer.render import gsplat_kernels
 from stabledreamer.runs.generate import run_generation
 
 
-@pytest.fixture
-def tiny(tiny_models):
-    return tiny_models
-
-
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _fresh_notices(monkeypatch):
     monkeypatch.setattr(backend_mod, "_notices", set())
 
 
-def text_config(tiny):
+def text_config(tiny_models):
     cfg = get_preset("preview")
     cfg.prompt = "a red chair"
-    cfg.deepfloyd_if.model = str(tiny / "if")
-    cfg.stable_diffusion.model = str(tiny / "sd")
+    cfg.deepfloyd_if.model = str(tiny_models / "if")
+    cfg.stable_diffusion.model = str(tiny_models / "sd")
     return cfg
 
 
@@ -46,25 +40,25 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(device_mod, "resolve_device", lambda name="auto": torch.device("cuda"))
 
 
-def test_without_gsplat_kernels_the_run_renders_with_torch(tiny, fake_cuda, no_gsplat_kernels,
-                                                           tmp_path):  # fmt: skip
-    cfg = text_config(tiny)
+@pytest.mark.usefixtures("fake_cuda", "no_gsplat_kernels")
+def test_without_gsplat_kernels_the_run_renders_with_torch(tiny_models, tmp_path):
+    cfg = text_config(tiny_models)
     pf = preflight(cfg, tmp_path, gpu_free_gib=lambda d: (23.0, 23.6))
     assert pf.render_backend == "torch" and pf.memory_tier == 24
     assert any("pure-torch" in n and "simulated" in n for n in pf.notes)
 
 
-def test_forcing_gsplat_without_kernels_fails_before_loading(tiny, fake_cuda, no_gsplat_kernels,
-                                                             tmp_path):  # fmt: skip
-    cfg = text_config(tiny)
+@pytest.mark.usefixtures("fake_cuda", "no_gsplat_kernels")
+def test_forcing_gsplat_without_kernels_fails_before_loading(tiny_models, tmp_path):
+    cfg = text_config(tiny_models)
     cfg.render_backend = "gsplat"
     with pytest.raises(PreflightError, match="(?s)fix:.*CUDA_HOME"):
         preflight(cfg, tmp_path, gpu_free_gib=lambda d: (23.0, 23.6))
 
 
-def test_too_little_free_gpu_memory_fails_with_the_fix(tiny, fake_cuda, no_gsplat_kernels,
-                                                       tmp_path):  # fmt: skip
-    cfg = text_config(tiny)
+@pytest.mark.usefixtures("fake_cuda", "no_gsplat_kernels")
+def test_too_little_free_gpu_memory_fails_with_the_fix(tiny_models, tmp_path):
+    cfg = text_config(tiny_models)
     with pytest.raises(PreflightError, match="8 GB tier.*\\n  fix: close other programs"):
         preflight(cfg, tmp_path, gpu_free_gib=lambda d: (3.0, 23.6))
     with pytest.raises(PreflightError, match="(?s)--memory 24.*fix: pass --memory auto"):
@@ -86,10 +80,10 @@ def test_every_problem_is_listed_in_seconds(tmp_path):
     assert "if model" in text and "sd model" in text and text.count("fix:") >= 2
 
 
-def test_a_cpu_run_without_kernels_generates_to_the_end_with_torch(tiny, tmp_path, monkeypatch):
+def test_a_cpu_run_without_kernels_generates_to_the_end_with_torch(tiny_models, tmp_path):
     """The simulated machine: gsplat unavailable, the torch rasteriser forced (the choice a CUDA
     machine without nvcc makes), the preflight run by generate before any model loads."""
-    cfg = text_config(tiny)
+    cfg = text_config(tiny_models)
     cfg.render_backend = "torch"
     cfg.device = "cpu"
     cfg.init.num_points = 300

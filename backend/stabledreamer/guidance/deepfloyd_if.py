@@ -59,19 +59,10 @@ class DeepFloydIFGuidance(DiffusionGuidance):
 
         return T5Tokenizer, T5EncoderModel
 
-    def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
-        tok = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.cfg.max_text_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
-        out = encoder(
-            tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device)
-        )
-        return out[0].to(self.dtype)
+    uses_attention_mask = True
+
+    def text_length(self, tokenizer) -> int:
+        return self.cfg.max_text_length
 
     def _noise_output(self, out: Tensor) -> Tensor:
         return out[:, :3]  # learned variance: channels 3..5 are the variance, unused

@@ -125,8 +125,20 @@ class DiffusionGuidance:
         """(tokenizer class, text encoder class) of this model."""
         raise NotImplementedError
 
+    def text_length(self, tokenizer) -> int:
+        """Tokens per prompt."""
+        return tokenizer.model_max_length
+
+    uses_attention_mask = False
+    """Whether the text encoder is given the padding mask (T5 in diffusers' IF pipeline: yes;
+    CLIP in the SD pipelines: no)."""
+
     def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
-        raise NotImplementedError
+        tok = tokenizer(texts, padding="max_length", max_length=self.text_length(tokenizer),
+                        truncation=True, return_tensors="pt")  # fmt: skip
+        extra = {"attention_mask": tok.attention_mask.to(self.device)}
+        out = encoder(tok.input_ids.to(self.device), **(extra if self.uses_attention_mask else {}))
+        return out[0].to(self.dtype)
 
     def _noise_output(self, out: Tensor) -> Tensor:
         """The UNet's output channels that are the prediction (IF adds a variance)."""

@@ -84,16 +84,6 @@ class StableDiffusionGuidance(DiffusionGuidance):
 
         return CLIPTokenizer, CLIPTextModel
 
-    def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
-        tok = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
-
     # -- the contract -------------------------------------------------------------------------
     def encode(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = resize_renders(rgb, self.cfg.resolution)
