@@ -67,3 +67,10 @@ lock: setup
 clean:
 	rm -rf $(VENV) build dist runs .pytest_cache .ruff_cache
 	rm -f backend/stabledreamer/render/_gauss_cpu*.so backend/stabledreamer/render/_gauss_cpu*.pyd
+
+# Verify a machine with an NVIDIA GPU (about 10 minutes): uses that machine's own CUDA torch, never
+# `make setup` (the CPU build). Without a GPU it stops at once; ARGS=--dry-run runs every step on
+# the CPU with stand-ins. ARGS=--wheels DIR installs missing packages from a local wheel folder.
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(ARGS)

@@ -4,11 +4,12 @@ Scene: N Gaussians uniform in a ball of radius 0.5, scales 0.02 (small jitter), 
 random colours; orbit camera at distance 2.5, fov 49 deg. Times are the minimum over repeats
 after warm-up (other processes on a shared machine only ever add time); the 1-minute load
 average is printed before and after, so a loaded run is visible as such.
-Columns: the native path (``STABLEDREAMER_RASTER=native``), the pure-torch path (``=torch``) and
+Columns: the native path (``backend="native"``), the pure-torch path (``"torch"``) and
 the dense float64 reference, with torch/native and dense/native forward+backward ratios.
 Peak memory: increase of the process RSS high-water mark (/proc/self/status VmHWM, reset via
 /proc/self/clear_refs) over the first forward+backward of a case; glibc keeps freed arenas
-(raster_torch sets mallopt), so later calls reuse that memory and the number is an upper bound.
+(``raster_torch.tune_allocator`` sets mallopt, called at the start), so later calls reuse that
+memory and the number is an upper bound.
 Run: ``python bench/render.py [--quick] [--threads T]``.
 """
 
@@ -27,7 +28,8 @@ import torch  # noqa: E402
 
 from stabledreamer.cameras import orbit_cameras  # noqa: E402
 from stabledreamer.render import raster_native  # noqa: E402
-from stabledreamer.render.dispatch import RASTER_ENV, render  # noqa: E402
+from stabledreamer.render.dispatch import render  # noqa: E402
+from stabledreamer.render.raster_torch import tune_allocator  # noqa: E402
 from stabledreamer.render.reference import render_reference  # noqa: E402
 
 DENSE_LIMIT = 2.1e7  # N x H x W pairs above which the dense reference is skipped (memory)
@@ -98,18 +100,10 @@ def time_case(fn, scene, cams, bg, repeats: int) -> tuple[float, float, float]:
 
 
 def with_raster(path: str, fn):
-    """``fn`` run with the CPU rasteriser forced to ``path`` ("native" or "torch")."""
+    """``fn`` run with the rasteriser ``path`` ("native" or "torch")."""
 
     def run(*args):
-        old = os.environ.get(RASTER_ENV)
-        os.environ[RASTER_ENV] = path
-        try:
-            return fn(*args)
-        finally:
-            if old is None:
-                os.environ.pop(RASTER_ENV)
-            else:
-                os.environ[RASTER_ENV] = old
+        return fn(*args, backend=path)
 
     return run
 
@@ -120,6 +114,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
+    tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [20_000] if args.quick else [5_000, 20_000, 100_000]

@@ -76,9 +76,9 @@ class TimedGuidance:
         self.num_train_timesteps = inner.num_train_timesteps
         self.step: dict[str, float] = {}
 
-    def encode(self, rgb):
+    def encode(self, rgb, generator=None):
         t = self.clock.now()
-        x = self.inner.encode(rgb)
+        x = self.inner.encode(rgb, generator)
         self.step["vae"] = self.clock.now() - t
         return x
 
@@ -93,6 +93,9 @@ class TimedGuidance:
 
     def decode(self, x):
         return self.inner.decode(x)
+
+    def view_bank(self):
+        return None
 
 
 def time_steps(guidance, stage, cfg, params, views: int, steps: int, clock: Clock) -> dict:
@@ -219,7 +222,17 @@ def _peak_gib(device) -> float:
     return float("nan")
 
 
-def _full_sd_guidance(device, dtype, res: int, views: int):
+def _placed(name: str, device, dtype, streamed: bool):
+    """Full-size model ``name`` on ``device``, or in CPU memory streamed to it per forward (the
+    memory tiers' offload: ``guidance.loading.enable_cpu_offload``)."""
+    from stabledreamer.guidance.loading import enable_cpu_offload
+
+    if not streamed or device.type != "cuda":
+        return build(name, device, dtype)
+    return enable_cpu_offload(build(name, "cpu", dtype), device)
+
+
+def _full_sd_guidance(device, dtype, res: int, views: int, tier=None):
     """A ``StableDiffusionGuidance`` over full-size random SD 2.1-base modules (the real encode,
     predict_noise and alphas_sigmas), its text time and its FLOPs per step."""
     from diffusers import DDPMScheduler
@@ -234,7 +247,13 @@ def _full_sd_guidance(device, dtype, res: int, views: int):
     g = object.__new__(StableDiffusionGuidance)
     g.cfg, g.device, g.dtype = cfg, device, dtype
     clock = Clock(device)
-    text_encoder = build("sd_text_encoder", device, dtype)
+    place = tier.stable_diffusion if tier else None
+    text_encoder = _placed(
+        "sd_text_encoder",
+        device,
+        dtype,
+        bool(place and (place.text_encoder_offload or place.cpu_offload)),
+    )
     ids = torch.randint(0, 49408, (5, 77), generator=torch.Generator().manual_seed(0))
     start = clock.now()
     with torch.no_grad():
@@ -242,11 +261,15 @@ def _full_sd_guidance(device, dtype, res: int, views: int):
     text_s = clock.now() - start
     del text_encoder
     g.embeddings = ViewEmbeddings(PROMPT, "", cfg.view_prompts, lambda texts: emb)
-    g.unet = build("sd_unet", device, dtype)
-    g.vae = build("sd_vae", device, dtype)
+    g.unet = _placed("sd_unet", device, dtype, bool(place and place.cpu_offload))
+    g.vae = _placed("sd_vae", device, dtype, bool(place and place.cpu_offload))
+    if tier is not None and tier.vae_gradient_checkpointing:
+        from stabledreamer.guidance.vae_checkpointing import enable_vae_checkpointing
+
+        enable_vae_checkpointing(g.vae)
     g.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     g.scaling_factor = 0.18215
-    g.num_train_timesteps = 1000
+    g.num_train_timesteps, g.prediction_type = 1000, "epsilon"
     g._alphas_cumprod = g.scheduler.alphas_cumprod.to(torch.float32)
     return g, text_s
 
@@ -262,7 +285,12 @@ def full_size_flops(views: int, sd_res: int) -> dict[str, int]:
     }
 
 
-def run_full_size(views: int, steps: int, sd_resolution: int) -> list[dict]:
+def run_full_size(views: int, steps: int, sd_resolution: int, tier_gb: int | None = None
+                  ) -> list[dict]:  # fmt: skip
+    """Full-size rows; ``tier_gb`` places the models as that memory tier does (CUDA)."""
+    from stabledreamer.memory_tiers import MEMORY_TIERS
+
+    tier = MEMORY_TIERS[tier_gb] if tier_gb else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     clock = Clock(device)
@@ -271,7 +299,7 @@ def run_full_size(views: int, steps: int, sd_resolution: int) -> list[dict]:
     flops = full_size_flops(views, sd_resolution)
     rows = []
     if device.type == "cuda":
-        rows.append(_full_if_row(device, dtype, cfg, views, steps, flops["if_unet"]))
+        rows.append(_full_if_row(device, dtype, cfg, views, steps, flops["if_unet"], tier))
     else:
         note = "needs a GPU (17 GB of fp32 weights)"
         rows.append(
@@ -279,7 +307,7 @@ def run_full_size(views: int, steps: int, sd_resolution: int) -> list[dict]:
              "flops": flops["if_unet"]}
         )  # fmt: skip
     _peak_reset(device)
-    g, text_s = _full_sd_guidance(device, dtype, sd_resolution, views)
+    g, text_s = _full_sd_guidance(device, dtype, sd_resolution, views, tier)
     params = gaussians(5000, device)
     best = time_steps(g, cfg.stages[1], cfg, params, views, steps, clock)
     rows.append({"stage": "detail (SD 2.1-base)", "res": f"{sd_resolution}²", "views": views,
@@ -288,7 +316,7 @@ def run_full_size(views: int, steps: int, sd_resolution: int) -> list[dict]:
     return rows
 
 
-def _full_if_row(device, dtype, cfg, views, steps, flops) -> dict:
+def _full_if_row(device, dtype, cfg, views, steps, flops, tier=None) -> dict:
     """IF-I-XL (CUDA only): T5-XXL encodes the prompts and is freed, then the UNet steps."""
     from diffusers import DDPMScheduler
 
@@ -300,18 +328,20 @@ def _full_if_row(device, dtype, cfg, views, steps, flops) -> dict:
     gcfg = DeepFloydIFConfig()
     g = object.__new__(DeepFloydIFGuidance)
     g.cfg, g.device, g.dtype = gcfg, device, dtype
-    t5 = build("t5_xxl_encoder", device, dtype)
+    place = tier.deepfloyd_if if tier else None
+    streamed_text = bool(place and (place.text_encoder_offload or place.cpu_offload))
+    t5 = _placed("t5_xxl_encoder", device, dtype, streamed_text)  # fp16, wo in fp32, as loaded
     ids = torch.randint(0, 32128, (5, 77), generator=torch.Generator().manual_seed(0))
     start = clock.now()
     with torch.no_grad():
-        emb = t5(ids.to(device))[0]
+        emb = t5(ids.to(device))[0].to(dtype)
     text_s = clock.now() - start
     del t5
     torch.cuda.empty_cache()
     g.embeddings = ViewEmbeddings(PROMPT, "", gcfg.view_prompts, lambda texts: emb)
-    g.unet = build("if_unet", device, dtype)
+    g.unet = _placed("if_unet", device, dtype, bool(place and place.cpu_offload))
     g.scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
-    g.num_train_timesteps = 1000
+    g.num_train_timesteps, g.prediction_type = 1000, "epsilon"
     g._alphas_cumprod = g.scheduler.alphas_cumprod.to(torch.float32)
     params = gaussians(5000, device)
     best = time_steps(g, cfg.stages[0], cfg, params, views, steps, clock)
@@ -356,11 +386,11 @@ def preset_floors(views: int, peak_tflops: float) -> str:
     for name in TEXT_PRESETS:
         cfg = get_preset(name)
         s1, s2 = cfg.stages
-        f = full_size_flops(views, s2.resolution)
+        f = full_size_flops(views, cfg.stable_diffusion.resolution)  # the VAE's input size
         seconds = (s1.steps * f["if_unet"] + s2.steps * (f["sd_unet"] + f["sd_vae"])) / (
             peak_tflops * 1e12
         )
-        lines.append(f"| {name} | {s1.steps} + {s2.steps} | {s2.resolution}² | "
+        lines.append(f"| {name} | {s1.steps} + {s2.steps} | {cfg.stable_diffusion.resolution}² | "
                      f"{seconds / 60:.2f} | {3 * seconds / 60:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -375,6 +405,20 @@ def main() -> None:
     ap.add_argument("--full-size", action="store_true", help="also the full-size architectures")
     ap.add_argument("--full-views", type=int, default=None, help="default: 1 on CPU, 4 on CUDA")
     ap.add_argument("--full-steps", type=int, default=1, help="timed full-size steps (+1 warm-up)")
+    ap.add_argument(
+        "--memory-tier",
+        type=int,
+        choices=(8, 12, 16, 24),
+        default=None,
+        help="full-size models placed as this memory tier places them (CUDA)",
+    )
+    ap.add_argument(
+        "--cap-gib",
+        type=float,
+        default=None,
+        help="cap this process's GPU memory (a smaller card on a larger one)",
+    )
+    ap.add_argument("--no-tiny", action="store_true", help="skip the tiny-model rows")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="peak rate for the floor (default: H100 SXM dense fp16)")  # fmt: skip
     args = ap.parse_args()
@@ -386,10 +430,15 @@ def main() -> None:
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, CUDA: {gpu}"
     )
-    rows = run_tiny(args.views, args.gaussians, args.steps, args.sd_resolution)
+    if args.cap_gib and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total))
+        print(f"GPU memory capped at {args.cap_gib:g} GiB of {total / 2**30:.1f}")
+    rows = [] if args.no_tiny else run_tiny(args.views, args.gaussians, args.steps,
+                                            args.sd_resolution)  # fmt: skip
     if args.full_size:
         views = args.full_views or (4 if torch.cuda.is_available() else 1)
-        rows += run_full_size(views, args.full_steps, args.sd_resolution)
+        rows += run_full_size(views, args.full_steps, args.sd_resolution, args.memory_tier)
     print(table(rows, args.peak_tflops))
     print()
     print(f"Floors per preset ({args.views} views per step, full-size models, "

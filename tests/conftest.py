@@ -3,6 +3,8 @@
 import os
 import tempfile
 
+import pytest
+
 _cache = tempfile.mkdtemp(prefix="stabledreamer-tests-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for var, sub in [
@@ -13,3 +15,13 @@ for var, sub in [
     ("BLENDER_USER_RESOURCES", "blender"),
 ]:
     os.environ.setdefault(var, os.path.join(_cache, sub))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random IF-like (``if/``) and SD-like (``sd/``) pipelines, saved once per session."""
+    from stabledreamer.guidance.tiny_models import save_tiny_models
+
+    d = tmp_path_factory.mktemp("tiny-models-shared")
+    save_tiny_models(d)
+    return d

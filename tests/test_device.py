@@ -95,6 +95,7 @@ def test_guidance_follows_the_run_device(tiny, monkeypatch):
     assert g.embeddings.cond.device == torch.device("cpu")
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_generate_on_cuda_and_resume_on_cpu(tiny, tmp_path, monkeypatch):
     """Tiny models on the GPU: params, renders (gsplat) and guidance agree; then the CUDA

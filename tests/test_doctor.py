@@ -120,6 +120,7 @@ def test_bad_device_name_fails(tiny, capsys):
     assert code == 1 and checks["cuda"]["status"] == FAIL
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gsplat_builds_and_matches_the_cpu_renderer(tiny, tmp_path):
     cfg = DoctorConfig(if_model=str(tiny / "if"), sd_model=str(tiny / "sd"), out=str(tmp_path))

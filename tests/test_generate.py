@@ -64,7 +64,12 @@ def test_two_stages_write_the_run_folder(tiny, tmp_path):
     assert on_disk["steps"] == 5 and set(on_disk["stages"]) == {"geometry", "detail"}
     assert on_disk["stages"]["detail"]["seconds_per_step"] > 0
     assert on_disk["peak_memory_mb"] > 0
-    assert list((out / "debug").glob("geometry_*.png")) and list((out / "debug").glob("detail_*"))
+    # Every debug_every (2) steps, and at each stage's end (3): short runs still leave strips.
+    assert sorted(p.name for p in (out / "debug").glob("*.png")) == [
+        "detail_000002.png",
+        "geometry_000002.png",
+        "geometry_000003.png",
+    ]
 
 
 def test_resume_across_the_stage_boundary(tiny, tmp_path):
@@ -126,3 +131,25 @@ def test_init_from_point_cloud_mesh_and_3dgs(tmp_path):
     torch.testing.assert_close(initial_gaussians(cfg)["means"], splats["means"])
     cfg.init_from = "sphere"
     assert initial_gaussians(cfg) is None
+
+
+def test_peak_memory_is_the_runs_device_over_all_stages(monkeypatch):
+    import torch
+
+    from stabledreamer.runs.generate import run_peak_memory_mb
+
+    asked = []
+
+    def fake_peak(device=None):
+        asked.append(torch.device(device))
+        return 3000 * 2**20 if torch.device(device) == torch.device("cuda:1") else 9e9
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", fake_peak)
+    # Stage 1 peaked at 5000 MiB before stage 2 reset the counter: the run's peak is 5000.
+    assert run_peak_memory_mb(torch.device("cuda:1"), [5000.0, 2900.0]) == 5000.0
+    assert asked == [torch.device("cuda:1")]
+    # A CPU run on a machine with a GPU reports the process's memory, not the GPU's.
+    asked.clear()
+    assert 0 < run_peak_memory_mb(torch.device("cpu"), []) < 9e9 / 2**20
+    assert asked == []

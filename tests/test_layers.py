@@ -2,8 +2,8 @@
 protocol imports neither torch nor bpy, and the add-on never imports torch.
 
 Layers, top to bottom (a part may import any lower layer and itself, never a higher or equal
-one): cli -> server -> doctor -> runs -> presets -> config -> optim -> guidance, mesh ->
-render, targets -> gaussians, cameras, ply -> device -> atomic, errors, config_space.
+one): cli -> server -> doctor -> runs -> presets -> config, memory_tiers -> optim -> guidance,
+mesh -> render, targets -> gaussians, cameras, ply -> device -> atomic, errors, config_space.
 Imports inside functions count too.
 """
 
@@ -21,7 +21,7 @@ LAYERS = [
     {"targets", "render"},
     {"mesh", "guidance"},
     {"optim"},
-    {"config"},
+    {"config", "memory_tiers"},
     {"presets"},
     {"runs"},
     {"doctor"},

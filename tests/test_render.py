@@ -3,15 +3,23 @@ gsplat meta, CUDA."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
 from stabledreamer.cameras import orbit_cameras
-from stabledreamer.render import dispatch as render_mod
+from stabledreamer.errors import ConfigError
+from stabledreamer.render import backend as backend_mod
 from stabledreamer.render import raster_native
-from stabledreamer.render.dispatch import RASTER_ENV, cpu_raster_path, render
+from stabledreamer.render.backend import (
+    RASTER_ENV,
+    RenderBackendError,
+    backend_from_env,
+    resolve_backend,
+)
+from stabledreamer.render.dispatch import render as render_any
 from stabledreamer.render.projection import project
 from stabledreamer.render.reference import render_reference
 
@@ -34,13 +42,21 @@ def make_scene(n: int = 200, degree: int = 0, seed: int = 1) -> dict[str, torch.
 
 
 @pytest.fixture(params=["native", "torch"])
-def raster_path(request, monkeypatch):
-    """Run a test once per CPU rasteriser (STABLEDREAMER_RASTER); the build happens once."""
+def raster_path(request):
+    """Run a test once per CPU rasteriser (passed as ``backend``); the build happens once."""
     if request.param == "native" and not raster_native.available():
         pytest.skip(f"native CPU rasteriser did not build: {raster_native.build_error()}")
-    monkeypatch.setenv(RASTER_ENV, request.param)
-    assert cpu_raster_path() == request.param
     return request.param
+
+
+@pytest.fixture
+def render(raster_path):
+    """``render`` with the test's rasteriser named explicitly."""
+
+    def fn(*args, **kwargs):
+        return render_any(*args, backend=raster_path, **kwargs)
+
+    return fn
 
 
 def make_cameras():
@@ -64,7 +80,7 @@ def _run(fn, scene, cams, bg):
 
 
 @pytest.mark.parametrize("degree", [0, 1])
-def test_cpu_matches_dense_reference(degree, raster_path):
+def test_cpu_matches_dense_reference(degree, render):
     scene, cams = make_scene(degree=degree), make_cameras()
     bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 1.0, 1.0]])
     out, grads, g2d = _run(render, scene, cams, bg)
@@ -86,7 +102,7 @@ def test_cpu_matches_dense_reference(degree, raster_path):
     assert (g2d[~vis] == 0).all()
 
 
-def test_empty_and_batched_views_agree(raster_path):
+def test_empty_and_batched_views_agree(render):
     scene = make_scene()
     cams = make_cameras()
     bg = torch.ones(3)
@@ -100,7 +116,7 @@ def test_empty_and_batched_views_agree(raster_path):
     assert (empty.alpha == 0).all() and (empty.rgb == 1).all() and (empty.depth == 0).all()
 
 
-def test_meta_drives_gsplat_default_strategy(raster_path):
+def test_meta_drives_gsplat_default_strategy(render):
     from gsplat.strategy import DefaultStrategy
 
     scene = make_scene(n=300)
@@ -128,12 +144,27 @@ def test_meta_drives_gsplat_default_strategy(raster_path):
 def test_rejects_bad_input(monkeypatch):
     scene, cams = make_scene(n=10), make_cameras()
     with pytest.raises(ValueError, match="backend"):
-        render(scene, cams, torch.ones(3), backend="vulkan")
+        render_any(scene, cams, torch.ones(3), backend="vulkan")
     with pytest.raises(ValueError, match="background"):
-        render(scene, cams, torch.ones(4))
+        render_any(scene, cams, torch.ones(4))
+    with pytest.raises(RenderBackendError, match="CUDA"):
+        render_any(scene, cams, torch.ones(3), backend="gsplat")
     monkeypatch.setenv(RASTER_ENV, "opengl")
-    with pytest.raises(ValueError, match=RASTER_ENV):
-        render(scene, cams, torch.ones(3))
+    with pytest.raises(ConfigError, match=RASTER_ENV):
+        backend_from_env("auto")
+
+
+def test_render_reads_no_environment(monkeypatch):
+    """The path is the caller's choice: the environment variable is read only by the run (at its
+    start, ``backend_from_env``), never by ``render()``."""
+    scene, cams = make_scene(n=50), make_cameras()
+    monkeypatch.setenv(RASTER_ENV, "opengl")  # would be refused if render() read it
+    out = render_any(scene, cams, torch.ones(3), backend="torch")
+    assert out.rgb.shape == (2, H, W, 3)
+    monkeypatch.setenv(RASTER_ENV, "torch")
+    assert backend_from_env("native") == "torch"
+    monkeypatch.delenv(RASTER_ENV)
+    assert backend_from_env("native") == "native"
 
 
 def _needs_native():
@@ -166,24 +197,24 @@ def test_native_projection_matches_torch():
         torch.testing.assert_close(g, ref_g[k], atol=1e-5 * scale, rtol=1e-4, msg=k)
 
 
-def test_native_kernel_variants_agree(monkeypatch):
+def test_native_kernel_variants_agree():
     """Every instruction-set variant of the tile kernels this CPU runs gives the same render, and
     repeated runs give bit-identical gradients (fixed-order reduction, any thread schedule)."""
     _needs_native()
-    monkeypatch.setenv(RASTER_ENV, "native")
     scene, cams = make_scene(degree=1), make_cameras()
     bg = torch.tensor([0.2, 0.5, 0.9])
+    native = functools.partial(render_any, backend="native")
     best = raster_native.isa()
     variants = raster_native.ISA_NAMES[: raster_native.ISA_NAMES.index(best) + 1]
     runs = {}
     try:
         for name in variants:
             assert raster_native.set_isa(name) == name
-            runs[name] = _run(render, scene, cams, bg)
+            runs[name] = _run(native, scene, cams, bg)
     finally:
         raster_native.set_isa(best)
     out, grads, g2d = runs[best]
-    again = _run(render, scene, cams, bg)  # bit-identical: training resumes must reproduce
+    again = _run(native, scene, cams, bg)  # bit-identical: training resumes must reproduce
     assert all(torch.equal(again[1][k], grads[k]) for k in grads) and torch.equal(again[2], g2d)
     for name in variants:
         o, gr, g = runs[name]
@@ -195,19 +226,15 @@ def test_native_kernel_variants_agree(monkeypatch):
 
 
 def test_falls_back_to_torch_when_native_is_missing(monkeypatch):
-    monkeypatch.delenv(RASTER_ENV, raising=False)
     monkeypatch.setattr(raster_native, "available", lambda: False)
     monkeypatch.setattr(raster_native, "build_error", lambda: "no compiler (simulated)")
-    monkeypatch.setattr(render_mod, "_warned_native", False)
+    monkeypatch.setattr(backend_mod, "_notices", set())
     scene, cams = make_scene(n=50), make_cameras()
     with pytest.warns(RuntimeWarning, match="no compiler"):
-        out = render(scene, cams, torch.ones(3))
-    assert cpu_raster_path() == "torch"
-    monkeypatch.setenv(RASTER_ENV, "torch")
-    torch.testing.assert_close(out.rgb, render(scene, cams, torch.ones(3)).rgb)
-    monkeypatch.setenv(RASTER_ENV, "native")
-    with pytest.raises(RuntimeError, match="no compiler"):
-        render(scene, cams, torch.ones(3))
+        out = render_any(scene, cams, torch.ones(3))
+    torch.testing.assert_close(out.rgb, render_any(scene, cams, torch.ones(3), backend="torch").rgb)
+    with pytest.raises(RenderBackendError, match="no compiler"):
+        resolve_backend("native", torch.device("cpu"))
 
 
 @pytest.mark.gpu
@@ -215,9 +242,9 @@ def test_falls_back_to_torch_when_native_is_missing(monkeypatch):
 def test_cpu_matches_gsplat_cuda():
     scene, cams = make_scene(degree=1), make_cameras()
     bg = torch.tensor([0.2, 0.5, 0.9])
-    out, grads, g2d = _run(render, scene, cams, bg)
+    out, grads, g2d = _run(render_any, scene, cams, bg)
     scene_cuda = {k: v.cuda() for k, v in scene.items()}
-    gpu, gpu_grads, gpu_g2d = _run(render, scene_cuda, cams.to("cuda"), bg.cuda())
+    gpu, gpu_grads, gpu_g2d = _run(render_any, scene_cuda, cams.to("cuda"), bg.cuda())
     for name in ("rgb", "alpha", "depth"):
         torch.testing.assert_close(getattr(gpu, name).cpu(), getattr(out, name),
                                    atol=1e-3, rtol=1e-3, msg=name)  # fmt: skip
@@ -225,3 +252,21 @@ def test_cpu_matches_gsplat_cuda():
         scale = g.abs().max().item()
         torch.testing.assert_close(gpu_grads[k].cpu(), g, atol=1e-3 * scale, rtol=1e-2, msg=k)
     torch.testing.assert_close(gpu_g2d.cpu(), g2d, atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_path_takes_cuda_tensors():
+    """The fallback when gsplat's kernels are missing: CUDA tensors in, CUDA gradients out."""
+    scene, cams = make_scene(degree=1), make_cameras()
+    bg = torch.tensor([0.2, 0.5, 0.9])
+    ref, grads, g2d = _run(functools.partial(render_any, backend="torch"), scene, cams, bg)
+    scene_cuda = {k: v.cuda() for k, v in scene.items()}
+    torch_cuda = functools.partial(render_any, backend="torch")
+    out, out_grads, out_g2d = _run(torch_cuda, scene_cuda, cams.to("cuda"), bg.cuda())
+    assert out.rgb.is_cuda and out.meta["radii"].is_cuda and out_g2d.is_cuda
+    torch.testing.assert_close(out.rgb.cpu(), ref.rgb, atol=1e-4, rtol=1e-4)
+    for k, g in grads.items():
+        assert out_grads[k].is_cuda
+        scale = g.abs().max().item()
+        torch.testing.assert_close(out_grads[k].cpu(), g, atol=1e-4 * scale, rtol=1e-3, msg=k)

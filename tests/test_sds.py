@@ -17,7 +17,7 @@ class FixedGuidance:
     def __init__(self):
         self.a = torch.linspace(0.999, 0.01, 1000)  # alpha-bar
 
-    def encode(self, rgb):
+    def encode(self, rgb, generator=None):
         return rgb.permute(0, 3, 1, 2) * 2 - 1
 
     def decode(self, x):

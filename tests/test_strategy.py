@@ -41,3 +41,22 @@ def test_no_growth_when_full_and_normal_growth_below():
 
 def test_disabled_stage_has_no_strategy():
     assert make_strategy(StrategyConfig(enabled=False), 100) is None
+
+
+def test_large_gaussians_are_pruned_from_the_first_refinement():
+    """prune_scale3d takes effect (gsplat's own rule waits for its reset period, 1e9 here)."""
+    params, opts, strat, state = _setup(100, cap=10_000)
+    with torch.no_grad():
+        params["opacities"].fill_(5.0)  # all opaque: only size can prune
+        params["scales"][:7] = torch.log(torch.tensor(0.5))  # 0.5 > 0.1 x scene scale 1.0
+    assert strat._prune_gs(params, opts, state, step=100) == 0  # not after start_step yet
+    assert strat._prune_gs(params, opts, state, step=200) == 7
+    assert params["means"].shape[0] == 93
+    assert torch.exp(params["scales"]).max() <= 0.1
+
+
+def test_size_pruning_waits_for_the_first_opacity_reset_when_resets_are_on():
+    cfg = StrategyConfig(opacity_reset_every=500)
+    assert make_strategy(cfg, 1000).prune_scale3d_after == 500  # 3DGS: after the first reset
+    assert make_strategy(StrategyConfig(prune_scale3d_after=50), 1000).prune_scale3d_after == 50
+    assert make_strategy(StrategyConfig(start_step=30), 1000).prune_scale3d_after == 30

@@ -221,6 +221,13 @@ def _add_generate_parser(sub) -> None:
         "layer by layer (slower; docs/gpu.md); also with --resume",
     )
     p.add_argument(
+        "--memory",
+        default="auto",
+        choices=("auto", "8", "12", "16", "24"),
+        help="GPU memory tier in GB: where the models live (docs/gpu.md); auto (default) "
+        "picks one from the GPU's free memory",
+    )
+    p.add_argument(
         "--init", default="", help="sphere (default), a point cloud / 3DGS .ply, or a mesh"
     )
     _add_set_option(p)
@@ -247,6 +254,26 @@ def _run_dir_and_saved_config(args):
     if not (out / "config.json").is_file():
         raise InputError(f"{out}: not a run folder (no config.json); nothing to resume")
     return out, load_run_config(out)
+
+
+def _preflight_for(args, out):
+    """The run's preflight (``doctor.preflight``): checks before any model loads, says what it
+    decided on stderr, returns the memory tier."""
+
+    def check(cfg):
+        from .doctor.preflight import preflight
+
+        def say(msg: str) -> None:
+            print(f"stabledreamer: {msg}", file=sys.stderr, flush=True)
+
+        pf = preflight(cfg, out, memory=args.memory, cpu_offload=args.cpu_offload, progress=say)
+        tier = f", {pf.memory_tier} GB memory tier" if pf.memory_tier else ""
+        say(f"preflight ok in {pf.seconds:.1f} s: {pf.device}, renderer {pf.render_backend}{tier}")
+        for note in pf.notes:
+            say(f"note: {note}")
+        return pf.memory_tier
+
+    return check
 
 
 def cmd_generate(args) -> int:
@@ -282,6 +309,7 @@ def cmd_generate(args) -> int:
         metrics = run_generation(
             cfg, out, overwrite=args.overwrite, resume=resume, callback=callback,
             device=args.device, cpu_offload=args.cpu_offload,
+            preflight=_preflight_for(args, out),
         )  # fmt: skip
     finally:
         if bar is not None:
@@ -503,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A ``StableDreamerError`` (what the user can fix) is one line and exit code
     2; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
+    from .render.raster_torch import tune_allocator
+
+    tune_allocator()  # this process renders: keep the rasteriser's freed arenas (see there)
     try:
         return {
             "reconstruct": cmd_reconstruct,

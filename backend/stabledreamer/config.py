@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .cameras import CameraConfig
-from .config_space import MAX_ITEMS, MAX_TEXT, RANGES, Background, GuidanceName
+from .config_space import MAX_ITEMS, MAX_TEXT, RANGES, Background, GuidanceName, RenderBackend
 from .device import check_device_name
 from .errors import ConfigError
 from .gaussians import InitConfig
@@ -30,6 +30,7 @@ from .mesh.config import MeshConfig
 from .optim.regularizers import RegularizerConfig
 from .optim.sds import NoiseConfig
 from .optim.strategy import StrategyConfig
+from .render.backend import check_backend_name
 
 
 @dataclass
@@ -100,6 +101,10 @@ class RunConfig:
     the CPU) | cpu | cuda | cuda:N. Checkpoints load on any device."""
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """The textured mesh written at the end of a run (``mesh.glb``)."""
+    render_backend: RenderBackend = "auto"
+    """The rasteriser: auto | gsplat | native | torch (``render.backend``); resolved once when
+    the run starts (``STABLEDREAMER_RASTER`` overrides it). auto: gsplat on CUDA when its kernels
+    are built, else the pure-torch one with a notice; on the CPU the native kernel."""
 
     def validate(self) -> None:
         """Checks across settings (each setting's own type and range: ``from_dict``)."""
@@ -109,6 +114,7 @@ class RunConfig:
         if self.threads > cpus:
             raise ConfigError(f"threads: {self.threads} is more than this machine's {cpus} CPUs")
         check_device_name(self.device)
+        check_backend_name(self.render_backend)
 
     @property
     def total_steps(self) -> int:

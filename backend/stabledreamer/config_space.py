@@ -21,6 +21,8 @@ Schedule = Literal["constant", "step", "linear", "sqrt"]
 """How a stage's t_max goes from its start to its end value (``optim.sds.t_max_at``)."""
 Weighting = Literal["sds", "uniform", "snr"]
 OracleMode = Literal["perfect", "imperfect"]
+RenderBackend = Literal["auto", "gsplat", "native", "torch"]
+"""The rasteriser of a run (``render.backend``, whose BACKENDS must match)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ RANGES: dict[str, Range] = {
     "StrategyConfig.stop_fraction": Range(0.0, 1.0),
     "StrategyConfig.every": Range(1, MAX_STEPS),
     "StrategyConfig.opacity_reset_every": Range(0, MAX_STEPS),
+    "StrategyConfig.prune_scale3d_after": Range(0, MAX_STEPS),
     # --- the mesh ---
     "MeshConfig.faces": Range(4, 2_000_000),
     "MeshConfig.texture_size": Range(16, 8192),

@@ -13,6 +13,7 @@ from typing import Any
 from .config import RunConfig, StageConfig, apply_overrides, from_dict, to_dict
 from .errors import ConfigError
 from .gaussians import InitConfig
+from .guidance.stable_diffusion import SD_LATENT_SIDE
 from .mesh.config import MeshConfig
 from .optim.sds import NoiseConfig
 from .optim.strategy import StrategyConfig
@@ -80,15 +81,21 @@ def _text_to_3d(name: str, steps_geometry: int, steps_detail: int, sd_resolution
         strategy=StrategyConfig(enabled=False),  # geometry is settled: colour and detail only
     )
     cfg = RunConfig(preset=name, init=InitConfig(num_points=5000), stages=[geometry, detail])
-    cfg.stable_diffusion.resolution = sd_resolution
+    # Renders may be cheaper than 512², but SD 2.1-base sees its native 512² input (64² latents):
+    # smaller renders are upsampled before the VAE (``StableDiffusionConfig.resolution``).
+    cfg.stable_diffusion.resolution = max(sd_resolution, 8 * SD_LATENT_SIDE)
+    # Up to the pole, so the top is trained and the "overhead view" prompt (elevation > 60) is
+    # used: threestudio's dreamfusion-if and random-camera defaults sample elevation -10..90.
+    cfg.camera.elevation_deg = (-10.0, 90.0)
     cfg.regularizer.opacity_weight = 0.01  # sparsity for text-to-3D (off for reconstruction)
     cfg.checkpoint_every = 200
     return cfg
 
 
 def preview() -> RunConfig:
-    """A quick look: few steps, SD at 256 x 256, a lighter mesh (20k faces, 512² texture,
-    16 bake views: UV unwrapping time grows with the face count)."""
+    """A quick look: few steps, stage-2 renders at 256 x 256 (upsampled to SD's 512² input), a
+    lighter mesh (20k faces, 512² texture, 16 bake views: UV unwrapping time grows with the face
+    count)."""
     cfg = _text_to_3d("preview", 600, 400, 256)
     cfg.mesh.faces, cfg.mesh.texture_size, cfg.mesh.views = 20_000, 512, 16
     return cfg

@@ -12,10 +12,8 @@ FAILs, 1 otherwise; ``--json`` prints the checks as a JSON list.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,61 +126,64 @@ def check_cuda(device: str) -> tuple[Check, int]:
 
 
 def check_gpu_memory(total_bytes: int, device: str = "auto") -> Check:
-    from .gpu_memory import preset_table
+    """The GPU's memory against the memory tiers (``memory_tiers``) of the standard preset."""
+    from ..presets import get_preset
+    from .gpu_memory import choose_tier, tier_table
 
-    need = {k: max(s.peak_gib for s in v) for k, v in preset_table().items()}
-    need_off = {k: max(s.peak_gib for s in v) for k, v in preset_table(offload=True).items()}
-    est = ", ".join(f"{k} {v:.1f}" for k, v in need.items())
-    est_off = ", ".join(f"{k} {v:.1f}" for k, v in need_off.items())
-    summary = f"estimated need in GiB (from model sizes, not measured): {est}; offload: {est_off}"
+    cfg = get_preset("standard")
+    table = tier_table(cfg)
+    tiers = ", ".join(f"{gb} GB tier {need:.1f}" for gb, need in table.items())
+    summary = f"estimated need in GiB (counted from the architectures, not measured): {tiers}"
     if total_bytes == 0 and device == "cpu":
         return Check("gpu memory", OK, f"skipped (CPU run); for a GPU run, {summary}")
     if total_bytes == 0:
         return Check("gpu memory", WARN, f"no GPU to compare; {summary}", "see docs/gpu.md")
     have = total_bytes / GIB
-    if have >= need["standard"]:
-        return Check("gpu memory", OK, f"{have:.1f} GiB; {summary}")
-    if have >= need_off["standard"]:
+    tier = choose_tier(cfg, have, have)
+    if tier is None:
         return Check(
-            "gpu memory", WARN, f"{have:.1f} GiB is below the estimate; {summary}",
-            "generate with --cpu-offload (slower: weights stream from CPU memory every step), "
-            "or --preset preview; see docs/gpu.md",
+            "gpu memory", FAIL, f"{have:.1f} GiB is below even the 8 GB tier; {summary}",
+            "use a GPU with at least 8 GB (docs/gpu.md)",
         )  # fmt: skip
-    return Check(
-        "gpu memory", FAIL, f"{have:.1f} GiB is below even the offload estimate; {summary}",
-        "use a GPU with more memory, or --preset preview --cpu-offload (docs/gpu.md)",
-    )  # fmt: skip
+    note = f"{have:.1f} GiB: --memory auto picks the {tier} GB tier; {summary}"
+    if tier < 12:
+        return Check(
+            "gpu memory", WARN, note,
+            "stage 1 streams IF's weights from CPU memory every step (slower); docs/gpu.md",
+        )  # fmt: skip
+    return Check("gpu memory", OK, note)
 
 
 def check_gsplat(has_cuda: bool, cfg: DoctorConfig) -> Check:
+    """gsplat's CUDA kernels: ready, built now (with progress), or the pure-torch fallback."""
+    from ..render import gsplat_kernels
+
     if not has_cuda:
         status = OK if cfg.device == "cpu" else WARN
         return Check(
             "gsplat cuda", status,
             "skipped: no CUDA; the native CPU rasteriser renders instead",
-            "" if status == OK else "runs on a GPU build gsplat's kernels on first use",
+            "" if status == OK else "on a GPU, doctor builds gsplat's kernels once",
         )  # fmt: skip
-    if not cfg.build_gsplat:
-        return Check("gsplat cuda", WARN, "not built (--no-build)", "run doctor without --no-build")
-    where = os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")
-    cfg.progress(
-        "gsplat: building its CUDA kernels on first use (a few minutes the first time; later "
-        f"runs reuse the build in {where})..."
-    )
-    start = time.perf_counter()
+    st = gsplat_kernels.status()
+    fallback = "runs render with the pure-torch rasteriser instead (slower, no compilation)"
+    if not st.ready and not st.can_build:
+        return Check("gsplat cuda", WARN, f"kernels unavailable: {st.why}; {fallback}", st.why)
+    if not st.ready and not cfg.build_gsplat:
+        return Check("gsplat cuda", WARN, f"not built (--no-build); {fallback}",
+                     "run doctor without --no-build to build them once")  # fmt: skip
+    seconds = 0.0
     try:
+        if not st.ready:
+            seconds = gsplat_kernels.build(cfg.progress)
         diff = _gsplat_matches_cpu(cfg.device if cfg.device != "auto" else "cuda")
-    except Exception as e:  # noqa: BLE001 - compiler, toolkit or runtime: all are the same FAIL
-        import torch
-
+    except Exception as e:  # noqa: BLE001 - compiler, toolkit or runtime: all the same WARN
         return Check(
-            "gsplat cuda", FAIL, f"build or run failed: {type(e).__name__}: {str(e)[-300:]}",
-            f"gsplat compiles with nvcc: install the CUDA toolkit matching torch's CUDA "
-            f"{torch.version.cuda} and set CUDA_HOME, or install a prebuilt gsplat wheel",
+            "gsplat cuda", WARN, f"build or run failed: {type(e).__name__}: {str(e)[-300:]}; "
+            f"{fallback}", gsplat_kernels.status().why or "see the error above",
         )  # fmt: skip
-    seconds = time.perf_counter() - start
-    cfg.progress(f"gsplat: ready ({seconds:.0f} s)")
-    text = f"built and ran in {seconds:.0f} s; max difference to the CPU renderer {diff:.1e}"
+    built = f"built in {seconds:.0f} s" if seconds else "ready"
+    text = f"{built}; max difference to the CPU renderer {diff:.1e}"
     if diff > 1e-3:
         return Check("gsplat cuda", WARN, text, "report this: gsplat and the CPU path disagree")
     return Check("gsplat cuda", OK, text)
@@ -199,7 +200,7 @@ def _gsplat_matches_cpu(device: str) -> float:
     params = G.init_ball(G.InitConfig(num_points=200), torch.Generator().manual_seed(0))
     cams = orbit_cameras(torch.tensor([0.0, 90.0]), 20.0, 2.5, 49.0, 32, 32)
     bg = torch.ones(3)
-    cpu = render(params, cams, bg, backend="cpu").rgb
+    cpu = render(params, cams, bg, backend="auto").rgb
     gpu_params = {k: v.to(device) for k, v in params.items()}
     gpu = render(gpu_params, cams.to(device), bg.to(device), backend="gsplat").rgb
     return float((gpu.cpu() - cpu).abs().max())

@@ -151,12 +151,39 @@ def build(name: str, device: str | torch.device = "meta", dtype: torch.dtype = t
             model = model.to(dtype)
         finally:
             diffusers_log.setLevel(level)
+        if dtype == torch.float16:  # as from_pretrained(torch_dtype=float16) loads it
+            for module_name, module in model.named_modules():
+                if _kept_in_fp32(model, module_name):
+                    module.float()
     return model.eval().requires_grad_(False)
+
+
+def _kept_in_fp32(model: Any, param_name: str) -> bool:
+    """Whether ``from_pretrained(..., torch_dtype=float16)`` keeps this in fp32: transformers
+    keeps the modules named in ``_keep_in_fp32_modules`` (T5: ``wo``, the feed-forward output
+    projections, for fp16 overflow) in fp32 when loading fp16, and only then."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    return any(part in keep for part in param_name.split("."))
 
 
 def param_count(name: str) -> int:
     """Parameters of model ``name`` (built on ``meta``: no memory, about a second)."""
     return sum(p.numel() for p in build(name).parameters())
+
+
+def fp32_param_count(name: str) -> int:
+    """Parameters of model ``name`` that stay fp32 when it is loaded in fp16 (T5: its ``wo``)."""
+    model = build(name)
+    return sum(p.numel() for n, p in model.named_parameters() if _kept_in_fp32(model, n))
+
+
+def weight_bytes(name: str, half_precision: bool) -> int:
+    """Bytes of model ``name``'s weights as loaded: fp32, or fp16 with the kept-fp32 modules."""
+    total = param_count(name)
+    if not half_precision:
+        return 4 * total
+    kept = fp32_param_count(name)
+    return 2 * (total - kept) + 4 * kept
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -10,11 +10,16 @@ guidance encodes the prompts first), so the stage's peak is the larger of
 plus a fixed allowance (``OVERHEAD_GIB``) for the CUDA context, the allocator's slack, gsplat's
 buffers and the UNet's transient activations (no gradients flow through the UNet).
 
-Weights: parameter counts of the published architectures (``full_size_models``) x 2 bytes (fp16,
-``half_precision``) or 4. Activations: the bytes of every tensor autograd saves during the VAE
-encoder's forward, counted on the ``meta`` device (shapes only, nothing computed; a tensor saved
-by two operations counts twice, so this leans high). With ``cpu_offload`` the weights stay in
-CPU memory and stream through the GPU one layer at a time (``OFFLOAD_RESIDENT_GIB``).
+Weights: parameter counts of the published architectures (``full_size_models``) x 2 bytes
+(fp16, ``half_precision``) or 4, with the modules transformers keeps in fp32 when loading fp16 at
+4 bytes (T5's ``wo`` layers: T5-XXL is 10.75 GiB, not 8.87). Activations: the bytes of every
+tensor autograd saves during the VAE encoder's forward, counted on the ``meta`` device (shapes
+only, nothing computed; a tensor saved by two operations counts twice, so this leans high). With
+``cpu_offload`` the weights stay in CPU memory and stream through the GPU one layer at a time
+(``OFFLOAD_RESIDENT_GIB``); with ``text_encoder_offload`` only the text encoder does.
+
+Memory tiers (``memory_tiers``): ``tier_estimate`` is a config's need under a tier and
+``choose_tier`` the tier ``--memory auto`` takes for a GPU's free memory.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ class StageMemory:
 
 
 @functools.cache
-def _params(name: str) -> int:
-    from .full_size_models import param_count
+def weight_gib(name: str, half_precision: bool) -> float:
+    """GiB of model ``name``'s weights as ``from_pretrained`` loads them (``half_precision``:
+    fp16, except the modules transformers keeps in fp32: T5's ``wo`` layers)."""
+    from .full_size_models import weight_bytes
 
-    return param_count(name)
+    return weight_bytes(name, half_precision) / GIB
 
 
 @functools.cache
@@ -121,10 +128,12 @@ def estimate(cfg) -> list[StageMemory]:
             continue
         gcfg = cfg.deepfloyd_if if stage.guidance == "deepfloyd_if" else cfg.stable_diffusion
         nbytes = 2 if gcfg.half_precision else 4
-        text = _params(names["text"]) * nbytes / GIB
-        weights = sum(_params(n) for n in names["resident"]) * nbytes / GIB
+        text = weight_gib(names["text"], gcfg.half_precision)
+        weights = sum(weight_gib(n, gcfg.half_precision) for n in names["resident"])
+        if gcfg.cpu_offload or gcfg.text_encoder_offload:
+            text = OFFLOAD_RESIDENT_GIB
         if gcfg.cpu_offload:
-            text = weights = OFFLOAD_RESIDENT_GIB
+            weights = OFFLOAD_RESIDENT_GIB
         acts = 0.0
         if stage.guidance == "stable_diffusion":
             ckpt = gcfg.vae_gradient_checkpointing is not False  # None: on, with CUDA
@@ -149,3 +158,48 @@ def preset_table(offload: bool = False) -> dict[str, list[StageMemory]]:
         cfg.deepfloyd_if.cpu_offload = cfg.stable_diffusion.cpu_offload = offload
         table[name] = estimate(cfg)
     return table
+
+
+CARD_SLACK_GIB = 0.5
+"""Allowance for a card sold as "N GB" whose reported total is a little under N GiB (the
+driver's and ECC reservations); our margin, not measured here."""
+HEADROOM_GIB = 0.5
+"""Kept free on top of the estimate when fitting a tier to a GPU (a desktop's display, other
+programs): our margin, not measured."""
+
+
+def tier_estimate(cfg, gb: int, cpu_offload: bool = False) -> float:
+    """The estimated peak GiB of ``cfg`` (a ``RunConfig``, not changed) under memory tier ``gb``
+    (and ``--cpu-offload``)."""
+    import copy
+
+    from ..memory_tiers import apply_tier
+
+    tiered = copy.deepcopy(cfg)
+    apply_tier(tiered, gb, cpu_offload)
+    return minimum_gib(tiered)
+
+
+def choose_tier(
+    cfg, free_gib: float, total_gib: float | None = None, cpu_offload: bool = False
+) -> int | None:
+    """``--memory auto``: the card's own tier (the largest not above its total memory, with
+    ``CARD_SLACK_GIB`` for cards sold as "N GB" that report a little less), stepping down while
+    the estimate does not fit ``free_gib`` with ``HEADROOM_GIB`` to spare; None when even the
+    8 GB tier does not fit."""
+    from ..memory_tiers import TIERS
+
+    total = free_gib if total_gib is None else total_gib
+    for gb in sorted(TIERS, reverse=True):
+        if gb > total + CARD_SLACK_GIB:
+            continue
+        if tier_estimate(cfg, gb, cpu_offload) + HEADROOM_GIB <= free_gib:
+            return gb
+    return None
+
+
+def tier_table(cfg) -> dict[int, float]:
+    """Estimated peak GiB of ``cfg`` under each tier."""
+    from ..memory_tiers import TIERS
+
+    return {gb: tier_estimate(cfg, gb) for gb in TIERS}

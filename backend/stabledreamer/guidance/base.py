@@ -1,8 +1,9 @@
 """The guidance contract: every guidance predicts noise.
 
 A guidance maps renders into its own space (pixels for DeepFloyd IF and the oracle, VAE latents
-for Stable Diffusion), tells the noise schedule's alpha_t and sigma_t, and predicts the noise in a
-noised input, classifier-free guidance already applied. It does nothing else: the loss, the
+for Stable Diffusion), tells the noise schedule's alpha_t and sigma_t, predicts the noise in a
+noised input, classifier-free guidance already applied, and may name fixed training cameras
+(``view_bank``). It does nothing else: the loss, the
 weighting w(t), clipping, ``nan_to_num`` and the debug values are made by ``stabledreamer.sds``
 for every guidance alike.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from ..cameras import Cameras
@@ -33,8 +35,10 @@ class Guidance(Protocol):
     num_train_timesteps: int
     """T: timesteps are integers in [0, T)."""
 
-    def encode(self, rgb: Tensor) -> Tensor:
-        """Renders [B, H, W, 3] in [0, 1] -> model input x [B, c, h, w], differentiable."""
+    def encode(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Renders [B, H, W, 3] in [0, 1] -> model input x [B, c, h, w], differentiable. A
+        random encoding (the SD VAE's latent sample) draws from ``generator`` (the run's), never
+        from the global RNG, so a resumed run draws what the uninterrupted one did."""
 
     def decode(self, x: Tensor) -> Tensor:
         """Model space x [B, c, h, w] -> images [B, h', w', 3] in [0, 1] (debug strips only)."""
@@ -44,6 +48,10 @@ class Guidance(Protocol):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
         """eps_hat [B, c, h, w] for the noised input x_t at timesteps t (no grad needed)."""
+
+    def view_bank(self) -> Cameras | None:
+        """The fixed training cameras to draw from (the oracle's cached target views), or None:
+        the trainer then samples random orbit cameras."""
 
 
 class GuidanceError(StableDreamerError):

@@ -245,8 +245,8 @@ def embed_view_prompts(
     tokenizer = load_component(tokenizer_cls, source, "tokenizer")
     encoder = load_weights(encoder_cls, source, "text_encoder", cfg.variant, dtype=dtype)
     encoder.eval()
-    if getattr(cfg, "cpu_offload", False):
-        enable_cpu_offload(encoder, device)  # streamed layer by layer: T5-XXL needs no 9.5 GB
+    if getattr(cfg, "cpu_offload", False) or getattr(cfg, "text_encoder_offload", False):
+        enable_cpu_offload(encoder, device)  # streamed layer by layer: T5-XXL needs no 10.75 GiB
     else:
         encoder.to(device)
     encode = partial(encode_texts, tokenizer, encoder)
@@ -266,8 +266,3 @@ def resize_renders(rgb: Any, size: int) -> Any:
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
         )
     return x
-
-
-def classifier_free_guidance(eps_uncond, eps_cond, scale: float):
-    """eps_hat = eps_u + s (eps_c - eps_u) (Ho & Salimans)."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)

@@ -82,7 +82,7 @@ class OracleGuidance:
         self._bank_key = self._keys(self.bank)
 
     # -- the contract -----------------------------------------------------------------------
-    def encode(self, rgb: Tensor) -> Tensor:
+    def encode(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
 
     def decode(self, x: Tensor) -> Tensor:

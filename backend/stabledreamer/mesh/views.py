@@ -60,7 +60,7 @@ def axis_alphas(gaussians: Mapping[str, Tensor], grid: Grid) -> list[np.ndarray]
         K = np.array([[f, 0.0, W / 2.0], [0.0, f, H / 2.0], [0.0, 0.0, 1.0]])
         cam = Cameras(torch.tensor(viewmat[None], dtype=torch.float32),
                       torch.tensor(K[None], dtype=torch.float32), W, H)  # fmt: skip
-        out.append(render(g, cam, torch.zeros(3), backend="cpu").alpha[0, :, :, 0].numpy())
+        out.append(render(g, cam, torch.zeros(3), backend="auto").alpha[0, :, :, 0].numpy())
     return out
 
 
@@ -90,7 +90,7 @@ def render_views(gaussians: Mapping[str, Tensor], cameras: Cameras, batch: int =
     g = {k: v.detach().float().cpu() for k, v in gaussians.items()}
     rgbs, alphas, depths = [], [], []
     for s in range(0, len(cameras), batch):
-        out = render(g, cameras[s : s + batch], torch.zeros(3), backend="cpu")
+        out = render(g, cameras[s : s + batch], torch.zeros(3), backend="auto")
         rgbs.append(out.rgb)
         alphas.append(out.alpha)
         depths.append(out.depth)

@@ -106,7 +106,7 @@ def sds_loss(
     generator: torch.Generator | None = None,
 ) -> SDSOutput:
     """The SDS loss of ``rgb`` under ``guidance`` at timesteps ``t``."""
-    x = guidance.encode(rgb)
+    x = guidance.encode(rgb, generator)
     B = x.shape[0]
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     alpha, sigma = guidance.alphas_sigmas(t)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import duplicate, reset_opa, split
+from gsplat.strategy.ops import duplicate, remove, reset_opa, split
 
 
 @dataclass
@@ -31,7 +31,12 @@ class StrategyConfig:
     prune_opacity: float = 0.005
     """Gaussians less opaque than this are removed (3DGS / gsplat)."""
     prune_scale3d: float = 0.1
-    """Gaussians larger than this fraction of the scene are removed after the first reset (3DGS)."""
+    """Gaussians larger than this fraction of the scene are removed (3DGS / gsplat: 0.1), from
+    ``prune_scale3d_after`` on."""
+    prune_scale3d_after: int | None = None
+    """Stage step after which the size pruning applies. None: 3DGS's and gsplat's rule, after the
+    first opacity reset (``opacity_reset_every``) when resets are on, else from the first
+    refinement (``start_step``): gsplat reads its own reset period, which never comes here."""
     start_step: int = 100
     """First refinement (stage steps)."""
     stop_fraction: float = 0.7
@@ -49,6 +54,20 @@ class CappedStrategy(DefaultStrategy):
 
     max_gaussians: int = 100_000
     opacity_reset_every: int = 0
+    prune_scale3d_after: int = 0
+
+    @torch.no_grad()
+    def _prune_gs(self, params, optimizers, state: dict[str, Any], step: int) -> int:
+        # gsplat prunes large Gaussians only when step > reset_every, its own opacity-reset
+        # period, which is off here (see make_strategy): the same rule with our own step.
+        is_prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
+        if step > self.prune_scale3d_after:
+            scale = torch.exp(params["scales"]).max(dim=-1).values
+            is_prune |= scale > self.prune_scale3d * state["scene_scale"]
+        n_prune = int(is_prune.sum())
+        if n_prune > 0:
+            remove(params=params, optimizers=optimizers, state=state, mask=is_prune)
+        return n_prune
 
     @torch.no_grad()
     def _grow_gs(self, params, optimizers, state: dict[str, Any], step: int) -> tuple[int, int]:
@@ -106,4 +125,11 @@ def make_strategy(cfg: StrategyConfig, stage_steps: int) -> CappedStrategy | Non
         reset_every=10**9,  # gsplat's own reset: see opacity_reset_every
         max_gaussians=cfg.max_gaussians,
         opacity_reset_every=cfg.opacity_reset_every,
+        prune_scale3d_after=_prune_scale3d_after(cfg),
     )
+
+
+def _prune_scale3d_after(cfg: StrategyConfig) -> int:
+    if cfg.prune_scale3d_after is not None:
+        return cfg.prune_scale3d_after
+    return cfg.opacity_reset_every if cfg.opacity_reset_every > 0 else cfg.start_step

@@ -1,19 +1,18 @@
-"""``render``: one pure function from Gaussians and cameras to images, CPU or gsplat (CUDA).
+"""``render``: one pure function from Gaussians and cameras to images, with a named rasteriser.
 
-Both paths follow gsplat 1.5.3's "classic" rasterisation: eps2d 0.3, near plane 0.01,
+Every path follows gsplat 1.5.3's "classic" rasterisation: eps2d 0.3, near plane 0.01,
 opacity-aware extent, alpha = min(0.999, o exp(-sigma)), pairs with alpha < 1/255 skipped,
 transmittance early stop at 1e-4, colours ``max(SH(dir) + 0.5, 0)``, expected depth
 ``sum w z / alpha``. ``meta`` is what ``gsplat.strategy.DefaultStrategy`` reads (packed=False).
 
-On CPU the projection + rasterisation run in the native C++ kernel (``raster_native``, compiled at
-first use) when it builds, else in pure torch (``projection`` + ``raster_torch``) with a one-time
-warning; ``STABLEDREAMER_RASTER=native|torch`` forces one (see ``cpu_raster_path``).
+The path is an argument (``backend``, see ``render.backend``): ``gsplat`` (CUDA kernels),
+``native`` (the C++ CPU kernel, ``raster_native``), ``torch`` (``projection`` + ``raster_torch``,
+on the CPU or on CUDA tensors), or ``auto``, resolved from the tensors' device and which kernels
+are there. A run resolves its backend once (``resolve_backend``) and passes the concrete name.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -23,12 +22,9 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians import SH_C0, sh_degree_of
 from . import raster_native
+from .backend import BACKENDS, RenderBackendError, resolve_backend
 from .projection import EPS2D, NEAR_PLANE, project
 from .raster_torch import rasterize
-
-BACKENDS = ("auto", "cpu", "gsplat")
-RASTER_ENV = "STABLEDREAMER_RASTER"  # CPU rasteriser: "native" (C++), "torch", or unset (auto)
-_warned_native = False
 
 
 class RenderOutput(NamedTuple):
@@ -45,19 +41,19 @@ def render(
     *,
     backend: str = "auto",
 ) -> RenderOutput:
-    """Render C views; ``backend="auto"`` uses gsplat when the Gaussians live on CUDA."""
+    """Render C views with ``backend`` (gsplat | native | torch | auto, see ``render.backend``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     means = gaussians["means"]
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda and torch.cuda.is_available() else "cpu"
+        backend = resolve_backend("auto", means.device, means.dtype)
     if backend == "gsplat":
-        if not (torch.cuda.is_available() and means.is_cuda):
-            raise RuntimeError("backend='gsplat' needs CUDA tensors and a CUDA build of torch")
+        if not means.is_cuda:
+            raise RenderBackendError("backend='gsplat' needs CUDA tensors; use native or torch")
         return _render_gsplat(gaussians, cameras, background)
-    if means.is_cuda:
-        raise RuntimeError("backend='cpu' needs CPU tensors; move them or use backend='gsplat'")
-    return _render_cpu(gaussians, cameras, background)
+    if backend == "native" and means.is_cuda:
+        raise RenderBackendError("backend='native' needs CPU tensors; use gsplat or torch")
+    return _render_raster(gaussians, cameras, background, native=backend == "native")
 
 
 def _backgrounds(background: Tensor, n_cams: int, like: Tensor) -> Tensor:
@@ -82,46 +78,12 @@ def gaussian_colors(gaussians: Mapping[str, Tensor], viewmats: Tensor) -> Tensor
     return torch.clamp_min(_spherical_harmonics(degree, dirs, coeffs) + 0.5, 0.0)
 
 
-def cpu_raster_path(dtype: torch.dtype = torch.float32) -> str:
-    """Which CPU rasteriser ``render`` uses: "native" (compiled C++) or "torch" (raster_torch).
-
-    ``STABLEDREAMER_RASTER=native|torch`` forces one; unset, the native kernel is used when it
-    compiles (float32 only), else the pure-torch path with a one-time warning.
-    """
-    global _warned_native
-    choice = os.environ.get(RASTER_ENV, "").strip().lower()
-    if choice not in ("", "auto", "native", "torch"):
-        raise ValueError(f"{RASTER_ENV} must be 'native', 'torch' or unset; got {choice!r}")
-    if choice == "torch":
-        return "torch"
-    if choice == "native":
-        if not raster_native.available():
-            raise RuntimeError(f"{RASTER_ENV}=native but the native rasteriser did not build: "
-                               f"{raster_native.build_error()}")  # fmt: skip
-        if dtype != torch.float32:
-            raise RuntimeError(f"the native rasteriser is float32 only; got {dtype}")
-        return "native"
-    if dtype != torch.float32:
-        return "torch"
-    if raster_native.available():
-        return "native"
-    if not _warned_native:
-        _warned_native = True
-        warnings.warn(
-            "native CPU rasteriser unavailable, using the slower pure-torch path: "
-            f"{raster_native.build_error()}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return "torch"
-
-
-def _render_cpu(gaussians, cameras: Cameras, background: Tensor) -> RenderOutput:
+def _render_raster(gaussians, cameras: Cameras, background: Tensor, native: bool) -> RenderOutput:
+    """The project's rasterisers: the C++ kernel (CPU) or pure torch (CPU or CUDA tensors)."""
     means = gaussians["means"]  # [N, 3]
     C, N, H, W = len(cameras), means.shape[0], cameras.height, cameras.width
     viewmats = cameras.viewmats.to(means)
     opacities = torch.sigmoid(gaussians["opacities"])  # [N]
-    native = cpu_raster_path(means.dtype) == "native"
     project_fn = raster_native.project if native else project
     proj = project_fn(means, gaussians["quats"], torch.exp(gaussians["scales"]), opacities,
                       viewmats, cameras.Ks.to(means), W, H)  # fmt: skip
@@ -163,6 +125,12 @@ def _rasterize_torch(proj, opacities: Tensor, colors: Tensor, C: int, H: int, W:
     opac = opacities[None, :, None].expand(C, N, 1)
     geom = torch.cat([proj.means2d, proj.conics, opac], -1).reshape(C * N, 6).index_select(0, flat)
     feats = torch.cat([colors, proj.depths[..., None]], -1).reshape(C * N, 4).index_select(0, flat)
+    if geom.is_cuda:
+        # raster_torch composites on the CPU (its chunking reads sizes back on every chunk):
+        # the CUDA tensors go there and back through autograd-aware copies, so the gradients
+        # and ``meta`` (means2d's retained grad) stay on the GPU for the optimizer and strategy.
+        sums = rasterize(geom.cpu(), feats.cpu(), (flat // N).cpu(), C, H, W)
+        return sums.to(geom.device).view(C, H, W, 5)
     return rasterize(geom, feats, flat // N, C, H, W).view(C, H, W, 5)
 
 

@@ -24,6 +24,7 @@ from ..config import RunConfig, StageConfig
 from ..errors import ConfigError, InputError
 from ..device import DeviceError, resolve_device
 from ..guidance.base import Guidance
+from ..memory_tiers import apply_tier
 from ..ply import load_ply, save_ply
 from .folder import open_run, save_turntable
 from .trainer import Progress, Trainer
@@ -99,14 +100,26 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
     return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
 
 
-def _offload(cfg: RunConfig, on: bool) -> None:
-    if on:
-        cfg.deepfloyd_if.cpu_offload = cfg.stable_diffusion.cpu_offload = True
+Preflight = Callable[[RunConfig], "int | None"]
+"""Checks a run's final config before any model loads (``doctor.preflight``, given by the CLI and
+the service) and returns the memory tier to use (None: keep the config's placement)."""
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def _prepare(cfg: RunConfig, preflight, memory_tier, cpu_offload: bool) -> None:
+    """Preflight, then the memory tier's placement and ``--cpu-offload`` on top."""
+    if preflight is not None:
+        memory_tier = preflight(cfg) or memory_tier
+    apply_tier(cfg, memory_tier, cpu_offload)
+
+
+def run_peak_memory_mb(device: torch.device, stage_peaks_mb: list[float]) -> float:
+    """The run's peak memory in MiB: on CUDA the largest allocation on the run's GPU over all
+    stages (the counter is reset when each stage's models load, so the stages' own peaks count
+    too); on the CPU the process's resident high-water mark."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        now = torch.cuda.max_memory_allocated(device) / 2**20
+        return max([now, *stage_peaks_mb])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
@@ -120,22 +133,33 @@ def run_generation(
     callback: Callable[[Progress], bool | None] | None = None,
     device: str | None = None,
     cpu_offload: bool = False,
+    memory_tier: int | None = None,
+    preflight: Preflight | None = None,
 ) -> dict:
     """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics.
 
     ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device`` and ``cpu_offload`` turns on
     both guidances' offload, also on resume: a run may continue on another device, or with less
-    GPU memory, than it started with."""
+    GPU memory, than it started with. ``memory_tier`` (8 | 12 | 16 | 24, ``memory_tiers``) sets
+    where the models live, also on resume; ``preflight`` is called with the final config after
+    the inputs are checked and before anything is written or loaded, and may pick the tier."""
     out = Path(out)
 
     def adjust(cfg: RunConfig) -> None:
         cfg.prompt = check_prompt(cfg.prompt)
-        _offload(cfg, cpu_offload)
+        if resume:  # a fresh run is prepared once its inputs are read (below)
+            _prepare(cfg, preflight, memory_tier, cpu_offload)
 
-    # The init is read before the output folder is touched: a bad file leaves nothing behind.
+    def read_inputs(cfg: RunConfig):
+        init = initial_gaussians(cfg)
+        _prepare(cfg, preflight, memory_tier, cpu_offload)  # before the config is saved
+        return init
+
+    # The init is read (and the preflight run) before the output folder is touched: a bad file
+    # or a machine that cannot run this leaves nothing behind.
     cfg, init = open_run(
         cfg, out, overwrite=overwrite, resume=resume, device=device, adjust=adjust,
-        read_inputs=initial_gaussians,
+        read_inputs=read_inputs,
     )  # fmt: skip
 
     stages: dict[str, dict] = {}
@@ -166,13 +190,18 @@ def run_generation(
         raise DeviceError(
             f"the GPU ran out of memory ({device}); the last checkpoint is kept. Free the GPU "
             "(close other programs using it) and `stabledreamer generate --resume "
-            f"{out}`, adding --cpu-offload to stream the weights from CPU memory (slower); or "
-            "start again with --preset preview or a smaller --sd-resolution. docs/gpu.md lists "
-            "the estimated memory per preset"
+            f"{out}` with a smaller memory tier (--memory 12 or 8: models streamed from CPU "
+            "memory, slower) or --cpu-offload (every model streamed). docs/gpu.md lists the "
+            "estimated memory per tier"
         ) from e
     save_ply(params, out / "gaussians.ply")
     save_turntable(params, cfg, out)
-    metrics: dict = {"prompt": cfg.prompt, "preset": cfg.preset}
+    metrics: dict = {
+        "prompt": cfg.prompt,
+        "preset": cfg.preset,
+        "device": str(device),
+        "render_backend": trainer.render_backend,
+    }
     if cfg.mesh.enabled:
         from ..mesh import MeshError, gaussians_to_mesh
 
@@ -199,7 +228,12 @@ def run_generation(
             }
             for name, s in stages.items()
         },
-        peak_memory_mb=round(_peak_memory_mb(), 1),
+        peak_memory_mb=round(
+            run_peak_memory_mb(
+                device, [s["peak_gpu_mb"] for s in stages.values() if "peak_gpu_mb" in s]
+            ),
+            1,
+        ),
     )
     write_json(out / "metrics.json", metrics)
     return metrics

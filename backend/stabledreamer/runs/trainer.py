@@ -28,6 +28,7 @@ from ..device import resolve_device
 from ..guidance.base import Guidance, GuidanceContext
 from ..optim.regularizers import regularization_losses, weighted_sum
 from ..render import render
+from ..render.backend import backend_from_env, resolve_backend
 from ..optim.sds import sample_timesteps, sds_loss
 from ..optim.strategy import make_strategy
 from ..errors import StableDreamerError
@@ -61,6 +62,8 @@ class Progress:
     """The live parameters (for previews): read them, copy what you keep, never modify."""
     debug_image: Tensor | None = field(default=None, repr=False)
     """[H, 3W, 3] render | noisy | x0_hat, on the steps that wrote a debug strip."""
+    num_train_timesteps: int = 0
+    """T of the stage's guidance: ``t`` / T is the noise level in [0, 1]."""
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        # The concrete rasteriser of this run (gsplat | native | torch), chosen once here.
+        self.render_backend = resolve_backend(backend_from_env(cfg.render_backend), self.device)
         self.run_dir = Path(run_dir)
         self.guidance_factory = guidance_factory
         self.callback = callback
@@ -192,7 +197,7 @@ class Trainer:
         strategy = make_strategy(stage.strategy, stage.steps)
         if strategy is not None and s.strategy_state is None:
             s.strategy_state = strategy.initialize_state(scene_scale=1.0)
-        bank: Cameras | None = getattr(guidance, "view_bank", lambda: None)()
+        bank: Cameras | None = guidance.view_bank()
         done_before = sum(st.steps for st in cfg.stages[:index])
         t_start = time.perf_counter() - s.elapsed_s
         steps_at_start = done_before + s.step
@@ -221,6 +226,7 @@ class Trainer:
                 t,
                 s.params,
                 strip,
+                guidance.num_train_timesteps,
             )
             cancel = self.callback(progress) if self.callback else False
             if s.step % cfg.checkpoint_every == 0 or s.step == stage.steps or cancel:
@@ -237,7 +243,7 @@ class Trainer:
             cams = sample_cameras(cfg.camera, stage.resolution, stage.resolution, gen)
         cams = cams.to(self.device)
         bg = _backgrounds(stage.background, B, gen).to(self.device)
-        out = render(s.params, cams, bg)
+        out = render(s.params, cams, bg, backend=self.render_backend)
         if strategy is not None:
             strategy.step_pre_backward(s.params, s.optimizers, s.strategy_state, s.step, out.meta)
         progress = s.step / max(stage.steps - 1, 1)
@@ -267,7 +273,8 @@ class Trainer:
                     "checkpoint is kept: lower the learning rates, then resume"
                 )
         strip = None
-        if cfg.debug_every and (s.step + 1) % cfg.debug_every == 0:
+        stage_end = s.step + 1 == stage.steps  # short runs still leave one strip per stage
+        if cfg.debug_every and ((s.step + 1) % cfg.debug_every == 0 or stage_end):
             strip = debug_strip(guidance, out.rgb.detach(), sds)
             save_png(self.run_dir / "debug" / f"{stage.name}_{s.step + 1:06d}.png", strip)
         losses = {

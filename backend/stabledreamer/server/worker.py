@@ -37,6 +37,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from stabledreamer_protocol import DEFAULT_LIMITS
+
 PROGRESS_INTERVAL_S = 0.1
 DEBUG_INTERVAL_S = 1.0
 CHUNK_SIZE = 1 << 20
@@ -48,9 +50,6 @@ MEDIA_TYPES = {
     "heldout.png": "image/png",
 }
 """Result files, in manifest order (those a run wrote)."""
-TIMESTEPS = 1000
-"""Diffusion timesteps of the guidance models (DDPM's 1000: IF, SD, the oracle); the progress
-reports t / TIMESTEPS in [0, 1]."""
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -81,6 +80,9 @@ def worker_main(conn, parent_pid: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the service decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from ..render.raster_torch import tune_allocator
+
+    tune_allocator()  # this process renders: keep the rasteriser's freed arenas (see there)
     try:
         info = _warm_up()
         conn.send(("ready", info))
@@ -115,9 +117,33 @@ def _warm_up() -> dict[str, Any]:
 
     dev = resolve_device("auto")
     if dev.type == "cuda":
+        _ready_gsplat()
         props = torch.cuda.get_device_properties(dev)
         return {"device": f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"}
     return {"device": "cpu"}
+
+
+def _ready_gsplat() -> None:
+    """Load gsplat's kernels now, building them first when they are missing and can be built
+    (once, with progress on stderr), so no job compiles them inside its first step; without a
+    compiler, or when loading fails, jobs render with the pure-torch rasteriser (they say so)."""
+    from ..errors import StableDreamerError
+    from ..render import gsplat_kernels
+
+    st = gsplat_kernels.status()
+    if not (st.ready or st.can_build):
+        return
+    try:
+        gsplat_kernels.build(lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (RuntimeError, StableDreamerError) as e:  # BuildLockTimeout: another build runs
+        print(f"stabledreamer worker: {e}", file=sys.stderr, flush=True)
+
+
+def _timestep_fraction(p) -> float | None:
+    """The step's first timestep as a fraction of the guidance's T, in [0, 1]."""
+    if not p.t or not p.num_train_timesteps:
+        return None
+    return min(max(p.t[0] / p.num_train_timesteps, 0.0), 1.0)
 
 
 class Reporter:
@@ -154,7 +180,7 @@ class Reporter:
                         "total": p.stage_steps,
                         "losses": {k: float(v) for k, v in p.losses.items()},
                         "num_gaussians": int(p.gaussians),
-                        "timestep": (min(max(p.t[0] / TIMESTEPS, 0.0), 1.0) if p.t else None),
+                        "timestep": _timestep_fraction(p),
                         "elapsed_s": float(p.elapsed_s),
                         "eta_s": float(p.eta_s),
                     },
@@ -199,13 +225,13 @@ class Reporter:
         import torch
 
         image = p.debug_image.detach().float().clamp(0, 1)
-        side = 4096
+        side = DEFAULT_LIMITS.max_image_side
         h, w = image.shape[:2]
-        if h > side or w > side:  # the protocol's max_image_side
+        if h > side or w > side:
             step = -(-max(h, w) // side)
             image = image[::step, ::step]
         u8 = (image * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-        timestep = min(max(p.t[0] / TIMESTEPS, 0.0), 1.0) if p.t else None
+        timestep = _timestep_fraction(p)
         return {
             "stage": p.stage,
             "step": p.step,
@@ -288,6 +314,20 @@ def manifest(run_dir: Path) -> dict[str, Any]:
     return {"files": files, "chunk_size": CHUNK_SIZE}
 
 
+def _preflight(conn, run_dir: Path):
+    """The job's preflight (``doctor.preflight``): its notes go to the job's log."""
+
+    def check(cfg):
+        from ..doctor.preflight import preflight
+
+        pf = preflight(cfg, run_dir, memory="auto")
+        for note in pf.notes:
+            conn.send(("log", logging.WARNING, note))
+        return pf.memory_tier
+
+    return check
+
+
 def _run(conn, spec: dict[str, Any]) -> None:
     import torch
 
@@ -323,16 +363,19 @@ def _run(conn, spec: dict[str, Any]) -> None:
             from ..runs.folder import load_run_config
 
             cfg = load_run_config(run_dir)
-        run = run_generation if spec["kind"] == "generate" else run_reconstruction
-        metrics = run(cfg, run_dir, resume=resume, callback=reporter)
+        if spec["kind"] == "generate":  # checked before any model loads
+            metrics = run_generation(cfg, run_dir, resume=resume, callback=reporter,
+                                     preflight=_preflight(conn, run_dir))  # fmt: skip
+        else:
+            metrics = run_reconstruction(cfg, run_dir, resume=resume, callback=reporter)
         reporter.read_commands()
         conn.send(("done", metrics, manifest(run_dir)))
     except TrainingCancelled:
         conn.send(("stopped",) if reporter.stop_reason == "stop" else ("cancelled",))
     except torch.OutOfMemoryError as e:
         conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
-    except StableDreamerError as e:  # what the user can fix: a bad mesh, setting, model, ...
-        conn.send(("failed", e.code, str(e)))
+    except StableDreamerError as e:  # what the user can fix: a bad mesh, setting, model,
+        conn.send(("failed", e.code, str(e)))  # a machine the preflight refused, ...
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:

@@ -1,0 +1,191 @@
+"""What DeepFloyd IF and Stable Diffusion guidance share: prompts, schedule, CFG, prediction type.
+
+``DiffusionGuidance`` loads the scheduler, checks its ``prediction_type``, encodes the prompt
+for every view once (the text encoder is then freed), and runs the UNet on the conditional and
+unconditional halves with classifier-free guidance. A subclass names its text encoder, maps
+renders into its model space (``encode``/``decode``) and loads its UNet (and VAE).
+
+Classifier-free guidance is written as Ho & Salimans and diffusers' pipelines write it:
+    eps_hat = eps_u + s (eps_c - eps_u).
+DreamFusion and threestudio write eps_c + s' (eps_c - eps_u), which is s = s' + 1 here; so
+threestudio's IF scale 20 and SD scale 100 are 21 and 101 in this project's configs
+(``from_threestudio_scale``).
+
+Prediction types (diffusers' ``DDPMScheduler.prediction_type``), with x_t = a x0 + s eps:
+``epsilon`` is used as it is; ``v_prediction`` (SD 2.x 768 models) predicts v = a eps - s x0,
+so eps = a v + s x_t; ``sample`` predicts x0, so eps = (x_t - a x0) / s. Anything else is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from .base import GuidanceContext, GuidanceError
+from .loading import (
+    ViewEmbeddings,
+    embed_view_prompts,
+    enable_cpu_offload,
+    load_component,
+    pick_device_dtype,
+    resolve_source,
+)
+from .prompts import ViewPromptConfig
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+THREESTUDIO_SCALE_OFFSET = 1.0
+"""This project's CFG scale minus threestudio's/DreamFusion's for the same guidance."""
+
+
+def from_threestudio_scale(scale: float) -> float:
+    """The scale here that matches threestudio's/DreamFusion's ``guidance_scale``."""
+    return scale + THREESTUDIO_SCALE_OFFSET
+
+
+def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
+    """eps_hat = eps_u + s (eps_c - eps_u) (Ho & Salimans; diffusers' guidance_scale)."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def to_epsilon(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, kind: str) -> Tensor:
+    """The model output ``out`` of prediction type ``kind`` as a noise prediction.
+
+    ``alpha``/``sigma`` broadcast against ``x_t`` ([B, 1, 1, 1])."""
+    if kind == "epsilon":
+        return out
+    if kind == "v_prediction":
+        return alpha * out + sigma * x_t
+    if kind == "sample":
+        return (x_t - alpha * out) / sigma
+    raise GuidanceError(f"unknown prediction_type {kind!r}")
+
+
+def check_prediction_type(scheduler_config: Any, source: str) -> str:
+    kind = str(getattr(scheduler_config, "prediction_type", "epsilon") or "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise GuidanceError(
+            f"{source}: the scheduler's prediction_type is {kind!r}; supported are "
+            f"{', '.join(PREDICTION_TYPES)} (give a model whose scheduler/scheduler_config.json "
+            "says one of them)"
+        )
+    return kind
+
+
+@dataclass
+class DiffusionConfig:
+    """Settings both diffusion guidances have (each subclass sets its model and scale)."""
+
+    model: str = ""
+    guidance_scale: float = 1.0
+    negative_prompt: str = ""
+    """Prompt of the unconditional branch; empty as in threestudio."""
+    resolution: int = 64
+    half_precision: bool = True
+    """fp16 on CUDA (threestudio half_precision_weights); always fp32 on CPU."""
+    variant: str | None = "fp16"
+    cpu_offload: bool = False
+    """Keep the UNet (the VAE too for Stable Diffusion, and the text encoder while it encodes
+    the prompts) in CPU memory and stream them to the GPU layer by layer per forward
+    (accelerate): the GPU then holds activations and one layer at a time, at the cost of a
+    host-to-GPU copy of the weights every step."""
+    text_encoder_offload: bool = False
+    """Stream only the text encoder from CPU memory (it runs once per prompt, so this costs one
+    host-to-GPU copy of its weights per prompt); the UNet stays on the GPU. The 12 GB memory
+    tier sets it (``doctor.memory_tiers``)."""
+    view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
+
+
+class DiffusionGuidance:
+    """The guidance contract (``guidance.base.Guidance``) for a diffusers text-to-image model."""
+
+    name = "diffusion"
+    cfg: DiffusionConfig
+
+    def __init__(self, prompt: str, cfg: DiffusionConfig, device=None) -> None:
+        from diffusers import DDPMScheduler
+
+        self.cfg = cfg
+        self.source = resolve_source(cfg.model)
+        self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
+        self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
+        self.prediction_type = check_prediction_type(self.scheduler.config, self.source)
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        # Prompts first: the text encoder is loaded, used and freed before the UNet arrives, so
+        # the two are never in memory together.
+        self.embeddings: ViewEmbeddings | None = None
+        self.set_prompt(prompt)
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def text_classes(self) -> tuple[type, type]:
+        """(tokenizer class, text encoder class) of this model."""
+        raise NotImplementedError
+
+    def text_length(self, tokenizer) -> int:
+        """Tokens per prompt."""
+        return tokenizer.model_max_length
+
+    uses_attention_mask = False
+    """Whether the text encoder is given the padding mask (T5 in diffusers' IF pipeline: yes;
+    CLIP in the SD pipelines: no)."""
+
+    def _encode_texts(self, tokenizer, encoder, texts: list[str]) -> Tensor:
+        tok = tokenizer(texts, padding="max_length", max_length=self.text_length(tokenizer),
+                        truncation=True, return_tensors="pt")  # fmt: skip
+        extra = {"attention_mask": tok.attention_mask.to(self.device)}
+        out = encoder(tok.input_ids.to(self.device), **(extra if self.uses_attention_mask else {}))
+        return out[0].to(self.dtype)
+
+    def _noise_output(self, out: Tensor) -> Tensor:
+        """The UNet's output channels that are the prediction (IF adds a variance)."""
+        return out
+
+    def place(self, module: torch.nn.Module) -> None:
+        """Frozen, in eval mode, on the device or streamed from CPU memory (``cpu_offload``)."""
+        module.eval().requires_grad_(False)
+        if self.cfg.cpu_offload:
+            enable_cpu_offload(module, self.device)
+        else:
+            module.to(self.device)
+
+    # -- prompts ------------------------------------------------------------------------------
+    def set_prompt(self, prompt: str) -> None:
+        """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
+        if self.embeddings is not None and self.embeddings.prompt == prompt:
+            return
+        tokenizer_cls, encoder_cls = self.text_classes()
+        self.embeddings = embed_view_prompts(
+            self.source,
+            tokenizer_cls,
+            encoder_cls,
+            prompt,
+            self.cfg,
+            self.device,
+            self.dtype,
+            self._encode_texts,
+        )
+
+    # -- the contract -------------------------------------------------------------------------
+    def alphas_sigmas(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        a = self._alphas_cumprod[t.cpu().long()]
+        return a.sqrt(), (1.0 - a).sqrt()
+
+    def view_bank(self) -> Cameras | None:
+        return None
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
+        cond, uncond = self.embeddings.for_cameras(ctx.cameras)
+        x_in = torch.cat([x_t, x_t]).to(self.device, self.dtype)
+        t_in = torch.cat([t, t]).to(self.device)
+        out = self.unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        out = self._noise_output(out).float()
+        alpha, sigma = (v.to(out).view(-1, 1, 1, 1) for v in self.alphas_sigmas(t_in))
+        x_f = torch.cat([x_t, x_t]).to(self.device, torch.float32)
+        eps = to_epsilon(out, x_f, alpha, sigma, self.prediction_type)
+        eps_u, eps_c = eps.chunk(2)
+        return classifier_free_guidance(eps_u, eps_c, self.cfg.guidance_scale).to(x_t)
