@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_parsers(sub)
     _add_mesh_parser(sub)
     _add_doctor_parser(sub)
+    _add_prior_parser(sub)
     tiny = sub.add_parser(
         "tiny-models",
         help="build tiny random IF-like and SD-like pipelines into DIR/if and DIR/sd "
@@ -164,8 +165,15 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--negative", default=None, help="negative prompt (both stages)")
     p.add_argument(
         "--preset",
-        default="preview",
-        help="preview (default: small renders, the quickest) | standard | final",
+        default=None,
+        help="preview (default: small renders, the quickest) | standard | final; toy (the "
+        "default with --prior)",
+    )
+    p.add_argument(
+        "--prior",
+        metavar="BANK",
+        help="guide with the example-based prior instead of the diffusion models: a bank folder "
+        "from `stabledreamer prior build`, or catalogue (the built-in objects); offline, CPU",
     )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
@@ -214,9 +222,12 @@ def cmd_generate(args) -> int:
     out, cfg = _run_dir_and_saved_config(args)
     resume = cfg is not None
     if not resume:
-        if args.preset not in TEXT_PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of {TEXT_PRESETS}")
-        cfg = get_preset(args.preset)
+        preset = args.preset or ("toy" if args.prior else "preview")
+        if preset not in (*TEXT_PRESETS, "toy"):
+            raise ValueError(f"unknown preset {preset!r}; choose one of {TEXT_PRESETS} or toy")
+        cfg = get_preset(preset)
+        if args.prior:
+            _use_prior(cfg, args.prior)
         cfg.prompt = args.prompt or ""
         cfg.init_from = args.init
         if args.seed is not None:
@@ -246,6 +257,84 @@ def cmd_generate(args) -> int:
     print(f"{metrics['gaussians']} Gaussians, {metrics['seconds']:.0f} s; outputs in {out}/")
     if "mesh_error" in metrics:
         print(f"mesh: not written ({metrics['mesh_error']})")
+    return 0
+
+
+def _use_prior(cfg, bank: str) -> None:
+    from .guidance.prior_bank import CATALOGUE
+
+    if not all(s.guidance == "example_prior" for s in cfg.stages):
+        raise ValueError(f"--prior runs the toy preset, not {cfg.preset!r}: leave out --preset")
+    if bank != CATALOGUE:
+        if not Path(bank).is_dir():
+            raise FileNotFoundError(
+                f"--prior {bank}: no such folder; build one with `stabledreamer prior build "
+                f"{bank} --object PROMPT=MESH`, or use --prior catalogue"
+            )
+        bank = str(Path(bank).resolve())
+    cfg.example_prior.bank = bank
+
+
+def _add_prior_parser(sub) -> None:
+    from .guidance.prior_bank import BankBuildConfig
+
+    d = BankBuildConfig()
+    prior = sub.add_parser(
+        "prior", help="the example-based prior: build a bank of labelled renders of known meshes"
+    )
+    psub = prior.add_subparsers(dest="prior_command", required=True)
+    b = psub.add_parser(
+        "build",
+        help="render each mesh from random views over the sphere, labelled with its prompt and "
+        "view, into a bank folder (bank.npz + bank.json, the meshes kept as ground truth)",
+    )
+    b.add_argument("out", help="bank folder to write")
+    b.add_argument(
+        "--object", action="append", default=[], metavar="PROMPT=MESH",
+        help="an object: its prompt and a .glb/.gltf/.obj/.ply mesh with colours (repeatable)",
+    )  # fmt: skip
+    b.add_argument(
+        "--front", action="append", default=[], metavar="PROMPT",
+        help="this object has a clear front on -Y (a face, a handle): it gets a multi-face score",
+    )  # fmt: skip
+    b.add_argument("--catalogue", action="store_true", help="add the built-in catalogue objects")
+    b.add_argument("--views", type=int, default=d.views, help="views per object (%(default)s)")
+    b.add_argument(
+        "--resolution", type=int, nargs="+", default=list(d.resolutions),
+        help="image sizes kept, each dividing the largest (default %(default)s)",
+    )  # fmt: skip
+    b.add_argument("--seed", type=int, default=d.seed, help="views seed (default %(default)s)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing bank folder")
+
+
+def cmd_prior(args) -> int:
+    from .guidance.prior_bank import (
+        BankBuildConfig,
+        BankObject,
+        build_bank,
+        catalogue_objects,
+    )
+    from .targets.target_mesh import load_target
+
+    objects = catalogue_objects() if args.catalogue else []
+    specs = []
+    for spec in args.object:
+        prompt, eq, mesh = spec.rpartition("=")
+        prompt = " ".join(prompt.split())
+        if not eq or not prompt or not mesh:
+            raise ValueError(f'--object {spec!r}: write it as "PROMPT=MESH"')
+        specs.append((prompt, mesh))
+    unknown = set(" ".join(f.split()) for f in args.front) - {p for p, _ in specs}
+    if unknown:
+        raise ValueError(f"--front {sorted(unknown)}: not the prompt of an --object")
+    fronts = {" ".join(f.split()) for f in args.front}
+    for prompt, mesh in specs:
+        obj = BankObject(prompt, prompt in fronts, str(Path(mesh).resolve()))
+        objects.append((obj, load_target(mesh)))
+    cfg = BankBuildConfig(views=args.views, resolutions=tuple(args.resolution), seed=args.seed)
+    out = build_bank(objects, args.out, cfg, overwrite=args.overwrite)
+    n = len(objects) * cfg.views
+    print(f"{len(objects)} objects, {n} views at {list(cfg.resolutions)} px -> {out}/")
     return 0
 
 
@@ -476,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             "mesh": cmd_mesh,
             "tiny-models": cmd_tiny_models,
             "doctor": cmd_doctor,
+            "prior": cmd_prior,
         }[args.command](args)
     except KeyboardInterrupt:
         print(

@@ -56,10 +56,35 @@ def build_guidance(
         from ..guidance.stable_diffusion import StableDiffusionGuidance
 
         return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device)
+    if stage.guidance == "example_prior":
+        from ..guidance.example_prior import ExamplePriorGuidance
+        from ..guidance.prior_bank import open_bank
+
+        bank = open_bank(cfg.example_prior.bank)
+        return ExamplePriorGuidance(cfg.prompt, bank, cfg.example_prior, stage.resolution)
     raise ValueError(
         f"stage {stage.name!r}: guidance {stage.guidance!r} is not a text guidance; "
-        "use deepfloyd_if or stable_diffusion"
+        "use deepfloyd_if, stable_diffusion or example_prior"
     )
+
+
+def prior_bank_of(cfg: RunConfig):
+    """The example prior's bank when a stage uses it (the prompt checked against its labels and
+    the catalogue's bank built if needed), else None."""
+    if not any(s.guidance == "example_prior" for s in cfg.stages):
+        return None
+    from ..guidance.prior_bank import open_bank
+
+    bank = open_bank(cfg.example_prior.bank)
+    bank.index_of(cfg.prompt)  # an unknown prompt is refused with the bank's list
+    for s in cfg.stages:
+        if s.guidance == "example_prior" and s.resolution not in bank.resolutions:
+            raise ValueError(
+                f"stage {s.name!r} renders at {s.resolution} px but the prior bank has "
+                f"{list(bank.resolutions)}: rebuild it with --resolution {s.resolution} or "
+                "change the stage's resolution"
+            )
+    return bank
 
 
 def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
@@ -133,11 +158,13 @@ def run_generation(
         cfg.validate()
         resolve_device(cfg.device)  # a missing GPU is refused before anything is written
         init = initial_gaussians(cfg)  # read it before touching the output folder
+        prior_bank = prior_bank_of(cfg)
     prepare_run_dir(out, overwrite, resume)
     if resume:
         cfg, init = load_run_config(out), None
         cfg.device = device or cfg.device
         _offload(cfg, cpu_offload)
+        prior_bank = prior_bank_of(cfg)
     else:
         write_json(out / "config.json", to_dict(cfg))
 
@@ -176,6 +203,7 @@ def run_generation(
     save_ply(params, out / "gaussians.ply")
     save_turntable(params, cfg, out)
     metrics: dict = {"prompt": cfg.prompt, "preset": cfg.preset}
+    mesh = None
     if cfg.mesh.enabled:
         from ..mesh import MeshError, gaussians_to_mesh
 
@@ -185,8 +213,12 @@ def run_generation(
             mesh.save(out / "mesh.glb")
             metrics.update(mesh_faces=int(len(mesh.faces)))
         except MeshError as e:
-            metrics["mesh_error"] = str(e)
+            mesh, metrics["mesh_error"] = None, str(e)
         metrics["mesh_seconds"] = round(time.perf_counter() - start, 2)
+    if prior_bank is not None:  # the bank holds the prompt's true mesh: score against it
+        from .prior_metrics import ground_truth_metrics
+
+        metrics.update(ground_truth_metrics(params, mesh, cfg, prior_bank, out))
     metrics.update(
         gaussians=G.count(params),
         steps=cfg.total_steps,
