@@ -12,7 +12,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
 export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
 
-.PHONY: setup demo test lint format bench lock clean
+.PHONY: setup demo demo-text test lint format bench lock clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock
 demo: setup
 	$(VENV)/bin/stabledreamer demo --out runs/demo --overwrite
 	@echo "demo outputs: runs/demo/ (gaussians.ply, mesh.glb, metrics.json, turntable.png, heldout.png, debug/)"
+
+# Text to 3D offline: a catalogue prompt on the example-based prior (its bank built once, cached).
+demo-text: setup
+	$(VENV)/bin/stabledreamer generate "a toy creature" --prior catalogue --out runs/demo-text --overwrite
+	@echo "demo-text outputs: runs/demo-text/ (gaussians.ply, mesh.glb, metrics.json, heldout.png, turntable.png, debug/)"
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -89,7 +89,9 @@ class ExamplePriorGuidance:
             bucket = view_indices(cfg.view_prompts, bank.azimuth_deg, bank.elevation_deg)
         else:
             bucket = torch.zeros(len(bank), dtype=torch.long)
-        order = torch.argsort(bucket, stable=True)
+        # Sorted by bucket, then by object: a bucket's images and the prompt's images in it are
+        # contiguous rows, so both passes read slices of the matrix rather than gathers.
+        order = torch.argsort(bucket * len(bank.objects) + bank.labels, stable=True)
         self.bucket = bucket[order]  # [N] sorted
         self.labels = bank.labels[order]  # [N]
         self.azimuth_deg = bank.azimuth_deg[order]
@@ -171,8 +173,8 @@ class ExamplePriorGuidance:
             logits = (2.0 * a * dots - a * a * norms) / (2.0 * s2)
             w_u = torch.softmax(logits, dim=1)
             w_c = torch.softmax(logits.masked_fill(~cond[None], float("-inf")), dim=1)
-            means = self._weighted(torch.cat([w_c, w_u]), lo, bg[items].repeat(2, 1), H * W)
-            out_c[items], out_u[items] = means.chunk(2)
+            out_c[items] = self._weighted(w_c, lo, bg[items], H * W)
+            out_u[items] = self._weighted(w_u, lo, bg[items], H * W)
         return out_c.view(B, 3, H, W), out_u.view(B, 3, H, W)
 
     def _candidates(self, g: int) -> tuple[int, int]:
@@ -189,9 +191,14 @@ class ExamplePriorGuidance:
     def _weighted(self, w: Tensor, lo: int, bg: Tensor, hw: int) -> Tensor:
         """sum_i w_i x_i(bg) [R, 3 H W] for weights w [R, n] over images lo..lo+n."""
         cols = (w > _MIN_WEIGHT).any(dim=0).nonzero()[:, 0]
-        w = w[:, cols].float()
-        w = w / w.sum(dim=1, keepdim=True)
-        r = w @ self._um[lo + cols]  # [R, 4 H W]
+        a, b = int(cols[0]), int(cols[-1]) + 1
+        if b - a <= 4 * len(cols):  # a contiguous run (the prompt's rows, or most of a bucket)
+            w = w[:, a:b].float()
+            rows = self._um[lo + a : lo + b]
+        else:  # a few scattered images: gather them
+            w = w[:, cols].float()
+            rows = self._um[lo + cols]
+        r = (w / w.sum(dim=1, keepdim=True)) @ rows  # [R, 4 H W]
         u, m = r[:, : 3 * hw].view(-1, 3, hw), r[:, 3 * hw :]
         return (u + 2.0 * bg[:, :, None] * m[:, None, :]).reshape(-1, 3 * hw)
 
@@ -208,10 +215,13 @@ def _example_matrix(bank: PriorBank, resolution: int, order: Tensor):
     for start in range(0, N, _CHUNK):
         idx = order[start : start + _CHUNK]
         n = len(idx)
-        u = (rgb8[idx].double() * (2.0 / 255.0) - 1.0).permute(0, 3, 1, 2).reshape(n, 3, hw)
-        m = 1.0 - alpha8[idx].double().reshape(n, hw) / 255.0
-        um[start : start + n] = torch.cat([u.reshape(n, 3 * hw), m], 1).float()
-        norm_u[start : start + n] = (u**2).sum(dim=(1, 2))
-        u_dot_m[start : start + n] = (u * m[:, None, :]).sum(dim=2)
-        norm_m[start : start + n] = (m**2).sum(dim=1)
-    return um, norm_u, u_dot_m, norm_m
+        # In units of 1/255 the entries are integers: the per-image sums are exact in int64.
+        q = 2 * rgb8[idx].to(torch.int32).permute(0, 3, 1, 2).reshape(n, 3, hw) - 255  # 255 u
+        p = 255 - alpha8[idx].to(torch.int32).reshape(n, hw)  # 255 m
+        um[start : start + n, : 3 * hw] = q.reshape(n, 3 * hw) / 255.0
+        um[start : start + n, 3 * hw :] = p / 255.0
+        norm_u[start : start + n] = (q.long() ** 2).sum(dim=(1, 2)).double()
+        u_dot_m[start : start + n] = (q.long() * p.long()[:, None, :]).sum(dim=2).double()
+        norm_m[start : start + n] = (p.long() ** 2).sum(dim=1).double()
+    scale = 255.0**2
+    return um, norm_u / scale, u_dot_m / scale, norm_m / scale
