@@ -75,6 +75,7 @@ STUDIES: dict[str, dict[str, Variant]] = {
         f"scale {s}": _set("example_prior.guidance_scale", s) for s in (1.0, 3.0, 7.5, 20.0)
     },
     "stages": {"two stages": lambda cfg: None, "one stage": _one_stage},
+    "weighting": {w: _set("stages[0].noise.weighting", w) for w in ("sds", "uniform", "snr")},
     "densify": {
         f"grow_grad2d {g}": _set("stages[0].strategy.grow_grad2d", g) for g in (0.1, 0.3, 1.0)
     },
@@ -145,6 +146,7 @@ def main() -> None:
     )
     ap.add_argument("--subset", action="store_true", help=f"the study subset {SUBSET}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--only", nargs="+", help="run only these variants of the study (by name)")
     ap.add_argument("--steps-stage1", type=int)
     ap.add_argument("--steps-stage2", type=int)
     ap.add_argument("--threads", type=int, default=0)
@@ -157,6 +159,8 @@ def main() -> None:
     results: list[dict] = []
     for study in studies:
         for name, variant in STUDIES[study].items():
+            if args.only and name not in args.only:
+                continue
             for prompt in prompts:
                 for seed in args.seeds:
                     slug = "_".join(prompt.split())
