@@ -303,6 +303,10 @@ def _add_prior_parser(sub) -> None:
         "--resolution", type=int, nargs="+", default=list(d.resolutions),
         help="image sizes kept, each dividing the largest (default %(default)s)",
     )  # fmt: skip
+    b.add_argument(
+        "--elevation", type=float, nargs=2, default=list(d.elevation_deg), metavar=("LOW", "HIGH"),
+        help="draw the views between these elevations (default %(default)s: the whole sphere)",
+    )  # fmt: skip
     b.add_argument("--seed", type=int, default=d.seed, help="views seed (default %(default)s)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing bank folder")
 
@@ -331,7 +335,10 @@ def cmd_prior(args) -> int:
     for prompt, mesh in specs:
         obj = BankObject(prompt, prompt in fronts, str(Path(mesh).resolve()))
         objects.append((obj, load_target(mesh)))
-    cfg = BankBuildConfig(views=args.views, resolutions=tuple(args.resolution), seed=args.seed)
+    cfg = BankBuildConfig(
+        views=args.views, resolutions=tuple(args.resolution), seed=args.seed,
+        elevation_deg=tuple(args.elevation),
+    )  # fmt: skip
     out = build_bank(objects, args.out, cfg, overwrite=args.overwrite)
     n = len(objects) * cfg.views
     print(f"{len(objects)} objects, {n} views at {list(cfg.resolutions)} px -> {out}/")

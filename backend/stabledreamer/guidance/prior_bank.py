@@ -61,6 +61,9 @@ class BankBuildConfig:
     """Camera distance: the training cameras' (``CameraConfig.distance``)."""
     fov_y_deg: float = 49.0
     """Field of view: the training cameras' (``CameraConfig.fov_y_deg``)."""
+    elevation_deg: tuple[float, float] = (-90.0, 90.0)
+    """Elevations the views are drawn from (uniform on the sphere between them); the default is
+    the whole sphere."""
     exclusion_deg: float = 5.0
     """No bank view within this angle of a held-out ring camera (so the prior is no oracle)."""
     seed: int = 0
@@ -68,6 +71,9 @@ class BankBuildConfig:
     def validate(self) -> None:
         if self.views < 4:
             raise PriorBankError(f"--views must be at least 4, got {self.views}")
+        lo, hi = self.elevation_deg
+        if not -90.0 <= lo < hi <= 90.0:
+            raise PriorBankError(f"--elevation {lo} {hi}: need -90 <= LOW < HIGH <= 90")
         if not self.resolutions or min(self.resolutions) < 8:
             raise PriorBankError("give resolutions of at least 8 pixels, e.g. --resolution 64 128")
         top = max(self.resolutions)
@@ -169,8 +175,8 @@ class PriorBank:
 
 
 def bank_cameras(cfg: BankBuildConfig, n: int, generator: torch.Generator):
-    """``n`` random directions over the sphere, none within ``exclusion_deg`` of the held-out
-    ring; returns azimuth and elevation [n] in degrees."""
+    """``n`` random directions over the sphere (between the elevation bounds), none within
+    ``exclusion_deg`` of the held-out ring; returns azimuth and elevation [n] in degrees."""
     ring = heldout_cameras(8, 8, distance=1.0).positions  # [8, 3] unit directions
     cos_min = math.cos(math.radians(cfg.exclusion_deg))
     az_all, el_all = [], []
@@ -178,7 +184,9 @@ def bank_cameras(cfg: BankBuildConfig, n: int, generator: torch.Generator):
     while have < n:
         m = 2 * (n - have) + 8
         az = 360.0 * torch.rand(m, generator=generator)
-        el = torch.rad2deg(torch.asin(2.0 * torch.rand(m, generator=generator) - 1.0))
+        sin_lo, sin_hi = (math.sin(math.radians(e)) for e in cfg.elevation_deg)
+        u = sin_lo + (sin_hi - sin_lo) * torch.rand(m, generator=generator)
+        el = torch.rad2deg(torch.asin(u.clamp(-1.0, 1.0)))
         el = el.clamp(-89.5, 89.5)  # straight up or down has no defined image orientation
         d = orbit_position(az, el, torch.ones(m))
         keep = (d @ ring.T).max(dim=1).values < cos_min
@@ -278,6 +286,7 @@ def _render_all(objects, cfg: BankBuildConfig, top: int, gen: torch.Generator, l
         "distance": cfg.distance,
         "fov_y_deg": cfg.fov_y_deg,
         "exclusion_deg": cfg.exclusion_deg,
+        "elevation_deg": list(cfg.elevation_deg),
         "supersample": cfg.supersample,
         "seed": cfg.seed,
         "build_seconds": round(time.perf_counter() - start, 1),
