@@ -85,6 +85,7 @@ STUDIES: dict[str, dict[str, Variant]] = {
 def run_one(prompt: str, seed: int, variant: Variant, out: Path, args) -> dict:
     cfg = get_preset("toy")
     cfg.prompt, cfg.seed = prompt, seed
+    cfg.example_prior.bank = args.bank
     cfg.debug_every = 0
     if args.threads:
         cfg.threads = args.threads
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--steps-stage1", type=int)
     ap.add_argument("--steps-stage2", type=int)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--bank", default="catalogue", help="the prior bank (default %(default)s)")
     ap.add_argument("--out", default="runs/bench_toy")
     args = ap.parse_args()
     prompts = args.prompts or (list(SUBSET) if args.subset else [e.prompt for e in CATALOGUE])
