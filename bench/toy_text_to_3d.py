@@ -47,7 +47,7 @@ def _set(path: str, value) -> Variant:
         obj = cfg
         *head, last = path.split(".")
         for part in head:
-            obj = obj.stages[int(part[6:-1])] if part.startswith("stages[") else getattr(obj, part)
+            obj = obj.stages[int(part[7:-1])] if part.startswith("stages[") else getattr(obj, part)
         setattr(obj, last, value)
 
     return f
