@@ -75,6 +75,7 @@ STUDIES: dict[str, dict[str, Variant]] = {
         f"scale {s}": _set("example_prior.guidance_scale", s) for s in (1.0, 3.0, 7.5, 20.0)
     },
     "stages": {"two stages": lambda cfg: None, "one stage": _one_stage},
+    "init": {f"init radius {r}": _set("init.radius", r) for r in (0.5, 0.8)},
     "weighting": {w: _set("stages[0].noise.weighting", w) for w in ("sds", "uniform", "snr")},
     "densify": {
         f"grow_grad2d {g}": _set("stages[0].strategy.grow_grad2d", g) for g in (0.1, 0.3, 1.0)
