@@ -169,6 +169,14 @@ def test_bank_views_avoid_the_heldout_ring_and_cover_the_sphere():
     assert (d[:, 2] > 0).float().mean().item() == pytest.approx(0.5, abs=0.05)  # uniform
 
 
+def test_bank_views_within_an_elevation_band():
+    cfg = BankBuildConfig(elevation_deg=(-10.0, 90.0))
+    az, el = bank_cameras(cfg, 500, torch.Generator().manual_seed(1))
+    assert el.min() >= -10.0 and el.max() <= 90.0 and el.max() > 60.0
+    with pytest.raises(PriorBankError, match="--elevation"):
+        BankBuildConfig(elevation_deg=(30.0, 10.0)).validate()
+
+
 def test_bank_files_and_ground_truth(bank_dir, bank):
     header = json.loads((bank_dir / "bank.json").read_text())
     assert header["resolutions"] == [RES, 2 * RES] and len(bank) == 48
