@@ -140,13 +140,16 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "preview": preview,
     "standard": standard,
     "final": final,
-    "toy": toy,
 }
 TEXT_PRESETS = ("preview", "standard", "final")
 
 
+OFFLINE_PRESETS: dict[str, Callable[[], RunConfig]] = {"toy": toy}
+"""Presets of the command line only (``generate --prior``), not offered by the service."""
+
+
 def get_preset(name: str) -> RunConfig:
     try:
-        return PRESETS[name]()
+        return {**PRESETS, **OFFLINE_PRESETS}[name]()
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
