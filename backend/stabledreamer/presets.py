@@ -130,6 +130,9 @@ def toy() -> RunConfig:
     cfg.camera.elevation_deg = (-10.0, 90.0)  # threestudio's default: the overhead bucket is seen
     cfg.regularizer.opacity_weight = 0.01  # as the text presets
     cfg.checkpoint_every = 200
+    # One torch thread: on this 2-core CPU shared with other jobs (load ~10), a prior prediction
+    # at 64² took 666 ms with 2 threads and 50 ms with 1 (bench/example_prior_step.py).
+    cfg.threads = 1
     cfg.mesh = MeshConfig(faces=20_000, texture_size=512, views=16)  # preview's lighter mesh
     return cfg
 
