@@ -1,0 +1,320 @@
+"""The node trees behind the Gaussian objects: the geometry-nodes group that instances them, the
+splat shader, and the palette that colours them in Solid mode.
+
+Geometry nodes (``GROUP_NAME``): every point with ``extent > 0`` gets an instance of a unit ico
+sphere scaled by ``scale * extent`` (standard deviations times the visible extent, see
+``splat_look.extents``) and rotated by ``rot``. The instance is picked from the palette object
+(``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per material) by the point's ``cell``, so
+Workbench, which shows one colour per material, draws each Gaussian in its palette cell's colour.
+``color``, ``opacity``, ``extent`` and ``falloff`` are stored on the instances for the shader.
+
+Shader (``SHADER_NAME``, used by every palette material): unlit colour (emission for camera rays,
+diffuse for the rest of the scene) with alpha ``opacity * exp(-r**2 / 2)``, where ``r`` is the
+distance in standard deviations from the Gaussian's centre to the camera ray through the shaded
+point, computed in the instance's own space (there the Gaussian is a unit sphere of radius
+``extent``). Back faces are transparent, so each Gaussian is counted once along a ray. With
+``falloff`` 0 (the Ellipsoids look) the shell is opaque instead.
+
+Names starting with a dot are Blender's convention for data the lists hide from the artist.
+"""
+
+from __future__ import annotations
+
+import bmesh
+import bpy
+import numpy as np
+
+from . import splat_look
+
+GROUP_NAME = "StableDreamer Gaussians"
+SHADER_NAME = ".StableDreamer Splat Shader"
+PALETTE_OBJECT = ".StableDreamer Palette"
+PALETTE_MATERIAL = ".StableDreamer Palette {:03d}"
+POINTS_MATERIAL_NAME = "StableDreamer Splat Points"
+ICO_SUBDIVISIONS = 1
+"""20-face ico spheres: Workbench draws 100k of them interactively; the splat shader hides the
+facets (alpha is computed from the ray, not from the surface)."""
+
+
+# --------------------------------------------------------------------------- shader
+
+
+def _attr(nt, name: str, kind: str = "INSTANCER"):
+    node = nt.nodes.new("ShaderNodeAttribute")
+    node.attribute_type = kind
+    node.attribute_name = name
+    return node
+
+
+def _vmath(nt, op: str, *inputs):
+    node = nt.nodes.new("ShaderNodeVectorMath")
+    node.operation = op
+    for i, x in enumerate(inputs):
+        if isinstance(x, bpy.types.NodeSocket):
+            nt.links.new(x, node.inputs[i])
+        else:
+            node.inputs[i].default_value = x
+    return node
+
+
+def _math(nt, op: str, *inputs):
+    node = nt.nodes.new("ShaderNodeMath")
+    node.operation = op
+    for i, x in enumerate(inputs):
+        if isinstance(x, bpy.types.NodeSocket):
+            nt.links.new(x, node.inputs[i])
+        else:
+            node.inputs[i].default_value = x
+    return node.outputs[0]
+
+
+def _srgb_to_linear(nt, color_socket):
+    """((c + 0.055) / 1.055) ** 2.4 per channel (the sRGB curve above 0.04045; below it this
+    differs from the exact curve by less than 0.001 linear)."""
+    a = _vmath(nt, "MULTIPLY_ADD", color_socket, (1 / 1.055,) * 3, (0.055 / 1.055,) * 3)
+    p = _vmath(nt, "POWER", a.outputs[0], (2.4, 2.4, 2.4))
+    return p.outputs[0]
+
+
+def splat_shader() -> bpy.types.ShaderNodeTree:
+    """The shader node group every palette material uses (built once per file)."""
+    tree = bpy.data.node_groups.get(SHADER_NAME)
+    if tree is not None:
+        return tree
+    nt = bpy.data.node_groups.new(SHADER_NAME, "ShaderNodeTree")
+    nt.interface.new_socket("Shader", in_out="OUTPUT", socket_type="NodeSocketShader")
+    out = nt.nodes.new("NodeGroupOutput")
+    link = nt.links.new
+
+    color = _srgb_to_linear(nt, _attr(nt, "color").outputs["Vector"])
+    opacity = _attr(nt, "opacity").outputs["Fac"]
+    extent = _attr(nt, "extent").outputs["Fac"]
+    falloff = _attr(nt, "falloff").outputs["Fac"]
+
+    # the ray in the instance's space: p on the unit sphere, d the unit direction to the camera
+    coords = nt.nodes.new("ShaderNodeTexCoord")
+    geo = nt.nodes.new("ShaderNodeNewGeometry")
+    to_local = nt.nodes.new("ShaderNodeVectorTransform")
+    to_local.vector_type = "VECTOR"
+    to_local.convert_from, to_local.convert_to = "WORLD", "OBJECT"
+    link(geo.outputs["Incoming"], to_local.inputs["Vector"])
+    d = _vmath(nt, "NORMALIZE", to_local.outputs["Vector"]).outputs[0]
+    p = coords.outputs["Object"]
+    along = _vmath(nt, "DOT_PRODUCT", p, d).outputs["Value"]
+    foot = _vmath(nt, "SCALE", d, (0, 0, 0))
+    link(along, foot.inputs["Scale"])
+    perp = _vmath(nt, "SUBTRACT", p, foot.outputs[0])
+    dist = _vmath(nt, "LENGTH", perp.outputs[0]).outputs["Value"]
+    r = _math(nt, "MULTIPLY", dist, extent)
+    gauss = _math(nt, "EXPONENT", _math(nt, "MULTIPLY", _math(nt, "MULTIPLY", r, r), -0.5))
+    splat_alpha = _math(nt, "MULTIPLY", _math(nt, "MULTIPLY", gauss, opacity),
+                        _math(nt, "SUBTRACT", 1.0, geo.outputs["Backfacing"]))  # fmt: skip
+    # falloff 1: the splat alpha; falloff 0: an opaque shell
+    mix = nt.nodes.new("ShaderNodeMix")
+    mix.data_type = "FLOAT"
+    link(falloff, mix.inputs["Factor"])
+    mix.inputs["A"].default_value = 1.0
+    link(splat_alpha, mix.inputs["B"])
+    alpha = mix.outputs["Result"]
+
+    emit = nt.nodes.new("ShaderNodeEmission")
+    link(color, emit.inputs["Color"])
+    diffuse = nt.nodes.new("ShaderNodeBsdfDiffuse")
+    link(color, diffuse.inputs["Color"])
+    path = nt.nodes.new("ShaderNodeLightPath")
+    lit = nt.nodes.new("ShaderNodeMixShader")  # unlit to the camera, diffuse to everything else
+    link(path.outputs["Is Camera Ray"], lit.inputs["Fac"])
+    link(diffuse.outputs[0], lit.inputs[1])
+    link(emit.outputs[0], lit.inputs[2])
+    clear = nt.nodes.new("ShaderNodeBsdfTransparent")
+    final = nt.nodes.new("ShaderNodeMixShader")
+    link(alpha, final.inputs["Fac"])
+    link(clear.outputs[0], final.inputs[1])
+    link(lit.outputs[0], final.inputs[2])
+    link(final.outputs[0], out.inputs[0])
+    for i, node in enumerate(nt.nodes):
+        node.location = (180 * (i % 8), -160 * (i // 8))
+    return nt
+
+
+def _palette_material(i: int, rgb) -> bpy.types.Material:
+    name = PALETTE_MATERIAL.format(i)
+    mat = bpy.data.materials.get(name)
+    if mat is None:
+        mat = bpy.data.materials.new(name)
+        mat.use_nodes = True
+        nt = mat.node_tree
+        nt.nodes.clear()
+        group = nt.nodes.new("ShaderNodeGroup")
+        group.node_tree = splat_shader()
+        out = nt.nodes.new("ShaderNodeOutputMaterial")
+        nt.links.new(group.outputs[0], out.inputs["Surface"])
+        out.location = (250, 0)
+        if hasattr(mat, "surface_render_method"):  # EEVEE: order-independent (dithered) alpha
+            mat.surface_render_method = "DITHERED"
+    lin = splat_look.srgb_to_linear(rgb)
+    mat.diffuse_color = (float(lin[0]), float(lin[1]), float(lin[2]), 1.0)
+    return mat
+
+
+def palette_object(levels: int = splat_look.LEVELS) -> bpy.types.Object:
+    """``levels**3`` unit ico spheres at the origin, sphere i with palette material i (the object
+    lives in no scene: the geometry nodes read it through Object Info)."""
+    obj = bpy.data.objects.get(PALETTE_OBJECT)
+    if obj is not None and obj.type == "MESH" and len(obj.data.materials) == levels**3:
+        return obj
+    centres = splat_look.cell_centres(levels)
+    bm = bmesh.new()
+    bmesh.ops.create_icosphere(bm, subdivisions=ICO_SUBDIVISIONS, radius=1.0)
+    verts = np.array([v.co[:] for v in bm.verts], dtype=np.float32)
+    faces = np.array([[v.index for v in f.verts] for f in bm.faces], dtype=np.int32)
+    bm.free()
+    n = len(centres)
+    nv, nf = len(verts), len(faces)
+    mesh = bpy.data.meshes.new(PALETTE_OBJECT)
+    mesh.vertices.add(n * nv)
+    mesh.vertices.foreach_set("co", np.tile(verts, (n, 1)).ravel())
+    tris = (faces[None] + nv * np.arange(n, dtype=np.int32)[:, None, None]).reshape(-1)
+    mesh.loops.add(len(tris))
+    mesh.loops.foreach_set("vertex_index", tris)
+    mesh.polygons.add(n * nf)
+    mesh.polygons.foreach_set("loop_start", np.arange(0, len(tris), 3, dtype=np.int32))
+    mesh.polygons.foreach_set("material_index", np.repeat(np.arange(n, dtype=np.int32), nf))
+    mesh.polygons.foreach_set("use_smooth", np.ones(n * nf, dtype=bool))
+    for i in range(n):
+        mesh.materials.append(_palette_material(i, centres[i]))
+    mesh.update()
+    if obj is None:
+        obj = bpy.data.objects.new(PALETTE_OBJECT, mesh)
+    else:
+        obj.data = mesh
+    return obj
+
+
+def set_palette_colors(rgb_by_cell, changed_only: float = 1.0 / 512.0) -> int:
+    """Show each cell's colour (sRGB ``[levels**3, 3]``) in Solid mode; returns how many changed."""
+    lin = splat_look.srgb_to_linear(rgb_by_cell)
+    changed = 0
+    for i, c in enumerate(lin):
+        mat = bpy.data.materials.get(PALETTE_MATERIAL.format(i))
+        if mat is None:
+            continue
+        old = mat.diffuse_color
+        if max(abs(old[0] - c[0]), abs(old[1] - c[1]), abs(old[2] - c[2])) > changed_only:
+            mat.diffuse_color = (float(c[0]), float(c[1]), float(c[2]), 1.0)
+            changed += 1
+    return changed
+
+
+# --------------------------------------------------------------------------- geometry nodes
+
+
+def _points_material() -> bpy.types.Material:
+    mat = bpy.data.materials.get(POINTS_MATERIAL_NAME)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(POINTS_MATERIAL_NAME)
+    mat.use_nodes = True
+    nt = mat.node_tree
+    nt.nodes.clear()
+    out = nt.nodes.new("ShaderNodeOutputMaterial")
+    emit = nt.nodes.new("ShaderNodeEmission")
+    col = _attr(nt, "color", "GEOMETRY")
+    nt.links.new(_srgb_to_linear(nt, col.outputs["Vector"]), emit.inputs["Color"])
+    nt.links.new(emit.outputs[0], out.inputs["Surface"])
+    return mat
+
+
+def _named(nt, name: str, data_type: str):
+    node = nt.nodes.new("GeometryNodeInputNamedAttribute")
+    node.data_type = data_type
+    node.inputs["Name"].default_value = name
+    return node.outputs["Attribute"]
+
+
+def _store(nt, geometry, name: str, data_type: str, value):
+    node = nt.nodes.new("GeometryNodeStoreNamedAttribute")
+    node.data_type = data_type
+    node.domain = "INSTANCE"
+    node.inputs["Name"].default_value = name
+    nt.links.new(geometry, node.inputs["Geometry"])
+    nt.links.new(value, node.inputs["Value"])
+    return node.outputs["Geometry"]
+
+
+def gaussian_group() -> bpy.types.NodeTree:
+    """The geometry-nodes group (built once per file, then reused)."""
+    group = bpy.data.node_groups.get(GROUP_NAME)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(GROUP_NAME, "GeometryNodeTree")
+    iface = group.interface
+    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    size = iface.new_socket("Extent Scale", in_out="INPUT", socket_type="NodeSocketFloat")
+    size.default_value, size.min_value = 1.0, 0.0
+    iface.new_socket("Points Only", in_out="INPUT", socket_type="NodeSocketBool")
+    splat = iface.new_socket("Splat Shading", in_out="INPUT", socket_type="NodeSocketBool")
+    splat.default_value = True
+    iface.new_socket("Palette", in_out="INPUT", socket_type="NodeSocketObject")
+    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+
+    nt = group
+    link = nt.links.new
+    gin = nt.nodes.new("NodeGroupInput")
+    gout = nt.nodes.new("NodeGroupOutput")
+
+    extent = _named(nt, "extent", "FLOAT")
+    factor = _math(nt, "MULTIPLY", extent, gin.outputs["Extent Scale"])
+    sized = _vmath(nt, "SCALE", _named(nt, "scale", "FLOAT_VECTOR"), (0, 0, 0))
+    link(factor, sized.inputs["Scale"])
+    visible = nt.nodes.new("FunctionNodeCompare")
+    visible.data_type, visible.operation = "FLOAT", "GREATER_THAN"
+    link(extent, visible.inputs["A"])
+    visible.inputs["B"].default_value = 0.0
+
+    # the palette: one instance per material, picked by the point's cell
+    info = nt.nodes.new("GeometryNodeObjectInfo")
+    link(gin.outputs["Palette"], info.inputs["Object"])
+    split = nt.nodes.new("GeometryNodeSplitToInstances")
+    split.domain = "FACE"
+    link(info.outputs["Geometry"], split.inputs["Geometry"])
+    link(nt.nodes.new("GeometryNodeInputMaterialIndex").outputs[0], split.inputs["Group ID"])
+    inst = nt.nodes.new("GeometryNodeInstanceOnPoints")
+    link(gin.outputs[0], inst.inputs["Points"])
+    link(visible.outputs["Result"], inst.inputs["Selection"])
+    link(split.outputs["Instances"], inst.inputs["Instance"])
+    inst.inputs["Pick Instance"].default_value = True
+    link(_named(nt, "cell", "INT"), inst.inputs["Instance Index"])
+    link(_named(nt, "rot", "QUATERNION"), inst.inputs["Rotation"])
+    link(sized.outputs[0], inst.inputs["Scale"])
+    geo = inst.outputs["Instances"]
+    geo = _store(nt, geo, "color", "FLOAT_COLOR", _named(nt, "color", "FLOAT_COLOR"))
+    geo = _store(nt, geo, "opacity", "FLOAT", _named(nt, "opacity", "FLOAT"))
+    geo = _store(nt, geo, "extent", "FLOAT", factor)
+    geo = _store(nt, geo, "falloff", "FLOAT", gin.outputs["Splat Shading"])
+
+    # plain points: radius = the mean of the sized axes
+    mean = _vmath(nt, "DOT_PRODUCT", sized.outputs[0], (1 / 3, 1 / 3, 1 / 3))
+    to_points = nt.nodes.new("GeometryNodeMeshToPoints")
+    to_points.mode = "VERTICES"
+    link(gin.outputs[0], to_points.inputs["Mesh"])
+    link(visible.outputs["Result"], to_points.inputs["Selection"])
+    link(mean.outputs["Value"], to_points.inputs["Radius"])
+    pts_mat = nt.nodes.new("GeometryNodeSetMaterial")
+    pts_mat.inputs["Material"].default_value = _points_material()
+    link(to_points.outputs["Points"], pts_mat.inputs["Geometry"])
+
+    switch = nt.nodes.new("GeometryNodeSwitch")
+    switch.input_type = "GEOMETRY"
+    link(gin.outputs["Points Only"], switch.inputs["Switch"])
+    link(geo, switch.inputs["False"])
+    link(pts_mat.outputs["Geometry"], switch.inputs["True"])
+    link(switch.outputs["Output"], gout.inputs[0])
+    for i, node in enumerate(nt.nodes):
+        node.location = (200 * (i % 8), -200 * (i // 8))
+    return group
+
+
+def socket_id(group: bpy.types.NodeTree, name: str) -> str:
+    """The modifier key of a group input (``Socket_N`` in Blender 4.x/5.x)."""
+    return group.interface.items_tree[name].identifier
