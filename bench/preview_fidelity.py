@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
 from stabledreamer.cameras import orbit_cameras  # noqa: E402
-from stabledreamer.gaussians import activated  # noqa: E402
+from stabledreamer.gaussians import SH_C0, activated  # noqa: E402
 from stabledreamer.ply import load_ply  # noqa: E402
 from stabledreamer.render.dispatch import render  # noqa: E402
 
@@ -50,6 +50,47 @@ DISTANCE, FOV_Y = 2.5, 49.0
 BACKGROUND = 0.5
 MASK_ALPHA = 0.5
 """A pixel is object where it is more object than background in either picture."""
+
+
+def synthetic_gaussians(seed: int = 0, surface: int = 1500, haze: int = 500) -> dict:
+    """A small made-up result (raw parameters): opaque Gaussians on a two-coloured sphere and a
+    blue box, and faint wide ones around them, as optimised results have (half of the demo's
+    16k Gaussians have opacity below 0.19)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def u(n, lo, hi, d=1):
+        return lo + (hi - lo) * torch.rand(n, d, generator=g)
+
+    d = torch.nn.functional.normalize(torch.randn(surface, 3, generator=g), dim=1)
+    on_box = torch.arange(surface) % 3 == 0
+    sphere = d * 0.42 + torch.tensor([0.0, 0.0, 0.25])
+    box = (torch.rand(surface, 3, generator=g) - 0.5) * torch.tensor([0.7, 0.5, 0.35])
+    side = torch.randint(0, 3, (surface,), generator=g)  # push one coordinate onto a face
+    half = torch.tensor([0.35, 0.25, 0.175])
+    box[torch.arange(surface), side] = half[side] * torch.sign(box[torch.arange(surface), side])
+    box += torch.tensor([0.0, 0.0, -0.35])
+    means = torch.where(on_box[:, None], box, sphere)
+    rgb = torch.where(
+        on_box[:, None],
+        torch.tensor([0.15, 0.3, 0.85]),
+        torch.where(d[:, 2:] > 0, torch.tensor([0.95, 0.8, 0.1]), torch.tensor([0.85, 0.15, 0.1])),
+    )
+    scales = u(surface, 0.02, 0.04).expand(surface, 3).clone()
+    opac = u(surface, 0.6, 1.0)[:, 0]
+    hm = torch.randn(haze, 3, generator=g) * 0.3
+    means = torch.cat([means, hm])
+    rgb = torch.cat([rgb, u(haze, 0.3, 0.9, 3)])
+    scales = torch.cat([scales, u(haze, 0.04, 0.1, 3)])
+    opac = torch.cat([opac, u(haze, 0.01, 0.15)[:, 0]])
+    n = len(means)
+    return {
+        "means": means,
+        "scales": scales.log(),
+        "quats": torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1),
+        "opacities": torch.logit(opac),
+        "sh0": ((rgb - 0.5) / SH_C0)[:, None, :],
+        "shN": torch.zeros(n, 0, 3),
+    }
 
 
 def psnr_union(ref_rgb, ref_alpha, img_rgb, img_alpha) -> float:
@@ -79,6 +120,7 @@ def blender_pictures(addon: Path, npz: Path, cams, args, look, tmp: Path, tag: s
         "shell_alpha": args.shell_alpha,
         "cycles_samples": args.cycles_samples,
         "transparent_bounces": args.transparent_bounces,
+        "cycles_filter": args.cycles_filter,
         "out": str(tmp / f"{tag}.npz"),
     }
     path = tmp / f"{tag}.json"
@@ -117,6 +159,13 @@ def main() -> None:
         default=64,
         help="Cycles transparent bounces (Blender's default is 8)",
     )
+    ap.add_argument(
+        "--cycles-filter",
+        type=float,
+        default=0.01,
+        help="Cycles pixel filter width in pixels (Blender's default is 1.5): 0.01 samples pixel "
+        "centres, as render() does, so edges are not scored for anti-aliasing",
+    )
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to score too")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "preview_fidelity")
     args = ap.parse_args()
@@ -125,8 +174,7 @@ def main() -> None:
     sets = {Path(p).parent.name or Path(p).stem: Path(p) for p in args.ply}
     if not sets:
         sets = {k: ROOT / v for k, v in DEFAULT_SETS.items() if (ROOT / v).is_file()}
-    if not sets:
-        raise SystemExit("no Gaussians: run `stabledreamer demo --out runs/demo` or pass a .ply")
+        sets["synthetic"] = None  # synthetic_gaussians(): always there (the test's set)
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="sd-fidelity-"))
 
@@ -136,13 +184,14 @@ def main() -> None:
     lines = [
         f"PSNR (dB) of Blender's picture against `render()` over the union of the object masks, "
         f"{args.size} px, {len(VIEWS)} cameras (mean); Cycles {args.cycles_samples} samples, "
-        f"{args.transparent_bounces} transparent bounces.",
+        f"{args.transparent_bounces} transparent bounces, pixel filter {args.cycles_filter} px.",
         "",
         "| Gaussians | N | add-on look | " + " | ".join(args.modes) + " |",
         "|---" * (3 + len(args.modes)) + "|",
     ]
     for name, ply in sets.items():
-        raw = {k: v.float() for k, v in load_ply(ply).items()}
+        raw = synthetic_gaussians() if ply is None else load_ply(ply)
+        raw = {k: v.float() for k, v in raw.items()}
         act = {k: v.numpy() for k, v in activated(raw).items()}
         npz = tmp / f"{name}.npz"
         np.savez(npz, **act)

@@ -7,8 +7,8 @@ JOB.json: ``addon`` (the folder holding the ``blender_addon`` package to test: t
 another one for today's look), ``gaussians`` (an .npz of means, scales, quats, rgb, opacities),
 ``cameras`` (world-to-camera matrices, OpenCV axes, and the vertical field of view), ``size``,
 ``modes``, ``look`` / ``shell_alpha`` (when the add-on has them), ``cycles_samples``,
-``transparent_bounces`` and ``out`` (an .npz written with one RGBA float image per mode and
-camera, straight alpha, display-referred sRGB).
+``transparent_bounces``, ``cycles_filter`` (pixel filter width) and ``out`` (an .npz written with
+one RGBA float image per mode and camera, straight alpha, display-referred sRGB).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def setup_mode(scene, mode: str, job: dict) -> None:
         scene.cycles.samples = job["cycles_samples"]
         scene.cycles.use_denoising = False
         scene.cycles.transparent_max_bounces = job["transparent_bounces"]
+        scene.cycles.filter_width = job.get("cycles_filter", 1.5)
     elif mode == "eevee":
         scene.render.engine = "BLENDER_EEVEE"
         scene.eevee.taa_render_samples = job.get("eevee_samples", 32)

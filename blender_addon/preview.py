@@ -184,12 +184,55 @@ def update_preview(
     mod = _modifier(obj)
     shown = extent > 0
     splat_nodes.set_palette_colors(splat_look.cell_colors(rgb[shown], cell[shown]))
-    _set_input(mod, "Points Only", bool(n > point_cap or look == "POINTS"))
-    _set_input(mod, "Splat Shading", look == "SPLATS")
+    _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
     if size is not None:
         _set_input(mod, "Extent Scale", float(size))
     obj.update_tag()
     return obj
+
+
+def _apply_look(mod: bpy.types.NodesModifier, look: str, points_only: bool) -> None:
+    _set_input(mod, "Points Only", bool(points_only))
+    _set_input(mod, "Splat Shading", look == "SPLATS")
+
+
+def gaussian_objects() -> list[bpy.types.Object]:
+    """Every object drawn by the Gaussian modifier (the live preview and imported .ply files)."""
+    return [o for o in bpy.data.objects if o.type == "MESH" and o.modifiers.get(MODIFIER_NAME)]
+
+
+def restyle(
+    obj: bpy.types.Object,
+    look: str | None = None,
+    shell_alpha: float | None = None,
+    point_cap: int | None = None,
+) -> None:
+    """Apply a look to an existing Gaussian object (its stored opacities give the new extents)."""
+    pref_look, pref_alpha = current_look()
+    look = look or pref_look
+    shell_alpha = pref_alpha if shell_alpha is None else shell_alpha
+    if point_cap is None:
+        from .prefs import get_prefs
+
+        point_cap = getattr(get_prefs(), "point_cap", DEFAULT_POINT_CAP)
+    mesh = obj.data
+    n = len(mesh.vertices)
+    if n == 0 or "opacity" not in mesh.attributes or "extent" not in mesh.attributes:
+        return
+    opacity = np.empty(n, dtype=np.float32)
+    mesh.attributes["opacity"].data.foreach_get("value", opacity)
+    mesh.attributes["extent"].data.foreach_set("value", splat_look.extents(opacity, shell_alpha))
+    mesh.update()
+    _apply_look(_modifier(obj), look, points_only=n > point_cap or look == "POINTS")
+    obj.update_tag()
+
+
+def restyle_all(**kw) -> int:
+    """Apply the preferences' look to every Gaussian object; returns how many."""
+    objs = gaussian_objects()
+    for obj in objs:
+        restyle(obj, **kw)
+    return len(objs)
 
 
 def update_from_preview(preview, **kw) -> bpy.types.Object:
