@@ -135,8 +135,9 @@ def update_preview(
     ``means [N,3]``, ``scales [N,3]`` (standard deviations; natural logs when ``log_scales``),
     ``quats [N,4]`` (w, x, y, z), ``rgb [N,3]`` (sRGB in [0, 1]), ``opacities [N]`` in [0, 1].
     ``look`` is one of ``splat_look.LOOKS`` and ``shell_alpha`` the alpha at which each Gaussian's
-    shell ends (both default to the add-on preferences); ``size`` scales every extent. More than
-    ``point_cap`` Gaussians switch the modifier to plain points.
+    shell ends (both default to the add-on preferences); Gaussians fainter than that everywhere are
+    left out of the mesh. ``size`` scales every extent. More than ``point_cap`` Gaussians switch
+    the modifier to plain points.
     """
     means = np.asarray(means, dtype=np.float32)
     if means.ndim != 2 or means.shape[1] != 3:
@@ -155,6 +156,11 @@ def update_preview(
     if look not in splat_look.LOOKS:
         raise ValueError(f"look must be one of {', '.join(splat_look.LOOKS)}, got {look!r}")
     extent = splat_look.extents(opacities, shell_alpha)
+    shown = extent > 0
+    if not shown.all():  # leave out the Gaussians that are fainter than the shell everywhere
+        means, scales, quats, rgb = means[shown], scales[shown], quats[shown], rgb[shown]
+        opacities, extent = opacities[shown], extent[shown]
+        n = len(means)
     cell = splat_look.cells(rgb)
 
     obj = obj or preview_object()
@@ -182,8 +188,7 @@ def update_preview(
     mesh.update()
 
     mod = _modifier(obj)
-    shown = extent > 0
-    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb[shown], cell[shown]))
+    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb, cell))
     _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
     if size is not None:
         _set_input(mod, "Extent Scale", float(size))
@@ -207,7 +212,8 @@ def restyle(
     shell_alpha: float | None = None,
     point_cap: int | None = None,
 ) -> None:
-    """Apply a look to an existing Gaussian object (its stored opacities give the new extents)."""
+    """Apply a look to an existing Gaussian object (its stored opacities give the new extents; a
+    Gaussian left out before stays out until the next update or import)."""
     pref_look, pref_alpha = current_look()
     look = look or pref_look
     shell_alpha = pref_alpha if shell_alpha is None else shell_alpha

@@ -23,17 +23,17 @@ SPLAT_ALPHA = 1.0 / 255.0
 """The reference 3DGS rasteriser's and gsplat's cut-off: alpha below 1/255 is not drawn."""
 MAX_SIGMAS = 3.0
 """Largest extent in standard deviations (the reference rasteriser's 3-sigma radius)."""
-SHELL_ALPHA = 0.1
-"""Opaque-shell threshold: ``bench/preview_fidelity.py`` scored 0.05-0.2 best in Workbench on
-the demo's Gaussians (see the README table); 0.1 is the middle of that plateau."""
+SHELL_ALPHA = 0.02
+"""Shell threshold of every look, measured with ``bench/preview_fidelity.py`` on the demo's 16,111
+Gaussians (PSNR against ``render()``, Workbench Flat | Cycles splats): 1/255 18.5 | 22.5, 0.02
+25.4 | 21.9, 0.05 25.5 | 20.4, 0.1 23.5 | 19.9 dB; 0.02 is near the best of both."""
 LEVELS = 6
 """Grid levels per sRGB channel for the Solid-mode palette (6**3 = 216 materials)."""
 
 LOOKS = ("POINTS", "ELLIPSOIDS", "SPLATS")
 DEFAULT_LOOK = "SPLATS"
 LOOK_ALPHA = {"POINTS": SHELL_ALPHA, "ELLIPSOIDS": SHELL_ALPHA, "SPLATS": SHELL_ALPHA}
-"""Extent threshold of each look (all use the shell threshold: Solid mode draws the shell, and the
-splat shading inside it is measured against the project's renderer in the fidelity bench)."""
+"""Extent threshold of each look: all draw the same shell (Solid mode shows it in every look)."""
 
 
 def extents(opacities, alpha_min: float = SHELL_ALPHA, max_sigmas: float = MAX_SIGMAS):

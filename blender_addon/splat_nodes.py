@@ -1,11 +1,12 @@
 """The node trees behind the Gaussian objects: the geometry-nodes group that instances them, the
 splat shader, and the palette that colours them in Solid mode.
 
-Geometry nodes (``GROUP_NAME``): every point with ``extent > 0`` gets an instance of a unit ico
-sphere scaled by ``scale * extent`` (standard deviations times the visible extent, see
-``splat_look.extents``) and rotated by ``rot``. The instance is picked from the palette object
-(``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per material) by the point's ``cell``, so
-Workbench, which shows one colour per material, draws each Gaussian in its palette cell's colour.
+Geometry nodes (``GROUP_NAME``): every point (the mesh holds only the visible Gaussians) gets an
+instance of a unit ico sphere scaled by ``scale * extent`` (standard deviations times the visible
+extent, see ``splat_look.extents``) and rotated by ``rot``. The instance is picked by the point's
+``cell`` from the palette object (``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per
+material, which its own modifier splits into an instance each), so Workbench, which shows one
+colour per material, draws each Gaussian in its palette cell's colour.
 ``color``, ``opacity``, ``extent`` and ``falloff`` are stored on the instances for the shader.
 
 Shader (``SHADER_NAME``, used by every palette material): unlit colour (emission for camera rays,
@@ -30,6 +31,7 @@ GROUP_NAME = "StableDreamer Gaussians"
 SHADER_NAME = ".StableDreamer Splat Shader"
 PALETTE_OBJECT = ".StableDreamer Palette"
 PALETTE_MATERIAL = ".StableDreamer Palette {:03d}"
+PALETTE_SPLIT = ".StableDreamer Palette Split"
 POINTS_MATERIAL_NAME = "StableDreamer Splat Points"
 ICO_SUBDIVISIONS = 1
 """20-face ico spheres: Workbench draws 100k of them interactively; the splat shader hides the
@@ -157,11 +159,34 @@ def _palette_material(i: int, rgb) -> bpy.types.Material:
     return mat
 
 
+def _split_group() -> bpy.types.NodeTree:
+    """The palette object's own modifier: one instance per material (Split to Instances by
+    material index). Evaluated once and cached by the depsgraph, not on every preview update."""
+    group = bpy.data.node_groups.get(PALETTE_SPLIT)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(PALETTE_SPLIT, "GeometryNodeTree")
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    gin, gout = group.nodes.new("NodeGroupInput"), group.nodes.new("NodeGroupOutput")
+    split = group.nodes.new("GeometryNodeSplitToInstances")
+    split.domain = "FACE"
+    group.links.new(gin.outputs[0], split.inputs["Geometry"])
+    index = group.nodes.new("GeometryNodeInputMaterialIndex")
+    group.links.new(index.outputs[0], split.inputs["Group ID"])
+    group.links.new(split.outputs["Instances"], gout.inputs[0])
+    gout.location = (400, 0)
+    return group
+
+
 def palette_object(levels: int = splat_look.LEVELS) -> bpy.types.Object:
-    """``levels**3`` unit ico spheres at the origin, sphere i with palette material i (the object
-    lives in no scene: the geometry nodes read it through Object Info)."""
+    """``levels**3`` unit ico spheres at the origin, sphere i with palette material i, split into
+    one instance each by its modifier (the object lives in no scene: the geometry nodes read it
+    through Object Info)."""
     obj = bpy.data.objects.get(PALETTE_OBJECT)
     if obj is not None and obj.type == "MESH" and len(obj.data.materials) == levels**3:
+        if not obj.modifiers:
+            obj.modifiers.new("Split", "NODES").node_group = _split_group()
         return obj
     centres = splat_look.cell_centres(levels)
     bm = bmesh.new()
@@ -188,22 +213,30 @@ def palette_object(levels: int = splat_look.LEVELS) -> bpy.types.Object:
         obj = bpy.data.objects.new(PALETTE_OBJECT, mesh)
     else:
         obj.data = mesh
+    if not obj.modifiers:
+        obj.modifiers.new("Split", "NODES").node_group = _split_group()
     return obj
 
 
+_shown: dict[int, np.ndarray] = {}
+"""The palette colours last written, by palette mesh (reading 216 colours back costs more)."""
+
+
 def set_palette_colors(rgb_by_cell, changed_only: float = 1.0 / 512.0) -> int:
-    """Show each cell's colour (sRGB ``[levels**3, 3]``) in Solid mode; returns how many changed."""
+    """Show each cell's colour (sRGB ``[levels**3, 3]``) in Solid mode; returns how many changed
+    by more than ``changed_only`` (linear) and were written."""
+    mats = palette_object().data.materials
     lin = splat_look.srgb_to_linear(rgb_by_cell)
-    changed = 0
-    for i, c in enumerate(lin):
-        mat = bpy.data.materials.get(PALETTE_MATERIAL.format(i))
-        if mat is None:
-            continue
-        old = mat.diffuse_color
-        if max(abs(old[0] - c[0]), abs(old[1] - c[1]), abs(old[2] - c[2])) > changed_only:
-            mat.diffuse_color = (float(c[0]), float(c[1]), float(c[2]), 1.0)
-            changed += 1
-    return changed
+    key = mats.id_data.as_pointer()
+    last = _shown.get(key)
+    if last is None or last.shape != lin.shape:
+        last = np.array([m.diffuse_color[:3] for m in mats], dtype=np.float32)
+    changed = np.flatnonzero(np.abs(lin - last).max(axis=1) > changed_only)
+    for i in changed:
+        mats[int(i)].diffuse_color = (float(lin[i, 0]), float(lin[i, 1]), float(lin[i, 2]), 1.0)
+    last[changed] = lin[changed]
+    _shown[key] = last
+    return len(changed)
 
 
 # --------------------------------------------------------------------------- geometry nodes
@@ -267,22 +300,13 @@ def gaussian_group() -> bpy.types.NodeTree:
     factor = _math(nt, "MULTIPLY", extent, gin.outputs["Extent Scale"])
     sized = _vmath(nt, "SCALE", _named(nt, "scale", "FLOAT_VECTOR"), (0, 0, 0))
     link(factor, sized.inputs["Scale"])
-    visible = nt.nodes.new("FunctionNodeCompare")
-    visible.data_type, visible.operation = "FLOAT", "GREATER_THAN"
-    link(extent, visible.inputs["A"])
-    visible.inputs["B"].default_value = 0.0
 
-    # the palette: one instance per material, picked by the point's cell
+    # the palette (one instance per material), picked by the point's cell
     info = nt.nodes.new("GeometryNodeObjectInfo")
     link(gin.outputs["Palette"], info.inputs["Object"])
-    split = nt.nodes.new("GeometryNodeSplitToInstances")
-    split.domain = "FACE"
-    link(info.outputs["Geometry"], split.inputs["Geometry"])
-    link(nt.nodes.new("GeometryNodeInputMaterialIndex").outputs[0], split.inputs["Group ID"])
     inst = nt.nodes.new("GeometryNodeInstanceOnPoints")
     link(gin.outputs[0], inst.inputs["Points"])
-    link(visible.outputs["Result"], inst.inputs["Selection"])
-    link(split.outputs["Instances"], inst.inputs["Instance"])
+    link(info.outputs["Geometry"], inst.inputs["Instance"])
     inst.inputs["Pick Instance"].default_value = True
     link(_named(nt, "cell", "INT"), inst.inputs["Instance Index"])
     link(_named(nt, "rot", "QUATERNION"), inst.inputs["Rotation"])
@@ -298,7 +322,6 @@ def gaussian_group() -> bpy.types.NodeTree:
     to_points = nt.nodes.new("GeometryNodeMeshToPoints")
     to_points.mode = "VERTICES"
     link(gin.outputs[0], to_points.inputs["Mesh"])
-    link(visible.outputs["Result"], to_points.inputs["Selection"])
     link(mean.outputs["Value"], to_points.inputs["Radius"])
     pts_mat = nt.nodes.new("GeometryNodeSetMaterial")
     pts_mat.inputs["Material"].default_value = _points_material()
@@ -315,6 +338,14 @@ def gaussian_group() -> bpy.types.NodeTree:
     return group
 
 
+_socket_ids: dict[tuple[int, str], str] = {}
+
+
 def socket_id(group: bpy.types.NodeTree, name: str) -> str:
-    """The modifier key of a group input (``Socket_N`` in Blender 4.x/5.x)."""
-    return group.interface.items_tree[name].identifier
+    """The modifier key of a group input (``Socket_N`` in Blender 4.x/5.x), cached: the lookup
+    by name costs more than the rest of a small update."""
+    key = (group.as_pointer(), name)
+    ident = _socket_ids.get(key)
+    if ident is None:
+        ident = _socket_ids[key] = group.interface.items_tree[name].identifier
+    return ident

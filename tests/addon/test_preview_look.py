@@ -73,7 +73,7 @@ def state(obj):
     }
 
 g = P.demo_gaussians(400, seed=1)
-g["opacities"][:100] = 0.05  # below the default shell opacity (0.1): left out
+g["opacities"][:100] = 0.01  # below the default shell opacity (0.02): left out
 g["rgb"][100:] = (0.9, 0.1, 0.1)
 obj = P.update_preview(**g)
 out["default"] = state(obj)
@@ -81,8 +81,10 @@ out["look_default"] = prefs.preview_look
 cell = int(mod.splat_look.cells(g["rgb"][100:101])[0])
 mat = bpy.data.materials[mod.splat_nodes.PALETTE_MATERIAL.format(cell)]
 out["cell_color"] = list(mat.diffuse_color)
-prefs.shell_alpha = 0.01  # the update callback restyles the objects in the file
+prefs.shell_alpha = 0.005  # the update callback restyles the objects in the file
 out["low_shell"] = state(obj)
+obj = P.update_preview(**g)  # the next update draws the ones left out before
+out["low_shell_next"] = state(obj)
 prefs.preview_look = "POINTS"
 out["points"] = state(obj)
 prefs.preview_look = "ELLIPSOIDS"
@@ -150,7 +152,8 @@ def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
     assert {"color", "opacity", "extent", "falloff"} <= set(d["attrs"])
     red = SL.srgb_to_linear([0.9, 0.1, 0.1])
     np.testing.assert_allclose(r["cell_color"][:3], red, atol=1e-4)  # the cell's mean colour
-    assert r["low_shell"]["instances"] == 400  # opacity 0.05 now clears the threshold
+    assert r["low_shell"]["instances"] == 300  # restyled: the same Gaussians, larger
+    assert r["low_shell_next"]["instances"] == 400  # opacity 0.01 now clears the threshold
     assert r["points"]["points"] == 400 and r["points"]["instances"] == 0
     assert r["ellipsoids"]["instances"] == 400 and r["ellipsoids"]["splat"] is False
     assert r["import_sh3"] == ["FINISHED"] and r["sh3_n"] == 50
