@@ -17,6 +17,8 @@ each cell's material shows the mean colour of the Gaussians in it (``cell_colors
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SPLAT_ALPHA = 1.0 / 255.0
@@ -48,24 +50,38 @@ def extents(opacities, alpha_min: float = SHELL_ALPHA, max_sigmas: float = MAX_S
 
 def cells(rgb, levels: int = LEVELS) -> np.ndarray:
     """Palette cell of each sRGB colour: the nearest grid level per channel (int32)."""
-    c = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0)
-    q = np.rint(c * (levels - 1)).astype(np.int32)
-    return (q[:, 0] * levels + q[:, 1]) * levels + q[:, 2]
+    q = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0) * np.float32(levels - 1)
+    q += np.float32(0.5)
+    return q.astype(np.int32) @ np.array([levels * levels, levels, 1], dtype=np.int32)
 
 
-def cell_centres(levels: int = LEVELS) -> np.ndarray:
-    """The grid colour of every cell (sRGB, ``[levels**3, 3]``), in ``cells`` order."""
+@functools.lru_cache(maxsize=4)
+def _grid(levels: int) -> np.ndarray:
     g = np.arange(levels, dtype=np.float32) / (levels - 1)
     r, gg, b = np.meshgrid(g, g, g, indexing="ij")
     return np.stack([r.ravel(), gg.ravel(), b.ravel()], axis=1)
 
 
-def cell_colors(rgb, index, levels: int = LEVELS) -> np.ndarray:
+def cell_centres(levels: int = LEVELS) -> np.ndarray:
+    """The grid colour of every cell (sRGB, ``[levels**3, 3]``), in ``cells`` order."""
+    return _grid(levels).copy()
+
+
+MEAN_SAMPLE = 20_000
+"""Cell colours are averaged over at most this many Gaussians (an even stride through them): the
+mean of a cell that narrow barely changes, and the whole 100k costs more than the rest of Python's
+share of an update."""
+
+
+def cell_colors(rgb, index, levels: int = LEVELS, sample: int = MEAN_SAMPLE) -> np.ndarray:
     """Mean sRGB colour of the Gaussians in each cell (the grid colour where a cell is empty)."""
-    rgb = np.asarray(rgb, dtype=np.float64)
+    rgb = np.asarray(rgb, dtype=np.float32)
+    index = np.asarray(index)
+    step = max(1, -(-len(index) // sample))
+    rgb, index = rgb[::step], index[::step]
     n = levels**3
     count = np.bincount(index, minlength=n)
-    out = cell_centres(levels).astype(np.float64)
+    out = cell_centres(levels)
     used = count > 0
     for c in range(3):
         s = np.bincount(index, weights=rgb[:, c], minlength=n)

@@ -7,7 +7,8 @@ extent, see ``splat_look.extents``) and rotated by ``rot``. The instance is pick
 ``cell`` from the palette object (``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per
 material, which its own modifier splits into an instance each), so Workbench, which shows one
 colour per material, draws each Gaussian in its palette cell's colour.
-``color``, ``opacity``, ``extent`` and ``falloff`` are stored on the instances for the shader.
+The shader reads ``color`` and ``opacity`` (carried over from the points), ``extent`` (times the
+group's Extent Scale) and ``falloff`` (stored) on the instances.
 
 Shader (``SHADER_NAME``, used by every palette material): unlit colour (emission for camera rays,
 diffuse for the rest of the scene) with alpha ``opacity * exp(-r**2 / 2)``, where ``r`` is the
@@ -222,9 +223,10 @@ _shown: dict[int, np.ndarray] = {}
 """The palette colours last written, by palette mesh (reading 216 colours back costs more)."""
 
 
-def set_palette_colors(rgb_by_cell, changed_only: float = 1.0 / 512.0) -> int:
+def set_palette_colors(rgb_by_cell, changed_only: float = 1.0 / 128.0) -> int:
     """Show each cell's colour (sRGB ``[levels**3, 3]``) in Solid mode; returns how many changed
-    by more than ``changed_only`` (linear) and were written."""
+    by more than ``changed_only`` (linear; 1/128 is under 2/255 in sRGB from mid-grey up) and were
+    written (each write costs a material update)."""
     mats = palette_object().data.materials
     lin = splat_look.srgb_to_linear(rgb_by_cell)
     key = mats.id_data.as_pointer()
@@ -311,9 +313,7 @@ def gaussian_group() -> bpy.types.NodeTree:
     link(_named(nt, "cell", "INT"), inst.inputs["Instance Index"])
     link(_named(nt, "rot", "QUATERNION"), inst.inputs["Rotation"])
     link(sized.outputs[0], inst.inputs["Scale"])
-    geo = inst.outputs["Instances"]
-    geo = _store(nt, geo, "color", "FLOAT_COLOR", _named(nt, "color", "FLOAT_COLOR"))
-    geo = _store(nt, geo, "opacity", "FLOAT", _named(nt, "opacity", "FLOAT"))
+    geo = inst.outputs["Instances"]  # the point attributes (color, opacity) carry over
     geo = _store(nt, geo, "extent", "FLOAT", factor)
     geo = _store(nt, geo, "falloff", "FLOAT", gin.outputs["Splat Shading"])
 
