@@ -52,37 +52,42 @@ MASK_ALPHA = 0.5
 """A pixel is object where it is more object than background in either picture."""
 
 
-def synthetic_gaussians(seed: int = 0, surface: int = 1500, haze: int = 500) -> dict:
-    """A small made-up result (raw parameters): opaque Gaussians on a two-coloured sphere and a
-    blue box, and faint wide ones around them, as optimised results have (half of the demo's
-    16k Gaussians have opacity below 0.19)."""
+def synthetic_gaussians(seed: int = 0, surface: int = 2400, faint: int = 1000, floaters: int = 200):
+    """A small made-up result (raw parameters) with the statistics of the demo's: Gaussians of
+    about 2 % of the object's size on a two-coloured sphere and a blue box, most of opacity
+    0.15-0.5 (they reach full cover only together), faint ones (0.01-0.2) just off the surface and
+    faint floaters around it; a quarter of the demo's Gaussians have opacity below 0.025."""
     g = torch.Generator().manual_seed(seed)
 
     def u(n, lo, hi, d=1):
         return lo + (hi - lo) * torch.rand(n, d, generator=g)
 
-    d = torch.nn.functional.normalize(torch.randn(surface, 3, generator=g), dim=1)
-    on_box = torch.arange(surface) % 3 == 0
-    sphere = d * 0.42 + torch.tensor([0.0, 0.0, 0.25])
-    box = (torch.rand(surface, 3, generator=g) - 0.5) * torch.tensor([0.7, 0.5, 0.35])
-    side = torch.randint(0, 3, (surface,), generator=g)  # push one coordinate onto a face
-    half = torch.tensor([0.35, 0.25, 0.175])
-    box[torch.arange(surface), side] = half[side] * torch.sign(box[torch.arange(surface), side])
-    box += torch.tensor([0.0, 0.0, -0.35])
-    means = torch.where(on_box[:, None], box, sphere)
-    rgb = torch.where(
-        on_box[:, None],
-        torch.tensor([0.15, 0.3, 0.85]),
-        torch.where(d[:, 2:] > 0, torch.tensor([0.95, 0.8, 0.1]), torch.tensor([0.85, 0.15, 0.1])),
-    )
-    scales = u(surface, 0.02, 0.04).expand(surface, 3).clone()
-    opac = u(surface, 0.6, 1.0)[:, 0]
-    hm = torch.randn(haze, 3, generator=g) * 0.3
-    means = torch.cat([means, hm])
-    rgb = torch.cat([rgb, u(haze, 0.3, 0.9, 3)])
-    scales = torch.cat([scales, u(haze, 0.04, 0.1, 3)])
-    opac = torch.cat([opac, u(haze, 0.01, 0.15)[:, 0]])
+    def on_object(n):
+        d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+        on_box = torch.arange(n) % 3 == 0
+        sphere = d * 0.42 + torch.tensor([0.0, 0.0, 0.25])
+        box = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([0.7, 0.5, 0.35])
+        side = torch.randint(0, 3, (n,), generator=g)  # push one coordinate onto a face
+        half = torch.tensor([0.35, 0.25, 0.175])
+        rows = torch.arange(n)
+        box[rows, side] = half[side] * torch.sign(box[rows, side])
+        box += torch.tensor([0.0, 0.0, -0.35])
+        top = torch.where(
+            d[:, 2:] > 0, torch.tensor([0.95, 0.8, 0.1]), torch.tensor([0.85, 0.15, 0.1])
+        )
+        rgb = torch.where(on_box[:, None], torch.tensor([0.15, 0.3, 0.85]), top)
+        return torch.where(on_box[:, None], box, sphere), rgb
+
+    m1, c1 = on_object(surface)
+    m2, c2 = on_object(faint)
+    m2 = m2 + torch.randn(faint, 3, generator=g) * 0.02
+    m3 = torch.randn(floaters, 3, generator=g) * 0.35
+    means = torch.cat([m1, m2, m3])
+    rgb = torch.cat([c1, (c2 + torch.randn(faint, 3, generator=g) * 0.05).clamp(0, 1),
+                     u(floaters, 0.2, 0.9, 3)])  # fmt: skip
+    opac = torch.cat([u(surface, 0.15, 0.5), u(faint, 0.01, 0.2), u(floaters, 0.01, 0.1)])[:, 0]
     n = len(means)
+    scales = u(n, 0.012, 0.028, 3)
     return {
         "means": means,
         "scales": scales.log(),
