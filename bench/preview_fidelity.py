@@ -143,10 +143,18 @@ def over_background(rgba: np.ndarray):
     return rgba[..., :3] * a[..., None] + BACKGROUND * (1 - a[..., None]), a
 
 
-def save_strip(path: Path, rows: list[np.ndarray]) -> None:
-    """Rows of pictures (each [C, H, W, 3]) as one PNG: a row per look, a column per camera."""
+def save_strip(path: Path, rows: list[np.ndarray], labels: list[str] | None = None) -> None:
+    """Rows of pictures (each [C, H, W, 3]) as one PNG: a row per look, a column per camera,
+    each row's label written in its top-left corner."""
+    from PIL import ImageDraw
+
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, optimize=True)
+    img = Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))
+    if labels:
+        draw, h = ImageDraw.Draw(img), rows[0].shape[1]
+        for i, text in enumerate(labels):
+            draw.text((4, i * h + 3), text, fill=(255, 255, 255))
+    img.save(path, optimize=True)
 
 
 def main() -> None:
@@ -201,7 +209,7 @@ def main() -> None:
         npz = tmp / f"{name}.npz"
         np.savez(npz, **act)
         cams, ref_rgb, ref_alpha = reference(raw, args.size)
-        rows = [ref_rgb]
+        rows, labels = [ref_rgb], ["render() (the project's renderer)"]
         for look, addon, tag in candidates:
             t = time.perf_counter()
             got = blender_pictures(addon, npz, cams, args, look, tmp, f"{name}_{tag}")
@@ -214,11 +222,12 @@ def main() -> None:
                 ]
                 scores.append(float(np.nanmean(ps)))
                 rows.append(rgb)
+                labels.append(f"{tag}: {mode}")
                 save_strip(args.out / f"{name}_{tag}_{mode}.png", [ref_rgb, rgb])
             cells = " | ".join(f"{s:.1f}" for s in scores)
             lines.append(f"| {name} | {len(act['means']):,} | {tag} | {cells} |")
             print(lines[-1], f"({time.perf_counter() - t:.0f} s, render s {got['seconds']})")
-        save_strip(args.out / f"{name}_all.png", rows)
+        save_strip(args.out / f"{name}_all.png", rows, labels)
     table = "\n".join(lines) + "\n"
     (args.out / "table.md").write_text(table)
     print(table)
