@@ -92,6 +92,7 @@ def main() -> None:
     scene.view_settings.view_transform = "Standard"  # the reference picture is plain sRGB
     scene.view_settings.look = "None"
 
+    blender_camera(scene, job["viewmats"][0], job["fov_y_deg"][0])  # a scene with its camera
     g = dict(np.load(job["gaussians"]))
     kw = {}
     params = inspect.signature(preview.update_preview).parameters

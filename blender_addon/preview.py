@@ -189,6 +189,7 @@ def update_preview(
 
     mod = _modifier(obj)
     splat_nodes.set_palette_colors(splat_look.cell_colors(rgb, cell))
+    splat_nodes.set_pixel_angle(bpy.context.scene)
     _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
     if size is not None:
         _set_input(mod, "Extent Scale", float(size))
@@ -230,6 +231,7 @@ def restyle(
     mesh.attributes["extent"].data.foreach_set("value", splat_look.extents(opacity, shell_alpha))
     mesh.update()
     _apply_look(_modifier(obj), look, points_only=n > point_cap or look == "POINTS")
+    splat_nodes.set_pixel_angle(bpy.context.scene)
     obj.update_tag()
 
 
