@@ -86,5 +86,5 @@ def import_gaussians(
 ) -> bpy.types.Object:
     g = read(path)
     obj = preview.new_gaussian_object(name or Path(path).stem, collection)
-    preview.update_preview(**g, point_cap=point_cap, obj=obj)
+    preview.update_preview(**g, point_cap=point_cap, keep_all=True, obj=obj)
     return obj

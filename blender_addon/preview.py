@@ -128,6 +128,7 @@ def update_preview(
     look: str | None = None,
     shell_alpha: float | None = None,
     size: float | None = None,
+    keep_all: bool = False,
     obj: bpy.types.Object | None = None,
 ) -> bpy.types.Object:
     """Write N Gaussians into the preview object (created if needed) and return it.
@@ -136,8 +137,9 @@ def update_preview(
     ``quats [N,4]`` (w, x, y, z), ``rgb [N,3]`` (sRGB in [0, 1]), ``opacities [N]`` in [0, 1].
     ``look`` is one of ``splat_look.LOOKS`` and ``shell_alpha`` the alpha at which each Gaussian's
     shell ends (both default to the add-on preferences); Gaussians fainter than that everywhere are
-    left out of the mesh. ``size`` scales every extent. More than ``point_cap`` Gaussians switch
-    the modifier to plain points.
+    left out of the mesh, or with ``keep_all`` kept there and not drawn (an imported file stays
+    whole, so a lower Shell Opacity can show them). ``size`` scales every extent. More than
+    ``point_cap`` Gaussians switch the modifier to plain points.
     """
     means = np.asarray(means, dtype=np.float32)
     if means.ndim != 2 or means.shape[1] != 3:
@@ -157,10 +159,11 @@ def update_preview(
         raise ValueError(f"look must be one of {', '.join(splat_look.LOOKS)}, got {look!r}")
     extent = splat_look.extents(opacities, shell_alpha)
     shown = extent > 0
-    if not shown.all():  # leave out the Gaussians that are fainter than the shell everywhere
+    if not keep_all and not shown.all():  # leave out those fainter than the shell everywhere
         means, scales, quats, rgb = means[shown], scales[shown], quats[shown], rgb[shown]
         opacities, extent = opacities[shown], extent[shown]
         n = len(means)
+        shown = np.ones(n, dtype=bool)
     cell = splat_look.cells(rgb)
 
     obj = obj or preview_object()
@@ -188,9 +191,10 @@ def update_preview(
     mesh.update()
 
     mod = _modifier(obj)
-    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb, cell))
+    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb[shown], cell[shown]))
     splat_nodes.set_pixel_angle(bpy.context.scene)
     _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
+    _set_input(mod, "Keep All", bool(keep_all))
     if size is not None:
         _set_input(mod, "Extent Scale", float(size))
     obj.update_tag()

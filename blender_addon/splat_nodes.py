@@ -1,12 +1,13 @@
 """The node trees behind the Gaussian objects: the geometry-nodes group that instances them, the
 splat shader, and the palette that colours them in Solid mode.
 
-Geometry nodes (``GROUP_NAME``): every point (the mesh holds only the visible Gaussians) gets an
-instance of a unit ico sphere scaled by ``scale * extent`` (standard deviations times the visible
-extent, see ``splat_look.extents``) and rotated by ``rot``. The instance is picked by the point's
-``cell`` from the palette object (``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per
-material, which its own modifier splits into an instance each), so Workbench, which shows one
-colour per material, draws each Gaussian in its palette cell's colour.
+Geometry nodes (``GROUP_NAME``): every visible point (``extent > 0``; the live preview's mesh
+holds only those, an imported file's keeps all) gets an instance of a unit ico sphere scaled by
+``scale * extent`` (standard deviations times the visible extent, see ``splat_look.extents``) and
+rotated by ``rot``. The instance is picked by the point's ``cell`` from the palette object
+(``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per material, which its own modifier
+splits into an instance each), so Workbench, which shows one colour per material, draws each
+Gaussian in its palette cell's colour.
 The shader reads ``color`` and ``opacity`` (carried over from the points), ``extent`` (times the
 group's Extent Scale) and ``falloff`` (stored) on the instances.
 
@@ -342,6 +343,7 @@ def gaussian_group() -> bpy.types.NodeTree:
     size = iface.new_socket("Extent Scale", in_out="INPUT", socket_type="NodeSocketFloat")
     size.default_value, size.min_value = 1.0, 0.0
     iface.new_socket("Points Only", in_out="INPUT", socket_type="NodeSocketBool")
+    iface.new_socket("Keep All", in_out="INPUT", socket_type="NodeSocketBool")
     splat = iface.new_socket("Splat Shading", in_out="INPUT", socket_type="NodeSocketBool")
     splat.default_value = True
     iface.new_socket("Palette", in_out="INPUT", socket_type="NodeSocketObject")
@@ -360,7 +362,19 @@ def gaussian_group() -> bpy.types.NodeTree:
     # the palette (one instance per material), picked by the point's cell
     info = nt.nodes.new("GeometryNodeObjectInfo")
     link(gin.outputs["Palette"], info.inputs["Object"])
+    # objects that keep every Gaussian (imported files) draw those with extent > 0; the live
+    # preview leaves the others out of its mesh, and a constant selection costs nothing
+    visible = nt.nodes.new("FunctionNodeCompare")
+    visible.data_type, visible.operation = "FLOAT", "GREATER_THAN"
+    link(extent, visible.inputs["A"])
+    visible.inputs["B"].default_value = 0.0
+    selection = nt.nodes.new("GeometryNodeSwitch")
+    selection.input_type = "BOOLEAN"
+    link(gin.outputs["Keep All"], selection.inputs["Switch"])
+    selection.inputs["False"].default_value = True
+    link(visible.outputs["Result"], selection.inputs["True"])
     inst = nt.nodes.new("GeometryNodeInstanceOnPoints")
+    link(selection.outputs["Output"], inst.inputs["Selection"])
     link(gin.outputs[0], inst.inputs["Points"])
     link(info.outputs["Geometry"], inst.inputs["Instance"])
     inst.inputs["Pick Instance"].default_value = True
@@ -376,6 +390,7 @@ def gaussian_group() -> bpy.types.NodeTree:
     to_points = nt.nodes.new("GeometryNodeMeshToPoints")
     to_points.mode = "VERTICES"
     link(gin.outputs[0], to_points.inputs["Mesh"])
+    link(selection.outputs["Output"], to_points.inputs["Selection"])
     link(mean.outputs["Value"], to_points.inputs["Radius"])
     pts_mat = nt.nodes.new("GeometryNodeSetMaterial")
     pts_mat.inputs["Material"].default_value = _points_material()

@@ -98,6 +98,7 @@ names += ["rot_0", "rot_1", "rot_2", "rot_3"]
 rng = np.random.default_rng(0)
 rows = rng.normal(size=(n, len(names))) * 0.1
 rows[:, names.index("opacity")] = 3.0
+rows[:10, names.index("opacity")] = -8.0  # opacity 0.0003: kept in the object, not drawn
 rows[:, [names.index(f"scale_{i}") for i in range(3)]] = -3.0
 
 def write(path, names, rows, extra=""):
@@ -156,8 +157,8 @@ def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
     assert r["low_shell_next"]["instances"] == 400  # opacity 0.01 now clears the threshold
     assert r["points"]["points"] == 400 and r["points"]["instances"] == 0
     assert r["ellipsoids"]["instances"] == 400 and r["ellipsoids"]["splat"] is False
-    assert r["import_sh3"] == ["FINISHED"] and r["sh3_n"] == 50
-    assert r["sh3_state"]["instances"] == 50
+    assert r["import_sh3"] == ["FINISHED"] and r["sh3_n"] == 50  # the file stays whole
+    assert r["sh3_state"]["instances"] == 40
     assert "no spherical-harmonics degree" in r["errors"]["bad_sh"]
     assert "compressed" in r["errors"]["packed"]
     assert r["hidden_before"] is True and r["show_colors"] == ["FINISHED"]
