@@ -1,0 +1,70 @@
+"""A job record as the protocol's events show it: ``job_state``, ``result``, a ``jobs`` entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stabledreamer_protocol import JobInfo, JobState, Result, ResultFile
+
+from .jobs import JobRecord
+
+
+def job_state(rec: JobRecord, queue_position: int | None, re: str | None = None) -> JobState:
+    return JobState(
+        job=rec.job,
+        re=re,
+        state=rec.state,
+        stage=rec.stage,
+        step=rec.step,
+        total=rec.total,
+        queue_position=queue_position if rec.state == "queued" else None,
+        seed=rec.seed,
+        message=rec.message,
+    )
+
+
+def result(rec: JobRecord) -> Result:
+    r = rec.result or {}
+    return Result(
+        job=rec.job,
+        files=[ResultFile(**f) for f in r.get("files", [])],
+        chunk_size=r.get("chunk_size", 1 << 20),
+        metrics=r.get("metrics", {}),
+    )
+
+
+def job_info(rec: JobRecord) -> JobInfo:
+    what = rec.prompt if rec.kind == "generate" else f"[{rec.kind}] {rec.target_name}"
+    return JobInfo(
+        job=rec.job,
+        state=rec.state,
+        stage=rec.stage,
+        step=rec.step,
+        total=rec.total,
+        prompt=what[:2000],
+        created=rec.created,
+    )
+
+
+def json_safe(obj: Any) -> Any:
+    """Metrics as JSON can carry them: non-finite floats become null, numpy scalars plain."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """One line for the log: PSNR (when measured) and the Gaussian count."""
+    psnr = metrics.get("psnr_heldout")
+    text = f"{metrics.get('gaussians', '?')} Gaussians"
+    if isinstance(psnr, int | float):
+        text = f"PSNR {psnr:.2f} dB, " + text
+    return text
