@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path, write_json
+from .records import RecordError, parse_record
 
 log = logging.getLogger("stabledreamer.service")
 
@@ -77,11 +78,6 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 def job_dir_name(job: str) -> str:
     return f"j-{job}"
@@ -97,8 +93,10 @@ class JobStore:
         self._seq = 0
 
     def load(self) -> list[JobRecord]:
-        """Read every record; returns those that were running (now queued again)."""
+        """Read every record; returns those that were running (now queued again). A record that
+        cannot be used is set aside (``set_aside``) and never stops the others."""
         interrupted = []
+        bad: list[tuple[Path, str]] = []
         for folder in sorted(self.root.iterdir()):
             if not folder.is_dir() or not folder.name.startswith("j-"):
                 continue
@@ -108,12 +106,10 @@ class JobStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:
-                rec = JobRecord.from_dict(json.loads(path.read_text()))
-            except (ValueError, TypeError, OSError) as e:
-                log.warning("skipping %s: unreadable job record (%s)", path, e)
-                continue
-            if job_dir_name(rec.job) != folder.name:
-                log.warning("skipping %s: record names job %r", path, rec.job)
+                data = json.loads(path.read_bytes())
+                rec = parse_record(data, folder.name[2:])
+            except (ValueError, RecordError, OSError, RecursionError) as e:
+                bad.append((folder, str(e)[:500]))
                 continue
             if rec.state == "running":
                 rec.state = "queued"
@@ -122,8 +118,41 @@ class JobStore:
                 self.save(rec)
             self.records[rec.job] = rec
             self._seq = max(self._seq, rec.seq)
+        for folder, why in bad:  # after the good ones, so their seq numbers are known
+            self.set_aside(folder, why)
         self.records = dict(sorted(self.records.items(), key=lambda kv: kv[1].seq))
         return interrupted
+
+    def set_aside(self, folder: Path, why: str) -> None:
+        """Keep a bad record as ``job.json.bad`` for whoever wants to look, and list the job as
+        failed with the reason (when its folder names a usable job id)."""
+        path = folder / RECORD
+        aside = folder / f"{RECORD}.bad"
+        log.warning("job record %s is unusable (%s); set aside as %s", path, why, aside.name)
+        try:
+            os.replace(path, aside)
+        except OSError as e:
+            log.warning("could not rename %s (%s); ignoring the job", path, e)
+            return
+        job = folder.name[2:]
+        rec = JobRecord(
+            job=job,
+            seq=self.next_seq(),
+            digest="",
+            kind="reconstruct",
+            preset="",
+            seed=0,
+            target_name="(unreadable job record)",
+            state="failed",
+            error_code="job_failed",
+            message=f"this job's record was unreadable and was set aside as {aside}: {why}",
+        )
+        try:
+            rec = parse_record(rec.to_dict(), job)  # the folder name may not be a job id
+        except RecordError:
+            return
+        self.save(rec)
+        self.records[job] = rec
 
     def next_seq(self) -> int:
         self._seq += 1
