@@ -315,6 +315,15 @@ def _add_service_parsers(sub) -> None:
     srv.add_argument(
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
+    keep = srv.add_argument_group("retention (finished jobs deleted; running ones never)")
+    keep.add_argument("--keep-jobs", type=int, help="finished jobs kept (default 1000)")
+    keep.add_argument("--keep-days", type=float, help="days a finished job is kept (default 30)")
+    keep.add_argument("--keep-gb", type=float, help="GiB the finished jobs may use (default 50)")
+    keep.add_argument(
+        "--keep-unfetched-days",
+        type=float,
+        help="days a result no client fetched is kept, whatever the limits (default 90)",
+    )
     srv.add_argument(
         "--preview-points",
         type=int,
@@ -358,6 +367,15 @@ def cmd_serve(args) -> int:
         raise ValueError(f"--preview-points must be in [0, {limits.max_preview_points}]")
     models = [f"if:{args.if_model}"] if args.if_model else []
     models += [f"sd:{args.sd_model}"] if args.sd_model else []
+    from .server.retention import RetentionPolicy
+
+    keep = {
+        "keep_jobs": args.keep_jobs,
+        "keep_days": args.keep_days,
+        "keep_bytes": None if args.keep_gb is None else int(args.keep_gb * 2**30),
+        "unfetched_days": args.keep_unfetched_days,
+    }
+    retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
     cfg = ServiceConfig(
         bind=args.bind,
         state=Path(args.state),
@@ -366,6 +384,7 @@ def cmd_serve(args) -> int:
         limits=limits,
         preview_points=args.preview_points,
         models=models,
+        retention=retention,
     )
     import zmq
 

@@ -74,6 +74,8 @@ class JobRecord:
     """How many times a worker started (or resumed) this job."""
     crashes: int = 0
     """How many times its worker process died without reporting (each time it resumes)."""
+    fetched: bool = False
+    """A client fetched a chunk of its result (the retention policy spares unfetched results)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +93,7 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, JobRecord] = {}
         self._seq = 0
+        self._sizes: dict[str, int] = {}
 
     def load(self) -> list[JobRecord]:
         """Read every record; returns those that were running (now queued again). A record that
@@ -185,7 +188,21 @@ class JobStore:
 
     def delete(self, job: str) -> None:
         self.records.pop(job, None)
+        self._sizes.pop(job, None)
         self.remove_files(job)
+
+    def size(self, job: str) -> int:
+        """Bytes the job's folder holds (measured once: asked only of finished jobs)."""
+        if job not in self._sizes:
+            total = 0
+            for path in self.dir(job).rglob("*"):
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        total += path.stat().st_size
+                except OSError:
+                    pass
+            self._sizes[job] = total
+        return self._sizes[job]
 
     def remove_files(self, job: str) -> None:
         folder = self.dir(job)

@@ -56,6 +56,7 @@ from .delivery import Delivery, Peer, PeerGone
 from .jobs import DEFAULT_PRESET, JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .pool import Exited, WorkerHandle, WorkerPool
+from .retention import FINISHED, RetentionPolicy, expired
 from .submit import SubmitCheck
 from .worker import worker_main
 
@@ -65,6 +66,8 @@ wlog = logging.getLogger("stabledreamer.worker")
 MAX_CRASHES = 2
 """A job whose worker process dies (not a reported failure) is resumed this many times."""
 ACTIVE = ("queued", "running")
+RETENTION_INTERVAL_S = 60.0
+"""How often the retention policy runs (and once at start)."""
 
 
 @dataclass
@@ -85,6 +88,8 @@ class ServiceConfig:
     """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
     prewarm: bool = True
     """Keep one idle worker with torch imported, so a job starts at once."""
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    """Which finished jobs are deleted (``retention.py``)."""
 
 
 class Service:
@@ -100,6 +105,7 @@ class Service:
         self.pending_delete: set[str] = set()
         self.logbuffer = LogBuffer()
         self._last_housekeeping = 0.0
+        self._last_retention = -RETENTION_INTERVAL_S
         self._progress_dirty: set[str] = set()
         self.bad_messages = 0
         self._bad_logged = 0
@@ -390,7 +396,7 @@ class Service:
             Submit: self._on_submit,
             Cancel: self._on_cancel,
             Status: self._on_status,
-            ListJobs: lambda p, m: self.delivery.reply(p, self._jobs(m.id)),
+            ListJobs: lambda p, m: self.delivery.reply(p, self._jobs(m.id, m.offset, m.limit)),
             Attach: self._on_attach,
             Detach: self._on_detach,
             PreviewAck: lambda p, m: self.delivery.ack(p, m.job),
@@ -510,6 +516,9 @@ class Service:
                 f"{msg.file} has {info.chunks(cs)} chunks; there is no chunk {msg.index}",
             )
         offset = msg.index * cs
+        if not rec.fetched:  # the retention policy may now treat it like any finished job
+            rec.fetched = True
+            self.store.save(rec)
         with open(self.store.run_dir(rec.job) / info.name, "rb") as f:
             f.seek(offset)
             data = f.read(min(cs, info.size - offset))
@@ -545,11 +554,21 @@ class Service:
         lines, cursor = self.logbuffer.since(msg.since, msg.max_lines, msg.job, budget)
         self.delivery.reply(peer, Logs(re=msg.id, job=msg.job, lines=lines, cursor=cursor))
 
-    def _jobs(self, re: str | None) -> Jobs:
-        recs = list(self.store.records.values())[-self.limits.max_jobs_listed :]
-        return Jobs(re=re, jobs=[views.job_info(r) for r in recs])
+    def _jobs(self, re: str | None, offset: int = 0, limit: int | None = None) -> Jobs:
+        recs = list(self.store.records.values())
+        return views.jobs_page(recs, offset, limit, self.limits, re)
 
     # --- housekeeping ---------------------------------------------------------------------------
+
+    def _apply_retention(self) -> None:
+        recs = list(self.store.records.values())
+        sizes = {r.job: self.store.size(r.job) for r in recs if r.state in FINISHED}
+        for job in expired(recs, sizes, time.time(), self.cfg.retention):
+            if self.pool.worker_of(job) is not None:
+                continue  # its worker is still winding down: next time
+            log.info("job %s deleted by the retention policy", job, extra={"job": job})
+            self.store.delete(job)
+            self.delivery.unfollow_all(job)
 
     def _housekeeping(self, now: float) -> None:
         if self.bad_messages != self._bad_logged:
@@ -560,6 +579,9 @@ class Service:
             if rec is not None:
                 self.store.save(rec)
         self._progress_dirty.clear()
+        if now - self._last_retention > RETENTION_INTERVAL_S:
+            self._last_retention = now
+            self._apply_retention()
         self.delivery.forget_idle(now, lambda j: (r := self.store.get(j)) and r.state in ACTIVE)
 
 

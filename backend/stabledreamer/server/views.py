@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
-from stabledreamer_protocol import JobInfo, JobState, Result, ResultFile
+from stabledreamer_protocol import JobInfo, Jobs, JobState, Limits, Result, ResultFile
 
 from .jobs import JobRecord
 
@@ -46,6 +47,37 @@ def job_info(rec: JobRecord) -> JobInfo:
         prompt=what[:2000],
         created=rec.created,
     )
+
+
+HEADER_MARGIN = 2048
+"""Header bytes a ``jobs`` page leaves for everything but its entries (the envelope is ~150)."""
+
+
+def jobs_page(
+    recs: list[JobRecord], offset: int, limit: int | None, limits: Limits, re: str | None = None
+) -> Jobs:
+    """One page of ``recs`` from ``offset``: at most ``limit`` (or ``max_jobs_listed``) entries,
+    and no more than fit the header limit, whatever the entries hold."""
+    most = min(limit or limits.max_jobs_listed, limits.max_jobs_listed)
+    budget = limits.max_header_bytes - HEADER_MARGIN
+    page: list[JobInfo] = []
+    size = 0
+    for rec in recs[offset : offset + most]:
+        info = job_info(rec)
+        while (n := _entry_bytes(info)) > budget and info.prompt:
+            info.prompt = info.prompt[: len(info.prompt) // 2]  # only under a tiny header limit
+        if page and size + n > budget:
+            break
+        page.append(info)
+        size += n
+    end = offset + len(page)
+    more = end < len(recs)
+    return Jobs(re=re, jobs=page, offset=offset, total=len(recs), next=end if more else None)
+
+
+def _entry_bytes(info: JobInfo) -> int:
+    text = json.dumps(info.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8", "replace")) + 1
 
 
 def json_safe(obj: Any) -> Any:
