@@ -50,6 +50,8 @@ def valid(field: str, value) -> bool:
         return type(value) in (int, float) and 0 <= value < float("inf")
     if base.startswith("dict"):
         return isinstance(value, dict) and field != "result"
+    if base == "bool":
+        return type(value) is bool
     raise AssertionError(declared)
 
 

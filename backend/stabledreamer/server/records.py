@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any
 
+from stabledreamer_protocol.codec import clean_text
 from stabledreamer_protocol.messages import ID_RE, STATES
 
 from ..errors import StableDreamerError
@@ -21,17 +22,11 @@ KINDS = ("reconstruct", "demo", "generate")
 MAX_INT64 = 2**63 - 1
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """A file inside the job folder (``target.ply``, ``init.npz``): no folders, no leading dot."""
-SURROGATE = re.compile("[\ud800-\udfff]")
 RESULT_FILE_KEYS = {"name", "size", "sha256", "media_type"}
 
 
 class RecordError(StableDreamerError):
     """A job record that cannot be used; the message names the field."""
-
-
-def clean_text(text: str) -> str:
-    """``text`` with anything UTF-8 cannot encode (lone surrogates) replaced by U+FFFD."""
-    return SURROGATE.sub("\ufffd", text)
 
 
 def parse_record(data: Any, folder_job: str | None = None):
