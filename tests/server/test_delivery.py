@@ -123,3 +123,30 @@ def test_idle_clients_are_forgotten_unless_they_follow_a_live_job(sock):
     assert set(d.peers) == {b"b"}
     d.unfollow_all("live")
     assert b.following == {}
+
+
+def test_outbox_is_bounded_in_bytes_and_other_clients_are_untouched(sock):
+    from stabledreamer.server.delivery import DROP_OUTBOX_BYTES, MAX_OUTBOX_BYTES
+    from stabledreamer_protocol import ResultChunk
+
+    d = Delivery(sock, DEFAULT_LIMITS, 100)
+    slow, ok = d.peer(b"slow"), d.peer(b"ok")
+    sock.full.add(b"slow")
+    data = np.zeros(1 << 20, np.uint8)
+    chunk = ResultChunk(job="j", file="a.ply", index=0, offset=0, sha256="0" * 64, data=data)
+    sent = 0
+    while d.room(slow, data.nbytes):
+        d.reply(slow, chunk)
+        sent += 1
+    assert 60 <= sent < 64  # 64 MiB of 1 MiB chunks and their headers
+    assert slow.outbox_bytes <= MAX_OUTBOX_BYTES
+    d.reply(ok, chunk)
+    assert sock.types(b"ok") == ["result_chunk"]
+    # Past the hard limit (only possible by ignoring room()), the client is dropped.
+    while b"slow" in d.peers:
+        d.reply(slow, chunk)
+    assert slow.outbox_bytes <= DROP_OUTBOX_BYTES + data.nbytes + 4096
+    assert b"ok" in d.peers
+    # Bytes are given back as messages leave.
+    d.reply(ok, Pong(re="x"))
+    assert ok.outbox_bytes == 0

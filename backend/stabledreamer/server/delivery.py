@@ -37,6 +37,16 @@ log = logging.getLogger("stabledreamer.service")
 
 MAX_OUTBOX = 20_000
 """Queued must-deliver messages per client before it is considered gone (it stopped reading)."""
+MAX_OUTBOX_BYTES = 64 * 2**20
+"""Bytes queued for one client beyond which large replies (result chunks) are refused with
+``busy``: the protocol's ``max_message_bytes``, so one largest message always fits. The
+reference client keeps 4 chunks of at most 4 MiB in flight, far below it."""
+DROP_OUTBOX_BYTES = 2 * MAX_OUTBOX_BYTES
+"""Bytes queued for one client beyond which it is considered gone (only small must-deliver
+messages can take it there, after large ones were refused)."""
+SOCKET_HWM = 16
+"""Messages libzmq may queue per client (``SNDHWM``), so its own queue is bounded too: 16
+chunks of at most 4 MiB; everything else waits in the byte-counted outbox."""
 CLIENT_IDLE_S = 600.0
 """A client that has sent nothing for this long and follows no queued or running job is
 forgotten (a new message from it starts afresh)."""
@@ -57,6 +67,7 @@ class Peer:
 
     identity: bytes
     outbox: deque = field(default_factory=deque)  # encoded frames, must be delivered in order
+    outbox_bytes: int = 0
     progress: dict[str, list] = field(default_factory=dict)  # job -> newest frames
     debug: dict[str, list] = field(default_factory=dict)
     previews: dict[str, list] = field(default_factory=dict)  # job -> newest waiting preview
@@ -154,14 +165,27 @@ class Delivery:
                 Error(re=msg.re, job=msg.job, code=ErrorCode.INTERNAL, message=str(e)[:4000])
             )
 
+    def room(self, peer: Peer, nbytes: int) -> bool:
+        """Whether ``nbytes`` more may be queued for ``peer`` (see ``MAX_OUTBOX_BYTES``)."""
+        return peer.outbox_bytes + nbytes <= MAX_OUTBOX_BYTES
+
+    def _queue(self, peer: Peer, frames: list) -> bool:
+        """Append to the outbox; False when that made the client one to drop (and dropped)."""
+        peer.outbox.append(frames)
+        peer.outbox_bytes += _size(frames)
+        if len(peer.outbox) > MAX_OUTBOX or peer.outbox_bytes > DROP_OUTBOX_BYTES:
+            log.warning(
+                "a client stopped reading (%d messages, %d bytes waiting); dropped",
+                len(peer.outbox),
+                peer.outbox_bytes,
+            )
+            self.forget(peer)
+            return False
+        return True
+
     def reply(self, peer: Peer, msg: Message) -> None:
         frames = self.encode(msg)
-        if frames is not None:
-            peer.outbox.append(frames)
-            if len(peer.outbox) > MAX_OUTBOX:
-                log.warning("a client stopped reading (%d messages waiting); dropped", MAX_OUTBOX)
-                self.forget(peer)
-                return
+        if frames is not None and self._queue(peer, frames):
             self.flush(peer)
 
     def broadcast(self, job: str, msg: Message, kind: str = "must") -> None:
@@ -178,8 +202,8 @@ class Delivery:
                 p.progress[job] = frames
             elif kind == "debug":
                 p.debug[job] = frames
-            else:
-                p.outbox.append(frames)
+            elif not self._queue(p, frames):
+                continue
             self.flush(p)
 
     def broadcast_preview(self, job: str, frame: PreviewFrame) -> None:
@@ -227,7 +251,7 @@ class Delivery:
         while peer.outbox:
             if not self._send(peer, peer.outbox[0]):
                 return
-            peer.outbox.popleft()
+            peer.outbox_bytes -= _size(peer.outbox.popleft())
         for store in (peer.progress, peer.debug):
             for job in list(store):
                 if not self._send(peer, store[job]):
@@ -240,3 +264,7 @@ class Delivery:
                 return
             del peer.previews[job]
             peer.credit[job] = peer.credit.get(job, PREVIEW_CREDIT) - 1
+
+
+def _size(frames: list) -> int:
+    return sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)

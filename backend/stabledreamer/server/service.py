@@ -52,7 +52,7 @@ from stabledreamer_protocol import (
 from .. import __version__
 from ..presets import PRESETS
 from . import pipe, views
-from .delivery import Delivery, Peer, PeerGone
+from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .jobs import DEFAULT_PRESET, JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .pool import Exited, WorkerHandle, WorkerPool
@@ -124,7 +124,7 @@ class Service:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
         sock.setsockopt(zmq.RCVHWM, 1000)
         try:
             if self.cfg.curve:
@@ -367,27 +367,30 @@ class Service:
                 )
             except zmq.Again:
                 return
-            peer = self.delivery.peer(identity)
-            if isinstance(msg, ProtocolError):
-                self.bad_messages += 1
-                log.debug("bad message: %s", msg)
-                self.delivery.reply(peer, Error.from_exception(msg))
-                continue
-            try:
-                self._dispatch(peer, msg)
-            except ProtocolError as e:
-                self.delivery.reply(peer, Error.from_exception(e, re=msg.id, job=msg.job))
-            except Exception as e:  # a bug must not take the service down
-                log.exception("internal error handling %s", msg.TYPE)
-                self.delivery.reply(
-                    peer,
-                    Error(
-                        re=msg.id,
-                        job=msg.job,
-                        code=ErrorCode.INTERNAL,
-                        message=f"{type(e).__name__}: {e}"[:4000],
-                    ),
-                )
+            self._read_one(self.delivery.peer(identity), msg)
+
+    def _read_one(self, peer: Peer, msg: Message | ProtocolError) -> None:
+        """Answer one message (or the decoder's refusal of one); never raises."""
+        if isinstance(msg, ProtocolError):
+            self.bad_messages += 1
+            log.debug("bad message: %s", msg)
+            self.delivery.reply(peer, Error.from_exception(msg))
+            return
+        try:
+            self._dispatch(peer, msg)
+        except ProtocolError as e:
+            self.delivery.reply(peer, Error.from_exception(e, re=msg.id, job=msg.job))
+        except Exception as e:  # a bug must not take the service down
+            log.exception("internal error handling %s", msg.TYPE)
+            self.delivery.reply(
+                peer,
+                Error(
+                    re=msg.id,
+                    job=msg.job,
+                    code=ErrorCode.INTERNAL,
+                    message=f"{type(e).__name__}: {e}"[:4000],
+                ),
+            )
 
     def _dispatch(self, peer: Peer, msg: Message) -> None:
         handler = {
@@ -516,6 +519,12 @@ class Service:
                 f"{msg.file} has {info.chunks(cs)} chunks; there is no chunk {msg.index}",
             )
         offset = msg.index * cs
+        if not self.delivery.room(peer, min(cs, info.size - offset)):
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"{peer.outbox_bytes} bytes are already waiting for this client; "
+                "read them before fetching more",
+            )
         if not rec.fetched:  # the retention policy may now treat it like any finished job
             rec.fetched = True
             self.store.save(rec)
