@@ -284,7 +284,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
     import torch
 
     from ..errors import StableDreamerError
-    from ..runs.checkpoint import checkpoint_path
+    from ..runs.checkpoint import has_checkpoint
     from ..runs.generate import run_generation
     from ..runs.reconstruct import run_reconstruction
     from ..runs.trainer import TrainingCancelled
@@ -293,7 +293,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
     run_dir = Path(spec.run_dir)
     reporter = Reporter(conn, spec)
     try:
-        resume = (run_dir / "config.json").is_file() and checkpoint_path(run_dir).is_file()
+        resume = (run_dir / "config.json").is_file() and has_checkpoint(run_dir)
         cfg = None
         if not resume:
             if run_dir.exists():  # killed before its first checkpoint: start again
