@@ -73,3 +73,18 @@ def test_queue_full(tmp_path):
     with pytest.raises(ProtocolError) as e:
         check(store, limits, job="j2", target_format="demo", preset="smoke")
     assert e.value.code == "queue_full"
+
+
+@pytest.mark.parametrize("preset", ["preview", "standard", "final"])
+def test_initial_points_beyond_what_the_job_holds_are_refused(tmp_path, preset):
+    from stabledreamer.presets import PRESETS
+
+    cap = max(s.strategy.max_gaussians for s in PRESETS[preset]().stages)
+    for n in (1, cap):
+        pts = np.zeros((n, 3), np.float32)
+        assert check(JobStore(tmp_path), prompt="x", preset=preset, init_points=pts).record
+    for n in (cap + 1, DEFAULT_LIMITS.max_init_points):
+        pts = np.zeros((n, 3), np.float32)
+        with pytest.raises(ProtocolError) as e:
+            check(JobStore(tmp_path), prompt="x", preset=preset, init_points=pts)
+        assert e.value.code == "too_many_points" and str(cap) in e.value.message

@@ -64,9 +64,11 @@ class SubmitCheck:
             init_file = INIT_FILE
             files[init_file] = init_npz(msg)
         try:  # validate preset and overrides now, so the submitter gets a clear reply
-            build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative)
+            cfg = build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative)
         except ConfigError as e:
             raise ProtocolError(e.code, str(e)) from None
+        if msg.init_points is not None:
+            check_init_points(len(msg.init_points), cfg)
         rec = JobRecord(
             job=msg.job,
             seq=self.store.next_seq(),
@@ -112,6 +114,18 @@ class SubmitCheck:
                 "init_points must be a non-empty array of finite coordinates",
                 "Sample points from a mesh with a surface, inside the unit ball.",
             )
+
+
+def check_init_points(n: int, cfg) -> None:
+    """A job starts with one Gaussian per initial point: no more than its stages may ever hold
+    (``strategy.max_gaussians``), which is what the preset sized its memory for."""
+    cap = max(stage.strategy.max_gaussians for stage in cfg.stages)
+    if n > cap:
+        raise ProtocolError(
+            ErrorCode.TOO_MANY_POINTS,
+            f"{n} initial points; a {cfg.preset} job holds at most {cap} Gaussians",
+            f"Send at most {cap} points (decimate the point cloud).",
+        )
 
 
 def target_npz(msg: Submit) -> bytes:
