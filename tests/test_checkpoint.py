@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from stabledreamer.atomic import DiskFullError
 from stabledreamer.runs import checkpoint as C
 
 
@@ -98,7 +99,7 @@ def test_a_failed_write_keeps_both(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFullError):
         C.save_checkpoint(tmp_path, state(3))
     monkeypatch.undo()
     assert C.load_checkpoint(tmp_path)["step"] == 2

@@ -70,8 +70,10 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     path = checkpoint_path(run_dir)
     previous = path.with_name(PREVIOUS_NAME)
     staged = path.with_name(".next.pt")
-    with atomic_path(staged) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    with atomic_path(staged, needed=_nbytes(state)) as tmp, open(tmp, "wb") as f:
+        # A Python file, closed even when the write fails: torch's own writer keeps its handle
+        # (and a full disk's space) until garbage collection.
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
     size, sha = _digest(staged)
     if path.is_file():
         os.replace(path, previous)
@@ -82,6 +84,17 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     os.replace(staged, path)
     write_json(_sidecar(path), {"size": size, "sha256": sha})
     return path
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (what a checkpoint of it needs on disk, about)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, write_json
+from ..atomic import DiskFullError, atomic_path, write_json
 from .records import RecordError, parse_record
 
 log = logging.getLogger("stabledreamer.service")
@@ -94,6 +94,8 @@ class JobStore:
         self.records: dict[str, JobRecord] = {}
         self._seq = 0
         self._sizes: dict[str, int] = {}
+        self.unsaved: set[str] = set()
+        """Jobs whose newest record is only in memory (the disk refused it)."""
 
     def load(self) -> list[JobRecord]:
         """Read every record; returns those that were running (now queued again). A record that
@@ -171,20 +173,43 @@ class JobStore:
         return self.records.get(job)
 
     def create(self, rec: JobRecord, files: dict[str, bytes]) -> None:
-        """Write the uploaded files, then the record (the record last: see the module doc)."""
+        """Write the uploaded files, then the record (the record last: see the module doc).
+        On a full disk nothing is left behind and :class:`DiskFullError` says so."""
         folder = self.dir(rec.job)
         if folder.exists():
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        for name, data in files.items():
-            with atomic_path(folder / name) as tmp:
-                tmp.write_bytes(data)
-        self.save(rec)
+        try:
+            folder.mkdir(parents=True)
+            for name, data in files.items():
+                with atomic_path(folder / name, needed=len(data)) as tmp:
+                    tmp.write_bytes(data)
+            rec.updated = time.time()
+            write_json(folder / RECORD, rec.to_dict())
+        except (DiskFullError, OSError):
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.records[rec.job] = rec
 
     def save(self, rec: JobRecord) -> None:
+        """Write the record; when the disk refuses (full), keep it in memory and say so once:
+        ``retry_unsaved`` writes it when there is room. Never raises."""
         rec.updated = time.time()
-        write_json(self.dir(rec.job) / RECORD, rec.to_dict())
+        try:
+            write_json(self.dir(rec.job) / RECORD, rec.to_dict())
+        except (DiskFullError, OSError) as e:
+            if rec.job not in self.unsaved:
+                log.error("job %s: its record could not be saved (%s); retrying", rec.job, e)
+            self.unsaved.add(rec.job)
+            return
+        self.unsaved.discard(rec.job)
+
+    def retry_unsaved(self) -> None:
+        for job in list(self.unsaved):
+            rec = self.records.get(job)
+            if rec is None:
+                self.unsaved.discard(job)
+            else:
+                self.save(rec)
 
     def delete(self, job: str) -> None:
         self.records.pop(job, None)

@@ -136,6 +136,8 @@ class JobFailed:
     """A protocol error code: ``job_failed``, a user error's own code, ``out_of_memory`` or
     ``internal``."""
     message: str
+    needed_bytes: int = 0
+    """``disk_full``: the space the failed write wanted (0: unknown)."""
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,16 @@ it reads commands and worker messages and decides what they mean for each job.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import zmq
 
 from stabledreamer_protocol import (
     DEFAULT_LIMITS,
-    PROTOCOL_VERSION,
     Attach,
     Cancel,
     DebugImage,
@@ -43,20 +40,19 @@ from stabledreamer_protocol import (
     PreviewAck,
     Progress,
     ProtocolError,
-    ResultChunk,
     Status,
     Submit,
     recv_routed,
 )
 
-from .. import __version__
-from ..presets import PRESETS
+from ..atomic import DiskFullError
 from . import pipe, views
 from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
-from .jobs import DEFAULT_PRESET, JobRecord, JobStore
+from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .pool import Exited, WorkerHandle, WorkerPool
 from .retention import FINISHED, RetentionPolicy, expired
+from .space import SpaceWait
 from .submit import SubmitCheck
 from .worker import worker_main
 
@@ -103,6 +99,7 @@ class Service:
         self.device = "cpu"
         self.stopping = False
         self.pending_delete: set[str] = set()
+        self.space = SpaceWait(self.store.root)
         self.logbuffer = LogBuffer()
         self._last_housekeeping = 0.0
         self._last_retention = -RETENTION_INTERVAL_S
@@ -267,7 +264,7 @@ class Service:
         if self.stopping:
             return
         running = self.pool.running()
-        queued = self.store.queued()
+        queued = [r for r in self.store.queued() if not self.space.holds(r.job)]
         while queued and len(running) < self.cfg.max_running:
             rec = queued.pop(0)
             w = self.pool.take(rec.job)
@@ -335,12 +332,24 @@ class Service:
             self._set_state(rec, "done", "")
             log.info("job %s done: %s", job, views.summary(msg.metrics), extra={"job": job})
             self.delivery.broadcast(job, views.result(rec))
+        elif isinstance(msg, pipe.JobFailed) and msg.code == ErrorCode.DISK_FULL:
+            self._wait_for_space(rec, msg.message, msg.needed_bytes)
         elif isinstance(msg, pipe.JobFailed):
             self._fail(rec, msg.code, msg.message)
         elif isinstance(msg, pipe.JobCancelled):
             self._set_state(rec, "cancelled", "cancelled")
         elif isinstance(msg, pipe.JobStopped):
             self._set_state(rec, "queued", "interrupted by a shutdown; resumes on restart")
+
+    def _wait_for_space(self, rec: JobRecord, message: str, needed: int) -> None:
+        """A job stopped by a full disk: queued again and held until there is room, then it
+        resumes from its last good checkpoint; its followers get a ``disk_full`` error."""
+        self.space.hold(rec.job, needed)
+        log.error("job %s: %s", rec.job, message, extra={"job": rec.job})
+        self.delivery.broadcast(
+            rec.job, Error(job=rec.job, code=ErrorCode.DISK_FULL, message=message[:4000])
+        )
+        self._set_state(rec, "queued", f"{message} It resumes when there is room."[:4000])
 
     def _fail(self, rec: JobRecord, code: str, message: str) -> None:
         rec.error_code = code
@@ -413,23 +422,10 @@ class Service:
 
     def _on_hello(self, peer: Peer, msg: Hello) -> None:
         features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
-        if self.cfg.curve:
-            features.append("curve")
-        self.delivery.reply(
-            peer,
-            Hello(
-                re=msg.id,
-                protocol=PROTOCOL_VERSION,
-                software=f"stabledreamer {__version__}",
-                device=self.device,
-                models=["oracle", *self.cfg.models],
-                presets=sorted(PRESETS),
-                default_preset=DEFAULT_PRESET,
-                features=features,
-                limits=self.limits.to_dict(),
-                queue_length=self.store.active_count(),
-            ),
-        )
+        features += ["list_pages", "curve"] if self.cfg.curve else ["list_pages"]
+        reply = views.hello(msg.id, self.device, self.cfg.models, features, self.limits)
+        reply.queue_length = self.store.active_count()
+        self.delivery.reply(peer, reply)
 
     def _known(self, msg: Message) -> JobRecord:
         rec = self.store.get(msg.job)
@@ -463,7 +459,12 @@ class Service:
             return
         new = self.submits.check(msg, digest)
         rec = new.record
-        self.store.create(rec, new.files)
+        try:
+            self.store.create(rec, new.files)
+        except (DiskFullError, OSError) as e:
+            log.error("job %s not accepted: %s", rec.job, e, extra={"job": rec.job})
+            code = ErrorCode.DISK_FULL if isinstance(e, DiskFullError) else ErrorCode.INTERNAL
+            raise ProtocolError(code, str(e)[:4000]) from None
         log.info(
             "job %s queued: %s of %s, preset %s, seed %d",
             rec.job,
@@ -503,23 +504,8 @@ class Service:
 
     def _on_fetch(self, peer: Peer, msg: Fetch) -> None:
         rec = self._known(msg)
-        if rec.state != "done" or rec.result is None:
-            raise ProtocolError(ErrorCode.NOT_READY, f"job {rec.job} is {rec.state}, not done")
-        result = views.result(rec)
-        try:
-            info = result.file(msg.file)
-        except KeyError:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD, f"job {rec.job} has no result file {msg.file!r}"
-            ) from None
-        cs = result.chunk_size
-        if msg.index >= max(info.chunks(cs), 1) or (info.size == 0):
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
-                f"{msg.file} has {info.chunks(cs)} chunks; there is no chunk {msg.index}",
-            )
-        offset = msg.index * cs
-        if not self.delivery.room(peer, min(cs, info.size - offset)):
+        info, offset, size = views.chunk_of(rec, msg)
+        if not self.delivery.room(peer, size):
             raise ProtocolError(
                 ErrorCode.BUSY,
                 f"{peer.outbox_bytes} bytes are already waiting for this client; "
@@ -530,19 +516,8 @@ class Service:
             self.store.save(rec)
         with open(self.store.run_dir(rec.job) / info.name, "rb") as f:
             f.seek(offset)
-            data = f.read(min(cs, info.size - offset))
-        self.delivery.reply(
-            peer,
-            ResultChunk(
-                re=msg.id,
-                job=rec.job,
-                file=info.name,
-                index=msg.index,
-                offset=offset,
-                sha256=hashlib.sha256(data).hexdigest(),
-                data=np.frombuffer(data, dtype=np.uint8),
-            ),
-        )
+            data = f.read(size)
+        self.delivery.reply(peer, views.result_chunk(rec, msg, info, offset, data))
 
     def _on_delete(self, peer: Peer, msg: Delete) -> None:
         rec = self._known(msg)
@@ -588,6 +563,9 @@ class Service:
             if rec is not None:
                 self.store.save(rec)
         self._progress_dirty.clear()
+        self.store.retry_unsaved()
+        for job in self.space.release(self.store):
+            log.info("job %s: there is room again; it resumes", job, extra={"job": job})
         if now - self._last_retention > RETENTION_INTERVAL_S:
             self._last_retention = now
             self._apply_retention()

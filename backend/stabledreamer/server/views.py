@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import numpy as np
 
-from stabledreamer_protocol import JobInfo, Jobs, JobState, Limits, Result, ResultFile
+from stabledreamer_protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Fetch,
+    Hello,
+    JobInfo,
+    Jobs,
+    JobState,
+    Limits,
+    ProtocolError,
+    Result,
+    ResultChunk,
+    ResultFile,
+)
 
 from .jobs import JobRecord
 
@@ -33,6 +47,60 @@ def result(rec: JobRecord) -> Result:
         files=[ResultFile(**f) for f in r.get("files", [])],
         chunk_size=r.get("chunk_size", 1 << 20),
         metrics=r.get("metrics", {}),
+    )
+
+
+def hello(re: str, device: str, models: list[str], features: list[str], limits: Limits) -> Hello:
+    """The backend's answer to ``hello`` (less ``queue_length``)."""
+    from .. import __version__
+    from ..presets import PRESETS
+    from .jobs import DEFAULT_PRESET
+
+    return Hello(
+        re=re,
+        protocol=PROTOCOL_VERSION,
+        software=f"stabledreamer {__version__}",
+        device=device,
+        models=["oracle", *models],
+        presets=sorted(PRESETS),
+        default_preset=DEFAULT_PRESET,
+        features=features,
+        limits=limits.to_dict(),
+    )
+
+
+def chunk_of(rec: JobRecord, msg: Fetch) -> tuple[ResultFile, int, int]:
+    """The file, offset and size of the chunk a ``fetch`` asks for, or the refusal."""
+    if rec.state != "done" or rec.result is None:
+        raise ProtocolError(ErrorCode.NOT_READY, f"job {rec.job} is {rec.state}, not done")
+    res = result(rec)
+    try:
+        info = res.file(msg.file)
+    except KeyError:
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD, f"job {rec.job} has no result file {msg.file!r}"
+        ) from None
+    cs = res.chunk_size
+    if msg.index >= max(info.chunks(cs), 1) or (info.size == 0):
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD,
+            f"{msg.file} has {info.chunks(cs)} chunks; there is no chunk {msg.index}",
+        )
+    offset = msg.index * cs
+    return info, offset, min(cs, info.size - offset)
+
+
+def result_chunk(
+    rec: JobRecord, msg: Fetch, info: ResultFile, offset: int, data: bytes
+) -> ResultChunk:
+    return ResultChunk(
+        re=msg.id,
+        job=rec.job,
+        file=info.name,
+        index=msg.index,
+        offset=offset,
+        sha256=hashlib.sha256(data).hexdigest(),
+        data=np.frombuffer(data, dtype=np.uint8),
     )
 
 

@@ -321,7 +321,8 @@ def _run(conn, spec: pipe.JobSpec) -> None:
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:
-        failed = failure(e, torch.OutOfMemoryError, (StableDreamerError, *_legacy_user_errors()))
+        user = (StableDreamerError, *_legacy_user_errors())
+        failed = failure(e, torch.OutOfMemoryError, user, run_dir)
         if failed.code == "internal":  # a bug: its traceback goes to the service's log
             trace = traceback.format_exc()
             sys.stderr.write(trace)
@@ -329,11 +330,20 @@ def _run(conn, spec: pipe.JobSpec) -> None:
         conn.send(failed)
 
 
-def failure(e: BaseException, oom: type, user: tuple[type, ...]) -> pipe.JobFailed:
+def failure(
+    e: BaseException, oom: type, user: tuple[type, ...], run_dir: Path | None = None
+) -> pipe.JobFailed:
     """What a job's exception means for its submitter (see the module doc): ``oom`` is torch's
-    out-of-memory error, ``user`` the user error classes."""
+    out-of-memory error, ``user`` the user error classes. A write that failed for want of space
+    (through ``atomic_path`` or not) is ``disk_full``, with the bytes it needed."""
+    from ..atomic import DiskFullError, disk_full
+
     if isinstance(e, oom):
         return pipe.JobFailed("out_of_memory", f"out of memory: {str(e).splitlines()[0]}")
+    if not isinstance(e, DiskFullError) and isinstance(e, OSError) and run_dir is not None:
+        e = disk_full(e, run_dir / "?", 0) or e
+    if isinstance(e, DiskFullError):
+        return pipe.JobFailed("disk_full", str(e), needed_bytes=e.needed)
     if isinstance(e, user):
         return pipe.JobFailed(getattr(e, "code", None) or "job_failed", str(e))
     return pipe.JobFailed("internal", f"{type(e).__name__}: {e}")
