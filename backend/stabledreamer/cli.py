@@ -315,6 +315,12 @@ def _add_service_parsers(sub) -> None:
     srv.add_argument(
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
+    srv.add_argument(
+        "--handshake-s",
+        type=float,
+        default=5.0,
+        help="drop a connection that has not finished its handshake by then (default %(default)s)",
+    )
     keep = srv.add_argument_group("retention (finished jobs deleted; running ones never)")
     keep.add_argument("--keep-jobs", type=int, help="finished jobs kept (default 1000)")
     keep.add_argument("--keep-days", type=float, help="days a finished job is kept (default 30)")
@@ -375,6 +381,8 @@ def cmd_serve(args) -> int:
         "keep_bytes": None if args.keep_gb is None else int(args.keep_gb * 2**30),
         "unfetched_days": args.keep_unfetched_days,
     }
+    if not 0.1 <= args.handshake_s <= 300:
+        raise ValueError(f"--handshake-s must be in [0.1, 300], got {args.handshake_s}")
     retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
     cfg = ServiceConfig(
         bind=args.bind,
@@ -385,6 +393,7 @@ def cmd_serve(args) -> int:
         preview_points=args.preview_points,
         models=models,
         retention=retention,
+        handshake_s=args.handshake_s,
     )
     import zmq
 

@@ -83,7 +83,11 @@ class WorkerPool:
     def keep_spare(self) -> None:
         """Start a spare when prewarming and there is none (unless one just died starting)."""
         if self.prewarm and self.spare is None and time.monotonic() >= self._spare_retry_at:
-            self.spare = self.spawn()
+            try:
+                self.spare = self.spawn()
+            except OSError as e:  # e.g. no descriptors left; try again later
+                log.error("cannot start a spare worker (%s)", e)
+                self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
 
     def running(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.job is not None]

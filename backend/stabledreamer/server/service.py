@@ -84,6 +84,9 @@ class ServiceConfig:
     """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
     prewarm: bool = True
     """Keep one idle worker with torch imported, so a job starts at once."""
+    handshake_s: float = 5.0
+    """A connection must finish its handshake within this (libzmq's default is 30 s). A CURVE
+    handshake takes milliseconds on loopback or a LAN; 5 s leaves room for a slow link."""
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     """Which finished jobs are deleted (``retention.py``)."""
 
@@ -122,6 +125,9 @@ class Service:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        # A connection that has not finished its (CURVE) handshake by then is dropped, so idle
+        # unauthenticated connections cannot hold the process's descriptors for long.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.cfg.handshake_s * 1000))
         sock.setsockopt(zmq.RCVHWM, 1000)
         try:
             if self.cfg.curve:
@@ -267,7 +273,11 @@ class Service:
         queued = [r for r in self.store.queued() if not self.space.holds(r.job)]
         while queued and len(running) < self.cfg.max_running:
             rec = queued.pop(0)
-            w = self.pool.take(rec.job)
+            try:
+                w = self.pool.take(rec.job)
+            except OSError as e:  # e.g. no descriptors left: the job waits, the service goes on
+                log.error("cannot start a worker for job %s (%s); retrying", rec.job, e)
+                return
             self.pool.tell(w, pipe.RunJob(self._spec(rec)))
             rec.starts += 1
             rec.error_code = ""
@@ -572,9 +582,27 @@ class Service:
         self.delivery.forget_idle(now, lambda j: (r := self.store.get(j)) and r.state in ACTIVE)
 
 
+def raise_fd_limit() -> int | None:
+    """Raise this process's descriptor limit to the hard limit (desktops start at 256 or
+    1,024; every connection and every worker pipe takes descriptors). Returns the new limit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):  # macOS caps the soft limit below an infinite hard one
+            return soft
+    return max(want, soft)
+
+
 def serve(cfg: ServiceConfig) -> int:
     """Run the service in this process until SIGTERM or SIGINT."""
     service = Service(cfg)
+    raise_fd_limit()
     root = logging.getLogger("stabledreamer")
     root.setLevel(logging.INFO)
     root.addHandler(service.logbuffer)
