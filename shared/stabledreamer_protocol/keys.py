@@ -159,6 +159,11 @@ def ensure_keys(directory: str | os.PathLike | None = None) -> KeyFiles:
         if not secret.exists():
             create_keypair(files.directory, name)
     files.authorized.mkdir(exist_ok=True, mode=DIR_MODE)
+    if os.name == "posix":  # whoever can write here can let themselves in: owner-only, always
+        os.chmod(files.authorized, DIR_MODE)
+        for key in files.authorized.iterdir():
+            if key.is_file() and not key.is_symlink() and key.stat().st_mode & 0o022:
+                os.chmod(key, key.stat().st_mode & ~0o022)
     authorized = files.authorized / "client.key"
     if not authorized.exists():
         authorized.write_bytes(files.client_public.read_bytes())

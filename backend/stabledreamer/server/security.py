@@ -15,7 +15,7 @@ from pathlib import Path
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from stabledreamer_protocol import is_loopback
+from stabledreamer_protocol import ProtocolError, is_loopback
 from stabledreamer_protocol.keys import (
     KeyFiles,
     apply_server_curve,
@@ -46,11 +46,18 @@ def enable_curve(
     (a ZAP handler: a client with another key gets no connection at all). Call before bind."""
     if not zmq.has("curve"):
         raise SecurityError("this libzmq has no CURVE support; reinstall pyzmq")
-    files = ensure_keys(key_dir)
-    keys = [p for p in files.authorized.glob("*.key") if p.is_file()]
-    if not keys:
-        raise SecurityError(f"{files.authorized} holds no client public keys (*.key)")
-    apply_server_curve(socket, files.server_secret)
+    try:
+        files = ensure_keys(key_dir)
+        keys = [p for p in files.authorized.glob("*.key") if p.is_file()]
+        if not keys:
+            raise SecurityError(f"{files.authorized} holds no client public keys (*.key)")
+        apply_server_curve(socket, files.server_secret)
+    except ProtocolError as e:  # e.g. a secret key file others can read: one line, the fix
+        raise SecurityError(f"{e.message} {e.hint}".strip()) from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, SecurityError):
+            raise
+        raise SecurityError(f"the CURVE keys in {key_dir or 'the key folder'}: {e}") from None
     auth = ThreadAuthenticator(context)
     auth.start()
     auth.configure_curve(domain="*", location=str(files.authorized))
