@@ -58,7 +58,7 @@ class SubmitCheck:
             files[target_file] = target_npz(msg)
         elif kind == "reconstruct":
             target_file = f"target.{msg.target_format}"
-            files[target_file] = msg.target_file.tobytes()
+            files[target_file] = self_contained(msg.target_format, msg.target_file.tobytes())
         init_file = ""
         if msg.init_points is not None:
             init_file = INIT_FILE
@@ -114,6 +114,49 @@ class SubmitCheck:
                 "init_points must be a non-empty array of finite coordinates",
                 "Sample points from a mesh with a surface, inside the unit ball.",
             )
+
+
+def self_contained(fmt: str, data: bytes) -> bytes:
+    """An uploaded mesh that names no other file: only its own bytes reach the backend, so a
+    reference could only point at the backend's disk (``../../etc/passwd``). glTF buffers and
+    images must be ``data:`` URIs (refused otherwise); an OBJ's ``mtllib`` lines are dropped
+    (its material file is not uploaded; colours come from the vertices)."""
+    if fmt in ("gltf", "glb"):
+        for uri in _gltf_uris(fmt, data):
+            if not uri.startswith("data:"):
+                raise ProtocolError(
+                    ErrorCode.UNSUPPORTED,
+                    f"the {fmt} names a file outside itself ({uri[:80]!r})",
+                    "Export as .glb (binary glTF with everything embedded).",
+                )
+    if fmt == "obj":
+        lines = data.split(b"\n")
+        kept = [ln for ln in lines if not ln.lstrip().lower().startswith(b"mtllib")]
+        if len(kept) != len(lines):
+            data = b"\n".join(kept)
+    return data
+
+
+def _gltf_uris(fmt: str, data: bytes) -> list[str]:
+    import json
+    import struct
+
+    try:
+        if fmt == "glb":
+            if len(data) < 20 or data[:4] != b"glTF":
+                return []  # not a GLB: the loader refuses it with its own message
+            (length,) = struct.unpack_from("<I", data, 12)
+            data = data[20 : 20 + length]
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, struct.error):
+        return []  # not JSON: no references; the loader refuses it
+    uris = []
+    for key in ("buffers", "images"):
+        items = doc.get(key, []) if isinstance(doc, dict) else []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and "uri" in item:
+                uris.append(str(item["uri"]))
+    return uris
 
 
 def check_init_points(n: int, cfg) -> None:
