@@ -66,6 +66,10 @@ class Peer:
     """What the service knows of one connected client."""
 
     identity: bytes
+    owner: str = ""
+    """The client's CURVE public key (Z85), "" without CURVE."""
+    operator: bool = False
+    """May see and manage every job (an operator key, or no CURVE: single-user)."""
     outbox: deque = field(default_factory=deque)  # encoded frames, must be delivered in order
     outbox_bytes: int = 0
     progress: dict[str, list] = field(default_factory=dict)  # job -> newest frames

@@ -74,6 +74,9 @@ class JobRecord:
     """How many times a worker started (or resumed) this job."""
     crashes: int = 0
     """How many times its worker process died without reporting (each time it resumes)."""
+    owner: str = ""
+    """The CURVE public key (Z85) of the client that submitted it ("" without CURVE, or from
+    before ownership: then only operators see it)."""
     fetched: bool = False
     """A client fetched a chunk of its result (the retention policy spares unfetched results)."""
 

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from stabledreamer_protocol.codec import clean_text
 
@@ -40,14 +41,23 @@ class LogBuffer(logging.Handler):
             self.lines.append((self.count, job, text))
 
     def since(
-        self, since: int, max_lines: int, job: str | None = None, max_bytes: int = 48 * 1024
+        self,
+        since: int,
+        max_lines: int,
+        job: str | None = None,
+        max_bytes: int = 48 * 1024,
+        visible: Callable[[str | None], bool] | None = None,
     ) -> tuple[list[str], int]:
         """The newest at most ``max_lines`` lines numbered above ``since`` (only ``job``'s when
         given), oldest first, within ``max_bytes`` of JSON (as the header carries them: quotes,
         backslashes and control characters escaped); and the number of the newest line seen
-        (pass it as ``since`` next time)."""
+        (pass it as ``since`` next time). ``visible(job)``: only lines it accepts (ownership)."""
         with self._lock:
-            picked = [(n, t) for n, j, t in self.lines if n > since and (job is None or j == job)]
+            picked = [
+                (n, t)
+                for n, j, t in self.lines
+                if n > since and (job is None or j == job) and (visible is None or visible(j))
+            ]
             cursor = self.count
         out: list[str] = []
         size = 0

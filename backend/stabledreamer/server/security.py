@@ -91,3 +91,20 @@ def make_keys(directory: str | os.PathLike, clients: list[str]) -> list[str]:
         f"--keys {directory}"
     )
     return lines
+
+
+def raise_fd_limit() -> int | None:
+    """Raise this process's descriptor limit to the hard limit (desktops start at 256 or
+    1,024; every connection and every worker pipe takes descriptors). Returns the new limit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):  # macOS caps the soft limit below an infinite hard one
+            return soft
+    return max(want, soft)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import zmq
 
 from stabledreamer_protocol import (
-    DEFAULT_LIMITS,
     Attach,
     Cancel,
     DebugImage,
@@ -31,7 +29,6 @@ from stabledreamer_protocol import (
     Hello,
     Jobs,
     JobState,
-    Limits,
     ListJobs,
     Logs,
     Message,
@@ -42,16 +39,19 @@ from stabledreamer_protocol import (
     ProtocolError,
     Status,
     Submit,
-    recv_routed,
+    codec,
 )
+from stabledreamer_protocol.keys import operator_keys
 
 from ..atomic import DiskFullError
 from . import pipe, views
+from .access import Access
 from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .pool import Exited, WorkerHandle, WorkerPool
-from .retention import FINISHED, RetentionPolicy, expired
+from .retention import FINISHED, expired
+from .settings import ServiceConfig
 from .space import SpaceWait
 from .submit import SubmitCheck
 from .worker import worker_main
@@ -66,31 +66,6 @@ RETENTION_INTERVAL_S = 60.0
 """How often the retention policy runs (and once at start)."""
 
 
-@dataclass
-class ServiceConfig:
-    bind: str
-    state: Path
-    curve: bool = True
-    keys: Path | None = None
-    limits: Limits = DEFAULT_LIMITS
-    max_running: int = 1
-    """Training jobs at once (one on the GPU by default)."""
-    preview_points: int = 100_000
-    """Default and largest preview size, in Gaussians."""
-    preview_interval_s: float = 0.5
-    stop_timeout_s: float = 60.0
-    """On SIGTERM: how long a running job may take to checkpoint and exit before it is killed."""
-    models: list[str] = field(default_factory=list)
-    """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
-    prewarm: bool = True
-    """Keep one idle worker with torch imported, so a job starts at once."""
-    handshake_s: float = 5.0
-    """A connection must finish its handshake within this (libzmq's default is 30 s). A CURVE
-    handshake takes milliseconds on loopback or a LAN; 5 s leaves room for a slow link."""
-    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
-    """Which finished jobs are deleted (``retention.py``)."""
-
-
 class Service:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
@@ -103,6 +78,7 @@ class Service:
         self.stopping = False
         self.pending_delete: set[str] = set()
         self.space = SpaceWait(self.store.root)
+        self.access = Access(cfg.curve)
         self.logbuffer = LogBuffer()
         self._last_housekeeping = 0.0
         self._last_retention = -RETENTION_INTERVAL_S
@@ -132,7 +108,13 @@ class Service:
         try:
             if self.cfg.curve:
                 self.auth, files = enable_curve(self.context, sock, self.cfg.keys)
-                log.info("CURVE on: admitting the client keys in %s", files.authorized)
+                self.access.operators = operator_keys(files)
+                log.info(
+                    "CURVE on: admitting the client keys in %s, %d operator key(s) in %s",
+                    files.authorized,
+                    len(self.access.operators),
+                    files.operators,
+                )
             else:
                 log.warning("CURVE off (--no-curve): any local user can use this service")
             sock.bind(self.cfg.bind)
@@ -381,12 +363,16 @@ class Service:
     def _read_clients(self) -> None:
         for _ in range(500):  # then let workers and flushing have a turn
             try:
-                identity, msg = recv_routed(
-                    self.socket, limits=self.limits, direction="command", flags=zmq.NOBLOCK
-                )
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._read_one(self.delivery.peer(identity), msg)
+            try:
+                msg = codec.decode(frames[1:], limits=self.limits, direction="command")
+            except ProtocolError as e:
+                msg = e
+            peer = self.delivery.peer(frames[0].bytes)
+            self.access.identify(peer, frames[1] if len(frames) > 1 else None)
+            self._read_one(peer, msg)
 
     def _read_one(self, peer: Peer, msg: Message | ProtocolError) -> None:
         """Answer one message (or the decoder's refusal of one); never raises."""
@@ -418,7 +404,7 @@ class Service:
             Submit: self._on_submit,
             Cancel: self._on_cancel,
             Status: self._on_status,
-            ListJobs: lambda p, m: self.delivery.reply(p, self._jobs(m.id, m.offset, m.limit)),
+            ListJobs: lambda p, m: self.delivery.reply(p, self._jobs(p, m.id, m.offset, m.limit)),
             Attach: self._on_attach,
             Detach: self._on_detach,
             PreviewAck: lambda p, m: self.delivery.ack(p, m.job),
@@ -437,11 +423,8 @@ class Service:
         reply.queue_length = self.store.active_count()
         self.delivery.reply(peer, reply)
 
-    def _known(self, msg: Message) -> JobRecord:
-        rec = self.store.get(msg.job)
-        if rec is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {msg.job!r} on this backend")
-        return rec
+    def _known(self, peer: Peer, msg: Message) -> JobRecord:
+        return self.access.known(self.store, peer, msg)
 
     def _follow(self, peer: Peer, job: str, preview_points: int | None) -> None:
         self.delivery.follow(peer, job, preview_points)
@@ -456,6 +439,10 @@ class Service:
     def _on_submit(self, peer: Peer, msg: Submit) -> None:
         digest = msg.digest()
         rec = self.store.get(msg.job)
+        if rec is not None and not self.access.may(peer, rec):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"job {msg.job!r} belongs to another client key"
+            )
         if rec is not None or msg.job in self.pending_delete:
             if rec is None or rec.digest != digest:
                 raise ProtocolError(
@@ -469,6 +456,7 @@ class Service:
             return
         new = self.submits.check(msg, digest)
         rec = new.record
+        rec.owner = peer.owner
         try:
             self.store.create(rec, new.files)
         except (DiskFullError, OSError) as e:
@@ -488,7 +476,7 @@ class Service:
         self.delivery.reply(peer, self._job_state(rec, re=msg.id))
 
     def _on_cancel(self, peer: Peer, msg: Cancel) -> None:
-        rec = self._known(msg)
+        rec = self._known(peer, msg)
         if rec.state in ACTIVE:
             w = self.pool.worker_of(rec.job)
             if w is not None:
@@ -498,22 +486,22 @@ class Service:
         self.delivery.reply(peer, self._job_state(rec, re=msg.id))
 
     def _on_status(self, peer: Peer, msg: Status) -> None:
-        self.delivery.reply(peer, self._job_state(self._known(msg), re=msg.id))
+        self.delivery.reply(peer, self._job_state(self._known(peer, msg), re=msg.id))
 
     def _on_attach(self, peer: Peer, msg: Attach) -> None:
-        rec = self._known(msg)
+        rec = self._known(peer, msg)
         self._follow(peer, rec.job, msg.preview_points)
         self.delivery.reply(peer, self._job_state(rec, re=msg.id))
         if rec.state == "done":
             self.delivery.reply(peer, views.result(rec))
 
     def _on_detach(self, peer: Peer, msg: Detach) -> None:
-        rec = self._known(msg)
+        rec = self._known(peer, msg)
         self.delivery.unfollow(peer, rec.job)
         self.delivery.reply(peer, self._job_state(rec, re=msg.id))
 
     def _on_fetch(self, peer: Peer, msg: Fetch) -> None:
-        rec = self._known(msg)
+        rec = self._known(peer, msg)
         info, offset, size = views.chunk_of(rec, msg)
         if not self.delivery.room(peer, size):
             raise ProtocolError(
@@ -530,7 +518,7 @@ class Service:
         self.delivery.reply(peer, views.result_chunk(rec, msg, info, offset, data))
 
     def _on_delete(self, peer: Peer, msg: Delete) -> None:
-        rec = self._known(msg)
+        rec = self._known(peer, msg)
         w = self.pool.worker_of(rec.job)
         if w is not None and not w.finished:
             self.pool.cancel(w)
@@ -541,15 +529,18 @@ class Service:
             self.store.delete(rec.job)
         self.delivery.unfollow_all(rec.job)
         log.info("job %s deleted", rec.job, extra={"job": rec.job})
-        self.delivery.reply(peer, self._jobs(msg.id))
+        self.delivery.reply(peer, self._jobs(peer, msg.id))
 
     def _on_get_logs(self, peer: Peer, msg: GetLogs) -> None:
+        if msg.job is not None:
+            self._known(peer, msg)
+        mine = self.access.log_filter(self.store, peer)
         budget = max(1024, self.limits.max_header_bytes - 4096)
-        lines, cursor = self.logbuffer.since(msg.since, msg.max_lines, msg.job, budget)
+        lines, cursor = self.logbuffer.since(msg.since, msg.max_lines, msg.job, budget, mine)
         self.delivery.reply(peer, Logs(re=msg.id, job=msg.job, lines=lines, cursor=cursor))
 
-    def _jobs(self, re: str | None, offset: int = 0, limit: int | None = None) -> Jobs:
-        recs = list(self.store.records.values())
+    def _jobs(self, peer: Peer, re: str | None, offset: int = 0, limit: int | None = None) -> Jobs:
+        recs = [r for r in self.store.records.values() if self.access.may(peer, r)]
         return views.jobs_page(recs, offset, limit, self.limits, re)
 
     # --- housekeeping ---------------------------------------------------------------------------
@@ -582,25 +573,10 @@ class Service:
         self.delivery.forget_idle(now, lambda j: (r := self.store.get(j)) and r.state in ACTIVE)
 
 
-def raise_fd_limit() -> int | None:
-    """Raise this process's descriptor limit to the hard limit (desktops start at 256 or
-    1,024; every connection and every worker pipe takes descriptors). Returns the new limit."""
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-    if want > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):  # macOS caps the soft limit below an infinite hard one
-            return soft
-    return max(want, soft)
-
-
 def serve(cfg: ServiceConfig) -> int:
     """Run the service in this process until SIGTERM or SIGINT."""
+    from .security import raise_fd_limit
+
     service = Service(cfg)
     raise_fd_limit()
     root = logging.getLogger("stabledreamer")
