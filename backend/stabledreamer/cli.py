@@ -321,6 +321,12 @@ def _add_service_parsers(sub) -> None:
         default=5.0,
         help="drop a connection that has not finished its handshake by then (default %(default)s)",
     )
+    srv.add_argument(
+        "--stall-s",
+        type=float,
+        default=30.0,
+        help="mark a job stalled when its worker is silent this long (default %(default)s)",
+    )
     keep = srv.add_argument_group("retention (finished jobs deleted; running ones never)")
     keep.add_argument("--keep-jobs", type=int, help="finished jobs kept (default 1000)")
     keep.add_argument("--keep-days", type=float, help="days a finished job is kept (default 30)")
@@ -381,6 +387,8 @@ def cmd_serve(args) -> int:
         "keep_bytes": None if args.keep_gb is None else int(args.keep_gb * 2**30),
         "unfetched_days": args.keep_unfetched_days,
     }
+    if not 2.0 <= args.stall_s <= 86_400:
+        raise ValueError(f"--stall-s must be in [2, 86400], got {args.stall_s}")
     if not 0.1 <= args.handshake_s <= 300:
         raise ValueError(f"--handshake-s must be in [0.1, 300], got {args.handshake_s}")
     retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
@@ -394,6 +402,7 @@ def cmd_serve(args) -> int:
         models=models,
         retention=retention,
         handshake_s=args.handshake_s,
+        stall_s=args.stall_s,
     )
     import zmq
 

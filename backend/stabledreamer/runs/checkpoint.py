@@ -54,6 +54,21 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+class _Hashing:
+    """A binary file that hashes what is written to it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def _digest(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     size = 0
@@ -72,9 +87,10 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     staged = path.with_name(".next.pt")
     with atomic_path(staged, needed=_nbytes(state)) as tmp, open(tmp, "wb") as f:
         # A Python file, closed even when the write fails: torch's own writer keeps its handle
-        # (and a full disk's space) until garbage collection.
-        torch.save({"format_version": FORMAT_VERSION, **state}, f)
-    size, sha = _digest(staged)
+        # (and a full disk's space) until garbage collection. Hashed as it is written.
+        out = _Hashing(f)
+        torch.save({"format_version": FORMAT_VERSION, **state}, out)
+    size, sha = out.size, out.sha.hexdigest()
     if path.is_file():
         os.replace(path, previous)
         if _sidecar(path).is_file():

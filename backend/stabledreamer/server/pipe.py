@@ -125,6 +125,16 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """Sent by a thread of the worker every ``HEARTBEAT_S`` whatever the job is doing: a kernel
+    build or a model download makes no progress but still beats; a stopped or hung process
+    does not."""
+
+
+HEARTBEAT_S = 1.0
+
+
+@dataclass(frozen=True)
 class JobDone:
     metrics: dict[str, Any]
     manifest: dict[str, Any]

@@ -13,7 +13,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .pipe import CancelJob
@@ -39,6 +39,10 @@ class WorkerHandle:
     stopping: bool = False
     finished: bool = False
     """The worker sent its final message (done/failed/cancelled/stopped)."""
+    heard: float = field(default_factory=time.monotonic)
+    """When it last said anything (a heartbeat at least every ``pipe.HEARTBEAT_S``)."""
+    stalled: bool = False
+    """No heartbeat for ``stall_s``: hung or stopped (SIGSTOP, a debugger, a dead disk)."""
 
 
 @dataclass
@@ -105,8 +109,10 @@ class WorkerPool:
             pass  # it is dying; reap() deals with it
 
     def cancel(self, w: WorkerHandle, grace_s: float = CANCEL_GRACE_S) -> None:
+        """Ask it to stop; kill it after ``grace_s`` (at once when it is stalled: a stalled
+        worker reads nothing)."""
         w.cancelled = True
-        w.kill_at = time.monotonic() + grace_s
+        w.kill_at = time.monotonic() + (0.0 if w.stalled else grace_s)
         self.tell(w, CancelJob())
 
     def read(self, w: WorkerHandle, most: int = 200) -> list:
@@ -119,7 +125,21 @@ class WorkerPool:
                 out.append(w.conn.recv())
         except (EOFError, OSError):
             w.conn.close()
+        if out:
+            w.heard = time.monotonic()
         return out
+
+    def watch(self, stall_s: float) -> tuple[list[WorkerHandle], list[WorkerHandle]]:
+        """Workers with a job that just stalled (silent for ``stall_s``), and those that were
+        stalled and beat again."""
+        now = time.monotonic()
+        stalled, back = [], []
+        for w in self.running():
+            silent = now - w.heard > stall_s
+            if silent != w.stalled:
+                w.stalled = silent
+                (stalled if silent else back).append(w)
+        return stalled, back
 
     def kill(self, w: WorkerHandle) -> None:
         if w.process.is_alive():

@@ -14,9 +14,14 @@ binds first); 90 days for unfetched results is three times the normal age.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .jobs import JobRecord
+from .jobs import JobRecord, JobStore
+
+log = logging.getLogger("stabledreamer.service")
 
 DAY_S = 86_400.0
 FINISHED = ("done", "failed", "cancelled")
@@ -65,3 +70,20 @@ def expired(records: list[JobRecord], sizes: dict[str, int], now: float,
         kept_bytes += size
     out.reverse()
     return out
+
+
+def apply_retention(
+    store: JobStore, policy: RetentionPolicy, busy: Callable[[str], bool]
+) -> list[str]:
+    """Delete the expired jobs from ``store`` (and disk), skipping those ``busy`` says a worker
+    still holds; returns the deleted ones."""
+    recs = list(store.records.values())
+    sizes = {r.job: store.size(r.job) for r in recs if r.state in FINISHED}
+    gone = []
+    for job in expired(recs, sizes, time.time(), policy):
+        if busy(job):
+            continue  # next time
+        log.info("job %s deleted by the retention policy", job, extra={"job": job})
+        store.delete(job)
+        gone.append(job)
+    return gone

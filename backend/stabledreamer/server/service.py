@@ -50,7 +50,7 @@ from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .pool import Exited, WorkerHandle, WorkerPool
-from .retention import FINISHED, expired
+from .retention import apply_retention
 from .settings import ServiceConfig
 from .space import SpaceWait
 from .submit import SubmitCheck
@@ -185,7 +185,7 @@ class Service:
         if self.pool.spare is not None:
             self.pool.kill(self.pool.spare)
         for w in list(self.pool.workers):
-            if w.cancelled:  # its job is over: no checkpoint to wait for
+            if w.cancelled or w.stalled:  # over, or it would not answer: nothing to wait for
                 self.pool.kill(w)
             elif w.job is not None and not w.finished:
                 w.stopping = True
@@ -282,7 +282,7 @@ class Service:
             seed=rec.seed,
             prompt=rec.prompt,
             negative=rec.negative,
-            models=self._model_ids(),
+            models=self.cfg.model_ids(),
             target_file=rec.target_file,
             init_file=rec.init_file,
             preview_points=self.delivery.preview_cap(rec.job),
@@ -290,6 +290,8 @@ class Service:
         )
 
     def _on_worker(self, w: WorkerHandle, msg: object) -> None:
+        if isinstance(msg, pipe.Heartbeat):
+            return
         if isinstance(msg, pipe.WorkerReady):
             w.ready = True
             self.device = msg.device
@@ -432,10 +434,6 @@ class Service:
         if w is not None:
             self.pool.tell(w, pipe.PreviewPoints(self.delivery.preview_cap(job)))
 
-    def _model_ids(self) -> dict[str, str]:
-        """{"if": ..., "sd": ...} from ``serve --if-model/--sd-model`` (listed as "if:X")."""
-        return dict(m.split(":", 1) for m in self.cfg.models if ":" in m)
-
     def _on_submit(self, peer: Peer, msg: Submit) -> None:
         digest = msg.digest()
         rec = self.store.get(msg.job)
@@ -546,14 +544,20 @@ class Service:
     # --- housekeeping ---------------------------------------------------------------------------
 
     def _apply_retention(self) -> None:
-        recs = list(self.store.records.values())
-        sizes = {r.job: self.store.size(r.job) for r in recs if r.state in FINISHED}
-        for job in expired(recs, sizes, time.time(), self.cfg.retention):
-            if self.pool.worker_of(job) is not None:
-                continue  # its worker is still winding down: next time
-            log.info("job %s deleted by the retention policy", job, extra={"job": job})
-            self.store.delete(job)
+        held = self.pool.worker_of  # a job whose worker is still winding down waits
+        for job in apply_retention(self.store, self.cfg.retention, lambda j: held(j) is not None):
             self.delivery.unfollow_all(job)
+
+    def _watch_heartbeats(self) -> None:
+        stalled, back = self.pool.watch(self.cfg.stall_s)
+        for w in stalled + back:
+            rec = self.store.get(w.job)
+            if rec is None or rec.state != "running":
+                continue
+            what = f"stalled: its worker has not answered for {self.cfg.stall_s:.0f} s"
+            if w in stalled:
+                log.warning("job %s %s", rec.job, what, extra={"job": rec.job})
+            self._set_state(rec, "running", what if w in stalled else "")
 
     def _housekeeping(self, now: float) -> None:
         if self.bad_messages != self._bad_logged:
@@ -565,6 +569,7 @@ class Service:
                 self.store.save(rec)
         self._progress_dirty.clear()
         self.store.retry_unsaved()
+        self._watch_heartbeats()
         for job in self.space.release(self.store):
             log.info("job %s: there is room again; it resumes", job, extra={"job": job})
         if now - self._last_retention > RETENTION_INTERVAL_S:

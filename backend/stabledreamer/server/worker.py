@@ -75,6 +75,8 @@ def worker_main(conn, parent_pid: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the service decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    conn = LockedConn(conn)
+    threading.Thread(target=_beat, args=(conn,), name="heartbeat", daemon=True).start()
     try:
         info = _warm_up()
         conn.send(pipe.WorkerReady(info))
@@ -91,6 +93,33 @@ def worker_main(conn, parent_pid: int) -> None:
                 return
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
+
+
+class LockedConn:
+    """The pipe, with sends from the job and the heartbeat thread one at a time."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, msg: object) -> None:
+        with self._lock:
+            self._conn.send(msg)
+
+    def recv(self):
+        return self._conn.recv()
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return self._conn.poll(timeout)
+
+
+def _beat(conn: LockedConn) -> None:
+    while True:
+        try:
+            conn.send(pipe.Heartbeat())
+        except (OSError, ValueError):  # the service is gone or the pipe closed
+            return
+        time.sleep(pipe.HEARTBEAT_S)
 
 
 def _warm_up() -> str:
