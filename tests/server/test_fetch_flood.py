@@ -14,7 +14,9 @@ from stabledreamer_protocol import Fetch, codec
 
 
 def test_unread_fetches_are_bounded(tmp_path):
-    service = Service(ServiceConfig(bind="tcp://127.0.0.1:1", state=tmp_path, prewarm=False))
+    service = Service(  # without CURVE: single-user, so ownership is not what is tested here
+        ServiceConfig(bind="tcp://127.0.0.1:1", state=tmp_path, prewarm=False, curve=False)
+    )
     sock = FakeSocket()
     service.delivery.send = sock
     data = bytes(range(256)) * 4096  # 1 MiB
