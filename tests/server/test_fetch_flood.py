@@ -38,6 +38,8 @@ def test_unread_fetches_are_bounded(tmp_path):
     (service.store.run_dir("j")).mkdir()
     (service.store.run_dir("j") / "gaussians.ply").write_bytes(data)
     slow, other = service.delivery.peer(b"slow"), service.delivery.peer(b"other")
+    for peer in (slow, other):
+        service.access.identify(peer, None)  # as the service does for every message
     sock.full.add(b"slow")
     for _ in range(3000):  # the attack: 3,000 fetches of a 1 MiB chunk, never read
         service._read_one(slow, Fetch(job="j", file="gaussians.ply", index=0))
