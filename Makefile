@@ -12,9 +12,13 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
 export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
 
-.PHONY: setup demo test lint format bench lock clean
+.PHONY: setup native demo test lint format bench lock clean
 
-setup: $(STAMP)
+PKG_STAMP := $(VENV)/.package
+PKG_SRC := setup.py backend/stabledreamer/render/native_build.py \
+	$(wildcard backend/stabledreamer/render/csrc/*)
+
+setup: $(STAMP) $(PKG_STAMP)
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see ENVIRONMENT notes).
 $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock.json
@@ -22,9 +26,19 @@ $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock
 	$(PY) -m pip install --quiet --upgrade pip setuptools==84.2.1 wheel
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.lock.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	npm ci --prefix tools/gltf-validator --cache build/cache/npm --no-audit --no-fund  # glTF validator
 	touch $(STAMP)
+
+# The package itself, editable; the install compiles the native CPU rasteriser (setup.py), so it is
+# redone when the C++ changes (and after the dependencies above).
+$(PKG_STAMP): $(STAMP) $(PKG_SRC)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(PKG_STAMP)
+
+# The native CPU rasteriser compiled in place, without reinstalling: for a checkout that is used
+# through PYTHONPATH rather than installed (a git worktree sharing another checkout's .venv).
+native:
+	$(PY) setup.py --quiet build_ext --inplace
 
 demo: setup
 	$(VENV)/bin/stabledreamer demo --out runs/demo --overwrite
@@ -52,3 +66,4 @@ lock: setup
 
 clean:
 	rm -rf $(VENV) build dist runs .pytest_cache .ruff_cache
+	rm -f backend/stabledreamer/render/_gauss_cpu*.so backend/stabledreamer/render/_gauss_cpu*.pyd

@@ -15,26 +15,32 @@ Modules, one job each:
 - ``history.py``: runs, kept in a file that outlives the .blend;
 - ``backend_process.py``: starting a local backend.
 
-The add-on imports no torch: the heavy work happens in the backend process.
+The add-on imports no torch: the heavy work happens in the backend process. This file imports
+nothing of Blender at module level (the bpy-dependent modules are imported in ``register``), so
+the bpy-free half (session, history, backend_process) imports anywhere, tests included.
 """
 
 from __future__ import annotations
 
-import bpy
-from bpy.props import PointerProperty
 
-from . import operators, panel, prefs, runtime
+def _classes():
+    from . import operators, panel, prefs
 
-CLASSES = (
-    prefs.StableDreamerPreferences,
-    prefs.StableDreamerSettings,
-    *operators.CLASSES,
-    *panel.CLASSES,
-)
+    return (
+        prefs.StableDreamerPreferences,
+        prefs.StableDreamerSettings,
+        *operators.CLASSES,
+        *panel.CLASSES,
+    )
 
 
 def register():
-    for cls in CLASSES:
+    import bpy
+    from bpy.props import PointerProperty
+
+    from . import operators, prefs, runtime
+
+    for cls in _classes():
         bpy.utils.register_class(cls)
     bpy.types.Scene.stabledreamer = PointerProperty(type=prefs.StableDreamerSettings)
     bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
@@ -42,8 +48,12 @@ def register():
 
 
 def unregister():
+    import bpy
+
+    from . import operators, runtime
+
     runtime.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
     del bpy.types.Scene.stabledreamer
-    for cls in reversed(CLASSES):
+    for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

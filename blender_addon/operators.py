@@ -183,27 +183,29 @@ class STABLEDREAMER_OT_show_log(bpy.types.Operator):
         return _on_session(self, "request_logs", done)
 
 
-def _history_entry(op):
-    """The history entry the operator's ``job`` names (None after an ERROR report)."""
-    entry = runtime.get().history.get(op.job)
-    if entry is None:
-        op.report({"ERROR"}, "This run is no longer in the history.")
-    return entry
+class _HistoryOperator:
+    """What both history operators share: the run they act on (a hidden job id) and its lookup;
+    ``act(context, entry)`` does the operator's own part."""
 
-
-class STABLEDREAMER_OT_history_recall(bpy.types.Operator):
-    """Put this run's prompt and settings back into the panel"""
-
-    bl_idname = "stabledreamer.history_recall"
-    bl_label = "Recall"
     bl_options = {"REGISTER", "UNDO", "INTERNAL"}
 
     job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
 
     def execute(self, context):
-        entry = _history_entry(self)
+        entry = runtime.get().history.get(self.job)
         if entry is None:
+            self.report({"ERROR"}, "This run is no longer in the history.")
             return {"CANCELLED"}
+        return self.act(context, entry)
+
+
+class STABLEDREAMER_OT_history_recall(_HistoryOperator, bpy.types.Operator):
+    """Put this run's prompt and settings back into the panel"""
+
+    bl_idname = "stabledreamer.history_recall"
+    bl_label = "Recall"
+
+    def act(self, context, entry):
         s = context.scene.stabledreamer
         s.prompt, s.negative = entry.prompt, entry.negative
         if entry.preset in ("preview", "standard", "final"):
@@ -213,19 +215,13 @@ class STABLEDREAMER_OT_history_recall(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class STABLEDREAMER_OT_history_import(bpy.types.Operator):
+class STABLEDREAMER_OT_history_import(_HistoryOperator, bpy.types.Operator):
     """Import this run's mesh into the scene again"""
 
     bl_idname = "stabledreamer.history_import"
     bl_label = "Import"
-    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
 
-    job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
-
-    def execute(self, context):
-        entry = _history_entry(self)
-        if entry is None:
-            return {"CANCELLED"}
+    def act(self, context, entry):
         try:
             obj = runtime.import_entry(entry, context.scene)
         except (OSError, RuntimeError) as e:

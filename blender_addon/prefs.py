@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5757"
+from stabledreamer_protocol import DEFAULT_ENDPOINT  # one home: the protocol (a bundled wheel)
 
 
 def addon_key() -> str:

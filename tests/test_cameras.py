@@ -1,4 +1,4 @@
-"""Camera conventions of DESIGN.md: Z up, azimuth 0 on -Y, 90 on +X; OpenCV image axes."""
+"""Camera conventions (docs/architecture.md): Z up, azimuth 0 on -Y, 90 on +X; OpenCV axes."""
 
 import pytest
 import torch

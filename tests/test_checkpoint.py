@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stabledreamer.atomic import DiskFullError
+from stabledreamer.errors import InputError
 from stabledreamer.runs import checkpoint as C
 
 
@@ -110,5 +111,5 @@ def test_a_failed_write_keeps_both(tmp_path, monkeypatch):
 
 def test_no_checkpoint_at_all(tmp_path):
     assert not C.has_checkpoint(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError):
         C.load_checkpoint(tmp_path)

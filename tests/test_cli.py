@@ -32,8 +32,12 @@ def test_console_script_demo_smoke(tmp_path):
     [
         (["reconstruct", "nope.glb", "--out", "{tmp}/a"], "no such file"),
         (["reconstruct", "--out", "{tmp}/a"], "give the target mesh"),
-        (["demo", "--out", "{tmp}/a", "--steps", "0"], "--steps must be a positive"),
-        (["demo", "--out", "{tmp}/a", "--steps", "-3"], "--steps must be a positive"),
+        (["demo", "--out", "{tmp}/a", "--steps", "0"], "--steps 0: 0 is outside the range [1,"),
+        (["demo", "--out", "{tmp}/a", "--steps", "-3"], "--steps -3: -3 is outside the range"),
+        (["demo", "--out", "{tmp}/a", "--set", "camera.batch_size=0"], "camera.batch_size: 0 is"),
+        (["demo", "--out", "{tmp}/a", "--set", "threads=300"], "threads: 300 is outside"),
+        (["demo", "--out", "{tmp}/a", "--set", "stages.0.steps"], "write KEY=VALUE"),
+        (["demo", "--out", "{tmp}/a", "--set", "oracle.mode=great"], "must be one of perfect"),
         (["demo", "--out", "{tmp}/a", "--preset", "huge"], "unknown preset"),
         (["reconstruct", "--out", "{tmp}/nothing", "--resume"], "nothing to resume"),
         (["reconstruct", "--resume", "{tmp}/nothing"], "nothing to resume"),
@@ -90,3 +94,39 @@ def test_tiny_models_command_writes_the_fp16_variant(tmp_path, capsys):
     unet = tmp_path / "m" / "sd" / "unet"
     assert (unet / "diffusion_pytorch_model.fp16.safetensors").is_file()
     assert (unet / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_options_and_set_pairs_take_the_one_config_path():
+    """Options and ``--set KEY=VALUE`` (JSON values, later wins) become overrides of the preset
+    through ``presets.resolve``, the path the service takes too."""
+    from stabledreamer.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(
+        ["demo", "--steps", "9", "--schedule", "sqrt", "--set", "camera.batch_size=2",
+         "--set", "camera.distance=[2.0, 3.0]", "--set", "reconstruct.steps=11",
+         "--set", "oracle.mode=imperfect"]
+    )  # fmt: skip
+    cfg = _config_from_args(args)
+    assert cfg.stages[0].steps == 11 and cfg.stages[0].noise.schedule == "sqrt"
+    assert cfg.camera.batch_size == 2 and cfg.camera.distance == (2.0, 3.0)
+    assert cfg.oracle.mode == "imperfect" and cfg.target == "procedural:demo"
+
+
+def test_only_stabledreamer_errors_are_user_errors(monkeypatch, capsys):
+    """A StableDreamerError is one line and exit code 2; any other exception is a bug and keeps
+    its traceback (a numpy shape bug is not reported as the user's mistake)."""
+    import stabledreamer.cli as cli
+    from stabledreamer.errors import StableDreamerError
+
+    def user_error(args):
+        raise StableDreamerError("the fix is to do X")
+
+    def bug(args):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(cli, "cmd_keys", user_error)
+    assert cli.main(["keys", "/tmp/none"]) == 2
+    assert capsys.readouterr().err == "stabledreamer: error: the fix is to do X\n"
+    monkeypatch.setattr(cli, "cmd_keys", bug)
+    with pytest.raises(ValueError, match="broadcast"):
+        cli.main(["keys", "/tmp/none"])

@@ -81,7 +81,10 @@ def test_resume_across_the_stage_boundary(tiny, tmp_path):
         (["generate", "", "--out", "{tmp}/a"], "the prompt is empty"),
         (["generate", "x" * 3000, "--out", "{tmp}/a"], "keep it under"),
         (["generate", "a cat", "--out", "{tmp}/a", "--preset", "reconstruct"], "unknown preset"),
-        (["generate", "a cat", "--out", "{tmp}/a", "--steps-stage2", "0"], "must be positive"),
+        (
+            ["generate", "a cat", "--out", "{tmp}/a", "--steps-stage2", "0"],
+            "--steps-stage2 0: 0 is outside",
+        ),
         (["generate", "a cat", "--out", "{tmp}/a", "--init", "{tmp}/none.ply"], "no such file"),
         (["generate", "a cat", "--out", "{tmp}/a", "--if-model", "{tmp}/missing"], "missing"),
     ],

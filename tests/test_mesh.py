@@ -250,10 +250,12 @@ def test_cli_mesh_refuses_other_suffix(tmp_path, capsys):
     assert ".glb" in capsys.readouterr().err
 
 
-def test_api_errors_are_value_errors():
-    with pytest.raises(ValueError):
+def test_api_errors_are_user_errors():
+    from stabledreamer.errors import StableDreamerError
+
+    with pytest.raises(MeshError, match="face target must be at least 4"):
         gaussians_to_mesh(_two_colour_sphere(), MeshConfig(faces=0))
-    assert issubclass(MeshError, ValueError)
+    assert issubclass(MeshError, StableDreamerError)
 
 
 # -- reconstruct: mesh.glb in the target's frame, and its metrics -------------------------------

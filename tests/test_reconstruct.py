@@ -11,7 +11,8 @@ from stabledreamer.ply import load_ply
 from stabledreamer.presets import get_preset
 from stabledreamer.runs import trainer as trainer_mod
 from stabledreamer.runs.checkpoint import load_checkpoint
-from stabledreamer.runs.reconstruct import PROCEDURAL_DEMO, RunDirError, run_reconstruction
+from stabledreamer.runs.folder import PROCEDURAL_DEMO, RunDirError
+from stabledreamer.runs.reconstruct import run_reconstruction
 from stabledreamer.runs.trainer import TrainingCancelled, TrainingDiverged
 
 

@@ -1,4 +1,4 @@
-"""Cameras: the orbit convention of DESIGN.md, intrinsics, random sampling and held-out rings.
+"""Cameras: the orbit convention (docs/architecture.md), intrinsics, sampling, held-out rings.
 
 World frame is Blender's: Z up, metres. Azimuth 0 puts the camera on -Y looking at the front of
 the object, azimuth 90 deg on +X (Blender's Right view); elevation is measured up from the XY plane.

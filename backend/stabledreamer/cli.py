@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import typing
 from pathlib import Path
+
+from .errors import ConfigError, InputError, StableDreamerError
 
 
 def _add_device_option(
@@ -18,7 +22,35 @@ def _add_device_option(
     )
 
 
+def _add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting of the run config, as a dotted key (e.g. stages.0.steps=300, "
+        "camera.batch_size=2, geometry.noise.schedule=linear); VALUE is JSON (numbers, true, "
+        "[1, 2]) or else a string; repeatable, applied after the other options",
+    )
+
+
+def _set_pairs(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs as overrides (VALUE parsed as JSON, else kept as a string)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set stages.0.steps=300")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .config_space import OracleMode, Schedule
+
     p.add_argument("--steps", type=int, help="training steps (of the last stage)")
     p.add_argument("--resolution", type=int, help="training render size in pixels (square)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -27,14 +59,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--oracle-mode",
-        choices=["perfect", "imperfect"],
+        choices=typing.get_args(OracleMode),
         help="imperfect: x0 estimate blurred/perturbed more at high noise, like a real denoiser",
     )
-    p.add_argument(
-        "--schedule",
-        choices=["constant", "step", "linear", "sqrt"],
-        help="t_max annealing schedule",
-    )
+    p.add_argument("--schedule", choices=typing.get_args(Schedule), help="t_max annealing schedule")
+    _add_set_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument(
         "--resume",
@@ -95,38 +124,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args):
+    """``reconstruct``/``demo``: the options as overrides of the preset, through the one path
+    every run takes (``presets.resolve``)."""
     from .presets import get_preset
-    from .runs.reconstruct import PROCEDURAL_DEMO
+    from .runs.folder import PROCEDURAL_DEMO
 
-    cfg = get_preset(args.preset)
     if args.command == "demo":
-        cfg.target = PROCEDURAL_DEMO
+        target = PROCEDURAL_DEMO
     else:
         if not args.target:
-            raise ValueError("give the target mesh: stabledreamer reconstruct MESH --out DIR")
+            raise InputError("give the target mesh: stabledreamer reconstruct MESH --out DIR")
         path = Path(args.target)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file; give a .glb/.gltf/.obj/.ply mesh")
-        cfg.target = str(path.resolve())
-    last = cfg.stages[-1]
-    if args.steps is not None:
-        if args.steps <= 0:
-            raise ValueError(f"--steps must be a positive number, got {args.steps}")
-        last.steps = args.steps
-    if args.resolution is not None:
-        if args.resolution < 8:
-            raise ValueError(f"--resolution must be at least 8, got {args.resolution}")
-        last.resolution = args.resolution
-        cfg.eval_resolution = args.resolution
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.oracle_mode:
-        cfg.oracle.mode = args.oracle_mode
-    if args.schedule:
-        for st in cfg.stages:
-            st.noise.schedule = args.schedule
-    cfg.validate()
-    return cfg
+            raise InputError(f"{path}: no such file; give a .glb/.gltf/.obj/.ply mesh")
+        target = str(path.resolve())
+    stages = len(get_preset(args.preset).stages)
+    last = f"stages.{stages - 1}"
+    options = {
+        "--steps": {f"{last}.steps": args.steps},
+        "--resolution": {f"{last}.resolution": args.resolution, "eval_resolution": args.resolution},
+        "--seed": {"seed": args.seed},
+        "--oracle-mode": {"oracle.mode": args.oracle_mode},
+        "--schedule": {f"stages.{i}.noise.schedule": args.schedule for i in range(stages)},
+    }
+    return _resolve(args, options, {"target": target})
+
+
+def _resolve(args, options: dict[str, dict], fixed: dict):
+    """``presets.resolve`` with the given options (flag -> the settings it sets) and ``--set``
+    pairs as overrides; a refused value is reported under its flag."""
+    from .presets import resolve
+
+    overrides, flag_of = {}, {}
+    for flag, settings in options.items():
+        for key, value in settings.items():
+            if value is not None:
+                overrides[key], flag_of[key] = value, flag
+    overrides.update(_set_pairs(args.set))
+    try:
+        return resolve(args.preset, overrides, fixed=fixed)
+    except ConfigError as e:
+        key, sep, why = str(e).partition(": ")
+        if sep and key in flag_of and not args.set:
+            raise ConfigError(f"{flag_of[key]} {overrides[key]}: {why}", code=e.code) from None
+        raise
 
 
 def _progress_printer(quiet: bool):
@@ -182,6 +223,7 @@ def _add_generate_parser(sub) -> None:
     p.add_argument(
         "--init", default="", help="sphere (default), a point cloud / 3DGS .ply, or a mesh"
     )
+    _add_set_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument(
         "--resume", nargs="?", const="", metavar="RUN_DIR",
@@ -193,47 +235,48 @@ def _add_generate_parser(sub) -> None:
 
 def _run_dir_and_saved_config(args):
     """The run folder (``--resume RUN_DIR`` or ``--out``) and, when resuming, its saved config."""
-    from .runs.reconstruct import load_run_config
+    from .runs.folder import load_run_config
 
     if args.resume:
         args.out = args.resume
     if not args.out:
-        raise ValueError("give the run folder: --out DIR (or --resume RUN_DIR)")
+        raise InputError("give the run folder: --out DIR (or --resume RUN_DIR)")
     out = Path(args.out)
     if args.resume is None:
         return out, None
     if not (out / "config.json").is_file():
-        raise ValueError(f"{out}: not a run folder (no config.json); nothing to resume")
+        raise InputError(f"{out}: not a run folder (no config.json); nothing to resume")
     return out, load_run_config(out)
 
 
 def cmd_generate(args) -> int:
-    from .presets import TEXT_PRESETS, get_preset
+    from .presets import TEXT_PRESETS
     from .runs.generate import run_generation
 
     out, cfg = _run_dir_and_saved_config(args)
     resume = cfg is not None
     if not resume:
         if args.preset not in TEXT_PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of {TEXT_PRESETS}")
-        cfg = get_preset(args.preset)
-        cfg.prompt = args.prompt or ""
-        cfg.init_from = args.init
-        if args.seed is not None:
-            cfg.seed = args.seed
-        if args.negative is not None:
-            cfg.deepfloyd_if.negative_prompt = cfg.stable_diffusion.negative_prompt = args.negative
-        if args.if_model:
-            cfg.deepfloyd_if.model = args.if_model
-        if args.sd_model:
-            cfg.stable_diffusion.model = args.sd_model
-        for index, steps in ((0, args.steps_stage1), (1, args.steps_stage2)):
-            if steps is not None:
-                if steps <= 0:
-                    raise ValueError(f"--steps-stage{index + 1} must be positive, got {steps}")
-                cfg.stages[index].steps = steps
-        if args.sd_resolution is not None:
-            cfg.stages[1].resolution = cfg.stable_diffusion.resolution = args.sd_resolution
+            raise ConfigError(
+                f"unknown preset {args.preset!r}; choose one of {', '.join(TEXT_PRESETS)}",
+                code="unknown_preset",
+            )
+        options = {
+            "--seed": {"seed": args.seed},
+            "--negative": {
+                "deepfloyd_if.negative_prompt": args.negative,
+                "stable_diffusion.negative_prompt": args.negative,
+            },
+            "--if-model": {"deepfloyd_if.model": args.if_model},
+            "--sd-model": {"stable_diffusion.model": args.sd_model},
+            "--steps-stage1": {"stages.0.steps": args.steps_stage1},
+            "--steps-stage2": {"stages.1.steps": args.steps_stage2},
+            "--sd-resolution": {
+                "stages.1.resolution": args.sd_resolution,
+                "stable_diffusion.resolution": args.sd_resolution,
+            },
+        }
+        cfg = _resolve(args, options, {"prompt": args.prompt or "", "init_from": args.init})
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_generation(
@@ -367,16 +410,16 @@ def cmd_serve(args) -> int:
     try:  # before the heavy imports: a refused bind answers at once
         check_bind(args.bind, curve=not args.no_curve)
     except SecurityError as e:
-        raise ValueError(str(e)) from None
+        raise ConfigError(str(e)) from None
     from .server.service import ServiceConfig, serve
 
     limits = DEFAULT_LIMITS
     if args.max_queue is not None:
         if args.max_queue <= 0:
-            raise ValueError(f"--max-queue must be positive, got {args.max_queue}")
+            raise ConfigError(f"--max-queue must be positive, got {args.max_queue}")
         limits = dataclasses.replace(limits, max_queue=args.max_queue)
     if not 0 <= args.preview_points <= limits.max_preview_points:
-        raise ValueError(f"--preview-points must be in [0, {limits.max_preview_points}]")
+        raise ConfigError(f"--preview-points must be in [0, {limits.max_preview_points}]")
     models = [f"if:{args.if_model}"] if args.if_model else []
     models += [f"sd:{args.sd_model}"] if args.sd_model else []
     from .server.retention import RetentionPolicy
@@ -408,10 +451,8 @@ def cmd_serve(args) -> int:
 
     try:
         code = serve(cfg)
-    except SecurityError as e:
-        raise ValueError(str(e)) from None
     except zmq.ZMQError as e:
-        raise ValueError(f"cannot listen on {args.bind}: {e}") from None
+        raise StableDreamerError(f"cannot listen on {args.bind}: {e}") from None
     # Everything is closed and saved: skip the interpreter's slow teardown of torch.
     sys.stdout.flush()
     sys.stderr.flush()
@@ -457,7 +498,7 @@ def cmd_mesh(args) -> int:
 
     out = Path(args.out)
     if out.suffix.lower() != ".glb":
-        raise ValueError(f"--out must name a .glb file, got {out}")
+        raise ConfigError(f"--out must name a .glb file, got {out}")
     cfg = MeshConfig(faces=args.faces, texture_size=args.texture_size, grid=args.grid)
     cfg.validate()  # before reading the file: a bad option answers at once
     mesh = gaussians_to_mesh(load_ply(args.gaussians), cfg)
@@ -496,13 +537,9 @@ def cmd_tiny_models(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A ``StableDreamerError`` (what the user can fix) is one line and exit code
+    2; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from .guidance.base import GuidanceError
-    from .runs.trainer import TrainingCancelled, TrainingDiverged
-
-    user_errors = (
-        ValueError, FileNotFoundError, TrainingDiverged, TrainingCancelled, GuidanceError,
-    )  # fmt: skip
     try:
         return {
             "reconstruct": cmd_reconstruct,
@@ -520,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except user_errors as e:
+    except StableDreamerError as e:
         print(f"stabledreamer: error: {e}", file=sys.stderr)
         return 2
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import StableDreamerError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(ValueError):
+class DeviceError(StableDreamerError):
     """The configured device cannot be used here; the message says what to pass instead."""
 
 

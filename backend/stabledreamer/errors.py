@@ -21,8 +21,12 @@ class StableDreamerError(Exception):
             self.code = code
 
 
-class UsageError(StableDreamerError):
-    """A command-line option, a config value or an input file the run cannot use."""
+class ConfigError(StableDreamerError):
+    """A preset, an option or a setting the run cannot use; the message names the key and the
+    accepted values."""
 
     code = "bad_override"
 
+
+class InputError(StableDreamerError):
+    """An input file or folder the run cannot use (a missing mesh, not a run folder, ...)."""

@@ -18,9 +18,10 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from .atomic import atomic_path
+from .errors import StableDreamerError
 
 
-class PlyFormatError(ValueError):
+class PlyFormatError(StableDreamerError):
     """The file is not a 3DGS .ply; the message says what is missing."""
 
 

@@ -1,10 +1,17 @@
-"""Named configurations. A preset is a function returning a fresh ``RunConfig``."""
+"""Named configurations, and the one path from a request to a ``RunConfig``.
+
+A preset is a function returning a fresh ``RunConfig``. ``resolve`` turns a preset name, dotted
+overrides and what only the caller decides (seed, prompt, target, models, ...) into a checked
+``RunConfig``: the CLI and the service both build every run through it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from .config import RunConfig, StageConfig
+from .config import RunConfig, StageConfig, apply_overrides, from_dict, to_dict
+from .errors import ConfigError
 from .gaussians import InitConfig
 from .mesh.config import MeshConfig
 from .optim.sds import NoiseConfig
@@ -111,4 +118,28 @@ def get_preset(name: str) -> RunConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}",
+            code="unknown_preset",
+        ) from None
+
+
+def resolve(
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    fixed: dict[str, Any] | None = None,
+    forbidden: dict[str, str] | None = None,
+) -> RunConfig:
+    """The checked ``RunConfig`` of a run: the preset, then the dotted ``overrides`` (see
+    ``config.apply_overrides``; ``forbidden`` top-level keys refused with a reason), then the
+    ``fixed`` settings only the caller decides, as dotted keys too (``seed``, ``prompt``,
+    ``target``, ``init_from``, ``deepfloyd_if.model``, ...). Every value is checked by
+    ``config.from_dict`` (types, choices, ranges) and the whole by ``RunConfig.validate``; any
+    problem is a ``ConfigError`` naming the key."""
+    data = to_dict(get_preset(preset))
+    apply_overrides(data, overrides or {}, forbidden)
+    apply_overrides(data, fixed or {})
+    cfg = from_dict(RunConfig, data)
+    cfg.validate()
+    return cfg

@@ -1,22 +1,23 @@
-"""The add-on's bpy-free modules (session, history, backend start) loaded as plain modules."""
+"""The add-on's bpy-free modules (session, history, backend start), imported as a package without
+Blender: the add-on's ``__init__`` imports nothing of bpy at module level."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ADDON = Path(__file__).resolve().parents[2] / "blender_addon"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"sd_addon_{name}", ADDON / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    mod = importlib.import_module(f"blender_addon.{name}")
+    assert "bpy" not in sys.modules or name != "session"
     return mod
 
 

@@ -13,15 +13,17 @@ from stabledreamer.server.logbuffer import LogBuffer
 def test_overrides():
     cfg = build_config(
         "smoke",
-        {"reconstruct.steps": 7, "stages.0.resolution": 24, "oracle.bank_views": 3, "seed": 9},
+        {"reconstruct.steps": 7, "stages.0.resolution": 24, "oracle.bank_views": 3},
         seed=5,
         target="x.ply",
     )
     assert cfg.stages[0].steps == 7 and cfg.stages[0].resolution == 24
     assert cfg.oracle.bank_views == 3
-    assert cfg.seed == 5 and cfg.target == "x.ply"  # the submit's seed and target win
+    assert cfg.seed == 5 and cfg.target == "x.ply"  # the submit's seed and target
     for bad in (
         {"target": "/etc/passwd"},
+        {"seed": 9},  # the submit's seed field, not an override
+        {"deepfloyd_if.model": "/tmp/x"},  # a client never names a path on the backend
         {"preset": "x"},
         {"nope": 1},
         {"reconstruct.steps": "many"},

@@ -209,12 +209,13 @@ def check_native_rasterizer() -> Check:
     from ..render import raster_native
 
     if raster_native.available():
-        return Check("cpu rasteriser", OK, f"native kernel built ({raster_native.isa()})")
+        return Check("cpu rasteriser", OK, f"native kernel installed ({raster_native.isa()})")
     return Check(
         "cpu rasteriser", WARN,
-        f"native kernel did not build, the pure-torch path (3-7x slower) is used: "
+        f"native kernel unavailable, the pure-torch path (3-7x slower) is used: "
         f"{raster_native.build_error()}",
-        "install a C++ compiler with OpenMP (g++), then run doctor again",
+        "install a C++ compiler with OpenMP (g++), reinstall the package (make setup, or "
+        "pip install --no-deps --no-build-isolation -e .), then run doctor again",
     )  # fmt: skip
 
 

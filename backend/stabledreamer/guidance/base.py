@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..errors import StableDreamerError
 
 
 @dataclass
@@ -45,5 +46,5 @@ class Guidance(Protocol):
         """eps_hat [B, c, h, w] for the noised input x_t at timesteps t (no grad needed)."""
 
 
-class GuidanceError(RuntimeError):
+class GuidanceError(StableDreamerError):
     """A guidance could not be built or run; the message says what to do."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import CameraConfig, Cameras, sample_cameras
+from ..config_space import OracleMode
 from ..targets.raster import render_mesh
 from ..targets.target_mesh import TargetMesh
 from .base import GuidanceContext
@@ -25,7 +27,7 @@ from .base import GuidanceContext
 
 @dataclass
 class OracleConfig:
-    mode: str = "perfect"
+    mode: OracleMode = "perfect"
     """``perfect``: x0_hat is the true view; ``imperfect``: blurred and perturbed more at
     larger t."""
     num_train_timesteps: int = 1000
@@ -41,8 +43,8 @@ class OracleConfig:
     [0, 1])."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("perfect", "imperfect"):
-            raise ValueError(f"oracle mode {self.mode!r}: choose 'perfect' or 'imperfect'")
+        if self.mode not in get_args(OracleMode):
+            raise ValueError(f"oracle mode {self.mode!r}: choose one of {get_args(OracleMode)}")
 
 
 def cosine_alphas_cumprod(T: int) -> Tensor:

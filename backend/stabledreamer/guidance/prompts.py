@@ -3,8 +3,8 @@
 DreamFusion (Sec. 3.2) appends the view to the prompt so the diffusion model draws the side the
 camera sees; this reduces multi-face (Janus) geometry. The thresholds are threestudio's
 ``PromptProcessor`` defaults (overhead_threshold 60, front_threshold 45, back_threshold 45) and the
-suffixes its ``view_dependent_prompting`` texts. Azimuth follows DESIGN.md: 0 = the camera on -Y
-looking at the front, 90 = the +X side, 180 = the back.
+suffixes its ``view_dependent_prompting`` texts. Azimuth (docs/architecture.md): 0 = the camera on
+-Y looking at the front, 90 = the +X side, 180 = the back.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import StableDreamerError
 
-class MeshError(ValueError):
+
+class MeshError(StableDreamerError):
     """The Gaussians cannot be turned into a mesh as asked; the message says why and what to do."""

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 from torch import Tensor
 
+from ..config_space import Schedule, Weighting
 from ..guidance.base import Guidance, GuidanceContext
 
-SCHEDULES = ("constant", "step", "linear", "sqrt")
-WEIGHTINGS = ("sds", "uniform", "snr")
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
 
 @dataclass
@@ -32,11 +34,11 @@ class NoiseConfig:
     t_max_end: float = 0.5
     """Upper bound at the end; StableDreamer anneals t_max down so late steps refine detail
     (threestudio's annealed configs go 0.98 -> 0.5, e.g. Magic3D/ProlificDreamer refine)."""
-    schedule: str = "linear"
+    schedule: Schedule = "linear"
     """How t_max goes from start to end: constant | step | linear | sqrt."""
     milestones: tuple[float, ...] = (0.5,)
     """For ``step``: fractions of the stage at which t_max drops, in equal steps."""
-    weighting: str = "sds"
+    weighting: Weighting = "sds"
     """w(t): ``sds`` = sigma_t^2 (DreamFusion, threestudio's default), ``uniform`` = 1,
     ``snr`` = sigma_t / alpha_t (turns the gradient into a plain x - x0_hat residual)."""
     grad_clip: float | None = None

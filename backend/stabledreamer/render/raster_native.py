@@ -1,34 +1,32 @@
-"""Native CPU projection + tile rasteriser (``csrc/gauss_cpu.cpp``), compiled at first use.
+"""Native CPU projection + tile rasteriser (``csrc/gauss_cpu.cpp``), compiled at install time.
 
 Same semantics as ``projection.project`` and ``raster_torch.rasterize`` (gsplat 1.5.3 "classic"),
-float32 only. The C++ has a plain C ABI and no torch headers, so the first build takes seconds;
-it is built with ``torch.utils.cpp_extension.load`` into ``TORCH_EXTENSIONS_DIR`` with ``-O3``
-(no ``-march=native``: the build cache may be shared between machines) and OpenMP (the process
-already has torch's libgomp loaded, so both share one runtime), and called through ctypes on the
-tensors' data pointers. Two ``autograd.Function``s (projection, rasterisation) keep ``means2d``
-a real graph node, so ``meta["means2d"].grad`` works as with gsplat. The tile kernels exist for
-baseline x86-64 and for AVX2 (``#pragma GCC target``, picked from the CPU at load time, see
-``isa()``), and gradients are bit-reproducible run to run, whatever the thread count.
+float32 only. The C++ has a plain C ABI and no torch headers; ``setup.py`` compiles it when the
+package is installed, as the optional module ``_gauss_cpu`` next to this file (flags in
+``native_build``: ``-O3`` without ``-march=native``, OpenMP; the process already has torch's
+libgomp loaded, so both share one runtime). Nothing is compiled at run time: a job never waits on
+a build. The library is called through ctypes on the tensors' data pointers. Two
+``autograd.Function``s (projection, rasterisation) keep ``means2d`` a real graph node, so
+``meta["means2d"].grad`` works as with gsplat. The tile kernels exist for baseline x86-64 and
+for AVX2 (``#pragma GCC target``, picked from the CPU at load time, see ``isa()``), and gradients
+are bit-reproducible run to run, whatever the thread count.
 
-``available()`` says whether the build succeeded; ``build_error()`` says why not.
+``available()`` says whether the installed library loaded; ``build_error()`` says why not (not
+built at install, built from other sources, failed to load) and how to build it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import importlib.util
 import threading
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from . import native_build
 from .projection import EPS2D, NEAR_PLANE, Projected
 
-_CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / "gauss_cpu.cpp"]
-_HEADERS = [_CSRC / "tile_kernel.h"]
-_CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi"]
 _ABI_VERSION = 1
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -40,26 +38,43 @@ _i = ctypes.c_int
 _p = ctypes.c_void_p
 
 
-def _build() -> ctypes.CDLL:
-    from torch.utils.cpp_extension import load
+class NativeUnavailable(RuntimeError):
+    """The compiled library is missing, stale or unloadable (the message says which and why)."""
 
-    # The name carries a hash of every source and header (load() only hashes the sources).
-    digest = hashlib.sha256()
-    for f in _SOURCES + _HEADERS:
-        digest.update(f.read_bytes())
-    digest.update(" ".join(_CFLAGS).encode())
-    path = load(
-        name=f"stabledreamer_gauss_cpu_{digest.hexdigest()[:12]}",
-        sources=[str(s) for s in _SOURCES],
-        extra_cflags=_CFLAGS,
-        extra_ldflags=["-fopenmp"],
-        is_python_module=False,
-        verbose=False,
-    )
-    lib = ctypes.CDLL(path)
-    lib.sd_abi_version.restype = _i
+
+def library_path() -> str | None:
+    """Where the installed library is (``_gauss_cpu`` plus the platform's extension suffix)."""
+    try:
+        spec = importlib.util.find_spec(native_build.MODULE)
+    except ImportError:
+        return None
+    return spec.origin if spec is not None else None
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if path is None:
+        raise NativeUnavailable(
+            f"{native_build.MODULE} is not installed (the install found no suitable C++ "
+            f"compiler, or its build failed: see the pip log); {native_build.REBUILD_HINT}"
+        )
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot load {path}: {exc}; {native_build.REBUILD_HINT}") from exc
+    try:
+        lib.sd_abi_version.restype = _i
+        lib.sd_source_digest.restype = ctypes.c_char_p
+    except AttributeError as exc:  # a library from before these symbols existed
+        raise NativeUnavailable(f"{path} is outdated ({exc}); {native_build.REBUILD_HINT}") from exc
     if lib.sd_abi_version() != _ABI_VERSION:
-        raise RuntimeError(f"stale native library at {path}")
+        raise NativeUnavailable(f"{path} has another ABI version; {native_build.REBUILD_HINT}")
+    built, here = lib.sd_source_digest().decode(), native_build.source_digest()
+    if here is not None and built != here:
+        raise NativeUnavailable(
+            f"{path} was built from other sources than the C++ in {native_build.CSRC} (source "
+            f"digest {built}, the files now give {here}); {native_build.REBUILD_HINT}"
+        )
     lib.sd_project_fwd.argtypes = [_i, _i] + [_p] * 6 + [_i, _i, _f, _f] + [_p] * 4 + [_i]
     lib.sd_project_fwd.restype = None
     lib.sd_project_bwd.argtypes = [_i, _i] + [_p] * 5 + [_i, _i, _f, _f] + [_p] * 6 + [_i]
@@ -79,16 +94,16 @@ def _build() -> ctypes.CDLL:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled library, building it on first call; None when the build failed."""
+    """The installed library, loaded on first call; None when it is missing or unusable."""
     global _lib, _error, _tried
     if _tried:
         return _lib
     with _lock:
         if not _tried:
             try:
-                _lib = _build()
-            except Exception as exc:  # compiler missing, build error, load error
-                _error = f"{type(exc).__name__}: {exc}".strip()
+                _lib = _load()
+            except NativeUnavailable as exc:
+                _error = str(exc)
             _tried = True
     return _lib
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path, write_json
-from ..errors import StableDreamerError
+from ..errors import InputError, StableDreamerError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The newest readable checkpoint of the run (see the module doc)."""
     paths = checkpoint_paths(run_dir)
     if not paths:
-        raise FileNotFoundError(
+        raise InputError(
             f"{run_dir}: no checkpoint to resume from ({checkpoint_path(run_dir)} is missing); "
             "start a new run instead"
         )

@@ -2,7 +2,7 @@
 
 The recipe is configuration (``presets.preview/standard/final``): stage 1 DeepFloyd IF shapes the
 geometry, stage 2 Stable Diffusion refines colour and detail; the trainer does the rest. Writes
-the run folder of DESIGN.md: config, checkpoints, debug strips, gaussians.ply, mesh.glb,
+the run folder of docs/architecture.md: config, checkpoints, debug strips, gaussians.ply, mesh.glb,
 turntable.png and metrics.json (losses and seconds per step per stage, peak memory).
 """
 
@@ -20,11 +20,12 @@ from torch import Tensor
 
 from .. import gaussians as G
 from ..atomic import write_json
-from ..config import RunConfig, StageConfig, to_dict
+from ..config import RunConfig, StageConfig
+from ..errors import ConfigError, InputError
 from ..device import DeviceError, resolve_device
 from ..guidance.base import Guidance
 from ..ply import load_ply, save_ply
-from .reconstruct import load_run_config, prepare_run_dir, save_turntable
+from .folder import open_run, save_turntable
 from .trainer import Progress, Trainer
 
 MAX_PROMPT_CHARS = 2000
@@ -34,9 +35,9 @@ MAX_PROMPT_CHARS = 2000
 def check_prompt(prompt: str) -> str:
     prompt = " ".join(prompt.split())
     if not prompt:
-        raise ValueError('the prompt is empty; say what to make, e.g. "a ceramic teapot"')
+        raise InputError('the prompt is empty; say what to make, e.g. "a ceramic teapot"')
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(
+        raise InputError(
             f"the prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS} "
             "(the text encoders read about 77 tokens)"
         )
@@ -56,7 +57,7 @@ def build_guidance(
         from ..guidance.stable_diffusion import StableDiffusionGuidance
 
         return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device)
-    raise ValueError(
+    raise ConfigError(
         f"stage {stage.name!r}: guidance {stage.guidance!r} is not a text guidance; "
         "use deepfloyd_if or stable_diffusion"
     )
@@ -72,7 +73,7 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
         return None
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--init {spec}: no such file; give a .ply or a mesh, or sphere")
+        raise InputError(f"--init {spec}: no such file; give a .ply or a mesh, or sphere")
     if path.suffix.lower() == ".ply":
         from plyfile import PlyData
 
@@ -84,7 +85,7 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
     try:
         geom = trimesh.load(str(path), process=False)
     except Exception as e:  # trimesh raises many types for unreadable files
-        raise ValueError(f"--init {spec}: not a readable point cloud or mesh ({e})") from e
+        raise InputError(f"--init {spec}: not a readable point cloud or mesh ({e})") from e
     if isinstance(geom, trimesh.Scene):
         geom = geom.to_geometry()
     if isinstance(geom, trimesh.PointCloud):
@@ -94,7 +95,7 @@ def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
         points = torch.as_tensor(geom.vertices, dtype=torch.float32)
         return G.from_points(points, colors, cfg.init)
     if len(getattr(geom, "faces", [])) == 0:
-        raise ValueError(f"--init {spec}: neither a point cloud nor a mesh with faces")
+        raise InputError(f"--init {spec}: neither a point cloud nor a mesh with faces")
     return G.init_from_mesh(geom, cfg.init, seed=cfg.seed)
 
 
@@ -126,20 +127,16 @@ def run_generation(
     both guidances' offload, also on resume: a run may continue on another device, or with less
     GPU memory, than it started with."""
     out = Path(out)
-    if not resume:
+
+    def adjust(cfg: RunConfig) -> None:
         cfg.prompt = check_prompt(cfg.prompt)
-        cfg.device = device or cfg.device
         _offload(cfg, cpu_offload)
-        cfg.validate()
-        resolve_device(cfg.device)  # a missing GPU is refused before anything is written
-        init = initial_gaussians(cfg)  # read it before touching the output folder
-    prepare_run_dir(out, overwrite, resume)
-    if resume:
-        cfg, init = load_run_config(out), None
-        cfg.device = device or cfg.device
-        _offload(cfg, cpu_offload)
-    else:
-        write_json(out / "config.json", to_dict(cfg))
+
+    # The init is read before the output folder is touched: a bad file leaves nothing behind.
+    cfg, init = open_run(
+        cfg, out, overwrite=overwrite, resume=resume, device=device, adjust=adjust,
+        read_inputs=initial_gaussians,
+    )  # fmt: skip
 
     stages: dict[str, dict] = {}
 

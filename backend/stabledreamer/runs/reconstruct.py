@@ -20,45 +20,16 @@ from torch import Tensor
 
 from .. import gaussians as G
 from ..atomic import write_json
-from ..cameras import heldout_cameras, orbit_cameras
-from ..config import RunConfig, StageConfig, from_dict, to_dict
-from .debug_images import image_grid, save_png
-from ..device import resolve_device
+from ..cameras import heldout_cameras
+from ..config import RunConfig, StageConfig
+from ..errors import ConfigError
 from ..guidance.oracle import OracleGuidance
 from ..ply import save_ply
 from ..render import render
 from ..targets.target_mesh import TargetMesh, load_target
+from .debug_images import image_grid, save_png
+from .folder import PROCEDURAL_DEMO, camera_mid, open_run, save_turntable
 from .trainer import Progress, Trainer
-
-PROCEDURAL_DEMO = "procedural:demo"
-
-
-class RunDirError(ValueError):
-    """The output folder cannot be used as asked; the message says what to pass."""
-
-
-def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber an existing run unless asked; ``overwrite`` empties a run folder."""
-    if resume:
-        if not (out / "config.json").is_file():
-            raise RunDirError(f"{out}: not a run folder (no config.json); nothing to resume")
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"{out} already exists; pass --overwrite to replace it or --resume to continue it"
-            )
-        if not (out / "config.json").is_file():
-            raise RunDirError(
-                f"{out} is not empty and is not a run folder (no config.json); "
-                "choose another --out, --overwrite only replaces run folders"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    return from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
 
 
 def resolve_target(spec: str, run_dir: Path) -> TargetMesh:
@@ -91,7 +62,7 @@ def evaluate(params: dict[str, Tensor], oracle: OracleGuidance, cfg: RunConfig, 
     """Held-out PSNR on white over the evaluation ring; writes heldout.png and turntable.png."""
     res = cfg.eval_resolution
     cams = heldout_cameras(
-        res, res, distance=_mid(cfg.camera.distance), fov_y_deg=_mid(cfg.camera.fov_y_deg)
+        res, res, distance=camera_mid(cfg.camera.distance), fov_y_deg=camera_mid(cfg.camera.fov_y_deg)
     )
     white = torch.ones(len(cams), 3)
     pred = render(params, cams, white).rgb.clamp(0, 1)
@@ -123,7 +94,7 @@ def mesh_step(
     mesh.transformed(target.to_original).save(run_dir / "mesh.glb")
     res = cfg.eval_resolution
     cams = heldout_cameras(
-        res, res, distance=_mid(cfg.camera.distance), fov_y_deg=_mid(cfg.camera.fov_y_deg)
+        res, res, distance=camera_mid(cfg.camera.distance), fov_y_deg=camera_mid(cfg.camera.fov_y_deg)
     )
     white = torch.ones(len(cams), 3)
     pred, _ = render_mesh(
@@ -147,26 +118,6 @@ def mesh_step(
     }
 
 
-@torch.no_grad()
-def save_turntable(params: dict[str, Tensor], cfg: RunConfig, run_dir: Path) -> None:
-    """turntable.png: 8 views on a ring at elevation 20 deg, azimuth 0, 45, ... on white."""
-    res = cfg.eval_resolution
-    turn = orbit_cameras(
-        torch.arange(8) * 45.0,
-        20.0,
-        _mid(cfg.camera.distance),
-        _mid(cfg.camera.fov_y_deg),
-        res,
-        res,
-    )
-    spin = render(params, turn, torch.ones(len(turn), 3)).rgb
-    save_png(run_dir / "turntable.png", image_grid(spin, columns=4))
-
-
-def _mid(r: tuple[float, float]) -> float:
-    return 0.5 * (r[0] + r[1])
-
-
 def run_reconstruction(
     cfg: RunConfig,
     out: str | os.PathLike,
@@ -180,24 +131,20 @@ def run_reconstruction(
 
     ``device`` (auto | cpu | cuda | cuda:N) overrides ``cfg.device``, also on resume."""
     out = Path(out)
-    if not resume:
-        cfg.device = device or cfg.device
-        cfg.validate()
-        resolve_device(cfg.device)  # a missing GPU is refused before anything is written
-    # Read the target before touching the output folder: a bad mesh leaves nothing behind.
-    target = None if resume or cfg.target == PROCEDURAL_DEMO else load_target(cfg.target)
-    prepare_run_dir(out, overwrite, resume)
-    if resume:
-        cfg = load_run_config(out)
-        cfg.device = device or cfg.device
+
+    def read_target(cfg: RunConfig) -> TargetMesh | None:
+        # Read the target before touching the output folder: a bad mesh leaves nothing behind.
+        return None if cfg.target == PROCEDURAL_DEMO else load_target(cfg.target)
+
+    cfg, target = open_run(
+        cfg, out, overwrite=overwrite, resume=resume, device=device, read_inputs=read_target
+    )
     target = target or resolve_target(cfg.target, out)
-    if not resume:
-        write_json(out / "config.json", to_dict(cfg))
     oracles: dict[int, OracleGuidance] = {}
 
     def factory(stage: StageConfig, index: int) -> OracleGuidance:
         if stage.guidance != "oracle":
-            raise ValueError(f"reconstruct runs oracle stages only, not {stage.guidance!r}")
+            raise ConfigError(f"reconstruct runs oracle stages only, not {stage.guidance!r}")
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)  # same bank on resume
         oracles[index] = OracleGuidance(
             target, cfg.oracle, cfg.camera, stage.resolution, stage.resolution, gen

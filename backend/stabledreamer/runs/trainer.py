@@ -30,15 +30,16 @@ from ..optim.regularizers import regularization_losses, weighted_sum
 from ..render import render
 from ..optim.sds import sample_timesteps, sds_loss
 from ..optim.strategy import make_strategy
+from ..errors import StableDreamerError
 
 GuidanceFactory = Callable[[StageConfig, int], Guidance]  # (stage config, stage index) -> guidance
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(StableDreamerError):
     """The loss or the parameters became NaN/inf."""
 
 
-class TrainingCancelled(RuntimeError):
+class TrainingCancelled(StableDreamerError):
     """The progress callback asked the run to stop (a checkpoint was written first)."""
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import DiskFullError, atomic_path, write_json
+from ..errors import ConfigError  # noqa: F401  (the service and worker catch it from here)
+from ..runs.folder import PROCEDURAL_DEMO  # noqa: F401  (its one home is the run folder)
 from .records import RecordError, parse_record
 
 log = logging.getLogger("stabledreamer.service")
@@ -32,11 +34,17 @@ RECORD = "job.json"
 RUN = "run"
 INIT_FILE = "init.npz"
 ACTIVE_STATES = ("queued", "running")
-PROCEDURAL_DEMO = "procedural:demo"
 DEFAULT_PRESET = "reconstruct"
-FORBIDDEN_OVERRIDES = ("target", "preset", "prompt", "init_from")
-"""Config keys a client may not set: the target comes with the submit (a client must never name
-a file on the backend's disk), the preset is the ``preset`` field."""
+FORBIDDEN_OVERRIDES = {
+    "target": "the target comes with the submit (a client never names a file on the backend)",
+    "preset": "the preset is the submit's preset field",
+    "prompt": "the prompt is the submit's prompt field",
+    "seed": "the seed is the submit's seed field",
+    "init_from": "initial points come with the submit (init_points)",
+    "deepfloyd_if.model": "the models are chosen when the service starts (serve --if-model)",
+    "stable_diffusion.model": "the models are chosen when the service starts (serve --sd-model)",
+}
+"""Config keys a client may not set, with the reason."""
 
 
 @dataclass
@@ -254,14 +262,6 @@ class JobStore:
 # --- configuration (imports torch: only the service's submit path and the worker use it) -------
 
 
-class ConfigError(ValueError):
-    """A preset or override the backend cannot run; ``code`` is the protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def build_config(
     preset: str,
     overrides: dict[str, Any],
@@ -272,100 +272,19 @@ def build_config(
     models: dict[str, str] | None = None,
     init_from: str = "",
 ):
-    """The ``RunConfig`` of a job: the preset, then the overrides (dotted keys; a stage may be
-    named by its name, ``"reconstruct.steps"``, or by index, ``"stages.0.steps"``), then what
-    only the submit or the service decides: seed, target, prompt, and the models the service was
-    started with (``{"if": ..., "sd": ...}``; a client never names a path on the backend), and
-    the initial point cloud the submit sent (``init_from``, a file the worker wrote)."""
-    from ..config import RunConfig, from_dict, to_dict
-    from ..presets import PRESETS
+    """The ``RunConfig`` of a job, through ``presets.resolve`` (the path the CLI takes too): the
+    preset, then the client's overrides, then what only the submit or the service decides: seed,
+    target, prompt, the models the service was started with (``{"if": ..., "sd": ...}``; a client
+    never names a path on the backend), and the initial point cloud the submit sent
+    (``init_from``, a file the worker wrote)."""
+    from ..presets import resolve
 
-    if preset not in PRESETS:
-        raise ConfigError(
-            "unknown_preset", f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
-        )
-    cfg = PRESETS[preset]()
-    data = to_dict(cfg)
-    for key, value in overrides.items():
-        _override(data, key, value)
-    data["seed"] = seed
-    data["target"] = target
-    data["prompt"] = prompt
+    fixed: dict[str, Any] = {"seed": seed, "target": target, "prompt": prompt}
     if init_from:
-        data["init_from"] = init_from
+        fixed["init_from"] = init_from
     if negative:
-        data["deepfloyd_if"]["negative_prompt"] = negative
-        data["stable_diffusion"]["negative_prompt"] = negative
+        fixed["deepfloyd_if.negative_prompt"] = fixed["stable_diffusion.negative_prompt"] = negative
     for key, section in (("if", "deepfloyd_if"), ("sd", "stable_diffusion")):
         if models and models.get(key):
-            data[section]["model"] = models[key]
-    try:
-        cfg = from_dict(RunConfig, data)
-        cfg.validate()
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError("bad_override", f"the overrides give an invalid config: {e}") from None
-    return cfg
-
-
-def _override(data: dict, key: str, value: Any) -> None:
-    def fail(what: str):
-        raise ConfigError("bad_override", f"override {key[:80]!r}: {what}")
-
-    parts = key.split(".")
-    if not key or any(not p for p in parts):
-        fail("not a dotted config key")
-    if parts[0] in FORBIDDEN_OVERRIDES:
-        fail(f"{parts[0]!r} cannot be overridden (it comes with the submit)")
-    if parts[0] in ("deepfloyd_if", "stable_diffusion") and parts[1:2] == ["model"]:
-        fail("the models are chosen when the service starts (serve --if-model/--sd-model)")
-    if parts[0] not in data:
-        names = [s["name"] for s in data["stages"]]
-        if parts[0] in names:
-            parts = ["stages", str(names.index(parts[0])), *parts[1:]]
-        else:
-            fail(f"unknown setting {parts[0]!r}")
-    node: Any = data
-    for i, p in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not p.isdigit() or int(p) >= len(node):
-                fail(f"{p!r} is not an index below {len(node)}")
-            k: Any = int(p)
-        elif isinstance(node, dict):
-            if p not in node:
-                fail(f"unknown setting {p!r}")
-            k = p
-        else:
-            fail(f"{parts[i - 1]!r} has no settings")
-        if last:
-            node[k] = _typed(node[k], value, fail)
-        else:
-            node = node[k]
-
-
-def _typed(old: Any, new: Any, fail) -> Any:
-    if isinstance(old, dict):
-        fail("is a group of settings; override its fields one by one")
-    if old is None:
-        return new
-    if isinstance(old, bool):
-        if not isinstance(new, bool):
-            fail(f"must be true or false, not {type(new).__name__}")
-        return new
-    if isinstance(old, int):
-        if isinstance(new, bool) or not isinstance(new, int):
-            fail(f"must be an integer, not {type(new).__name__}")
-        return new
-    if isinstance(old, float):
-        if isinstance(new, bool) or not isinstance(new, int | float):
-            fail(f"must be a number, not {type(new).__name__}")
-        return float(new)
-    if isinstance(old, str):
-        if not isinstance(new, str):
-            fail(f"must be a string, not {type(new).__name__}")
-        return new
-    if isinstance(old, list | tuple):
-        if not isinstance(new, list) or len(new) != len(old):
-            fail(f"must be a list of {len(old)} values")
-        return [_typed(o, n, fail) for o, n in zip(old, new, strict=True)]
-    fail("cannot be overridden")
+            fixed[f"{section}.model"] = models[key]
+    return resolve(preset, overrides, fixed=fixed, forbidden=FORBIDDEN_OVERRIDES)

@@ -25,8 +25,10 @@ from stabledreamer_protocol.keys import (
     load_public,
 )
 
+from ..errors import StableDreamerError
 
-class SecurityError(ValueError):
+
+class SecurityError(StableDreamerError):
     """The service cannot be started with these settings; the message says what to change."""
 
 

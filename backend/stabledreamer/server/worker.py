@@ -338,7 +338,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
         what = "resuming from the last checkpoint" if resume else "started"
         conn.send(pipe.LogLine(logging.INFO, what))
         if resume:
-            from ..runs.reconstruct import load_run_config
+            from ..runs.folder import load_run_config
 
             cfg = load_run_config(run_dir)
         run = run_generation if spec.kind == "generate" else run_reconstruction
@@ -350,8 +350,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:
-        user = (StableDreamerError, *_legacy_user_errors())
-        failed = failure(e, torch.OutOfMemoryError, user, run_dir)
+        failed = failure(e, torch.OutOfMemoryError, (StableDreamerError,), run_dir)
         if failed.code == "internal":  # a bug: its traceback goes to the service's log
             trace = traceback.format_exc()
             sys.stderr.write(trace)
@@ -376,22 +375,3 @@ def failure(
     if isinstance(e, user):
         return pipe.JobFailed(getattr(e, "code", None) or "job_failed", str(e))
     return pipe.JobFailed("internal", f"{type(e).__name__}: {e}")
-
-
-def _legacy_user_errors() -> tuple[type, ...]:
-    """The user errors that do not derive from ``StableDreamerError`` yet (the lead's change of
-    issue 10 makes each one a subclass; then this list goes)."""
-    from ..device import DeviceError
-    from ..guidance.base import GuidanceError
-    from ..mesh.errors import MeshError
-    from ..ply import PlyFormatError
-    from ..runs.reconstruct import RunDirError
-    from ..runs.trainer import TrainingDiverged
-    from ..targets.target_mesh import TargetError
-    from .jobs import ConfigError
-    from .security import SecurityError
-
-    return (
-        ConfigError, DeviceError, GuidanceError, MeshError, PlyFormatError, RunDirError,
-        TrainingDiverged, TargetError, SecurityError,
-    )  # fmt: skip

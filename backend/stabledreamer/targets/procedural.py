@@ -1,9 +1,10 @@
 """A colourful toy target built in code, so the oracle has a target without any download.
 
-A little creature of primitives in the frame of DESIGN.md (Z up, metres, front facing -Y, inside
-the unit ball): a red box body on four blue cylinder legs, a yellow sphere head with a green cone
-hat, and on the front (-Y) side an orange cone nose and two dark eyes, so front and back differ
-(a Janus-shaped reconstruction is visibly wrong). Flat, saturated face colours, ~2,500 faces.
+A little creature of primitives in the frame of docs/architecture.md (Z up, metres, front facing
+-Y, inside the unit ball): a red box body on four blue cylinder legs, a yellow sphere head with a
+green cone hat, and on the front (-Y) side an orange cone nose and two dark eyes, so front and back
+differ (a Janus-shaped reconstruction is visibly wrong). Flat, saturated face colours, ~2,500
+faces.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ ball) with exactly one colour source, all unlit base colour in sRGB, [0, 1]:
 
 Normalisation: ``normalised = (original - center) * scale`` with ``center`` the bounding-box centre
 and ``scale`` putting the farthest vertex at radius ``NORMALISED_RADIUS`` (0.9), so the object
-fills the unit ball of DESIGN.md with a margin (the training cameras frame radius 1). "Original"
-is the target's own frame *in Blender's axes*: for .glb/.gltf that is glTF's Y-up frame turned
-Z-up the way Blender's importer does, (x, y, z)_gltf -> (x, -z, y), so results written back with
-``to_original`` overlay the imported source in Blender.
+fills the unit ball (docs/architecture.md) with a margin (the training cameras frame radius 1).
+"Original" is the target's own frame *in Blender's axes*: for .glb/.gltf that is glTF's Y-up frame
+turned Z-up the way Blender's importer does, (x, y, z)_gltf -> (x, -z, y), so results written back
+with ``to_original`` overlay the imported source in Blender.
 
 Colour decisions (see ``load_target``):
 
@@ -45,6 +45,8 @@ import trimesh
 from PIL import Image
 from torch import Tensor
 
+from ..errors import StableDreamerError
+
 NORMALISED_RADIUS = 0.9
 """Distance of the farthest vertex from the origin after normalisation (unit ball, 10% margin)."""
 DEFAULT_GREY = 0.5
@@ -55,7 +57,7 @@ Y_UP_TO_Z_UP = np.array(
 )  # (x, y, z)_gltf -> (x, -z, y), as Blender's glTF importer does
 
 
-class TargetError(ValueError):
+class TargetError(StableDreamerError):
     """A target mesh cannot be used; the message names the problem and the fix."""
 
 

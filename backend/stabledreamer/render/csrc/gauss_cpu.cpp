@@ -1,7 +1,7 @@
 // Native CPU projection and tile rasteriser for 3D Gaussians (float32), forward and backward.
 //
-// Plain C++ with a C ABI (called through ctypes on tensors' data pointers; no torch headers, so
-// it compiles in seconds). Semantics mirror projection.py and raster_torch.py exactly (gsplat
+// Plain C++ with a C ABI (called through ctypes on tensors' data pointers; no torch or Python
+// headers), compiled when the package is installed (setup.py, render/native_build.py). Semantics mirror projection.py and raster_torch.py exactly (gsplat
 // 1.5.3 "classic"): pixel centres at (x + 0.5, y + 0.5), alpha = min(0.999, o exp(-sigma)),
 // pairs with alpha < 1/255 or sigma < 0 skipped, front-to-back compositing in depth order, and a
 // pixel stops before the Gaussian that would bring its transmittance to <= 1e-4.
@@ -15,6 +15,16 @@
 // front like 3DGS's CUDA backward. Per-Gaussian gradients are summed in registers over a tile's
 // pixels and written to one slot per tile entry; the slots are then summed per Gaussian in a
 // fixed order, so gradients are bit-reproducible whatever the thread count (no atomics).
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#error "gauss_cpu.cpp needs GCC or Clang (GCC vector extensions, __builtin_cpu_supports); MSVC cannot build it"
+#endif
+
+// Set by setup.py to native_build.source_digest(): raster_native refuses a library built from
+// other sources than the ones installed next to it.
+#ifndef SD_SOURCE_DIGEST
+#define SD_SOURCE_DIGEST "unknown"
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -302,6 +312,7 @@ void tile_backward(const Raster& r, int t, const float* grad_out, float* slots) 
 extern "C" {
 
 int sd_abi_version() { return 1; }
+const char* sd_source_digest() { return SD_SOURCE_DIGEST; }
 
 // Which tile kernel runs: 0 baseline x86-64 (SSE2), 1 AVX2; set_isa caps it (for tests).
 int sd_get_isa() { return g_isa; }
