@@ -485,6 +485,27 @@ def _add_service_parsers(sub) -> None:
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
     srv.add_argument(
+        "--handshake-s",
+        type=float,
+        default=5.0,
+        help="drop a connection that has not finished its handshake by then (default %(default)s)",
+    )
+    srv.add_argument(
+        "--stall-s",
+        type=float,
+        default=30.0,
+        help="mark a job stalled when its worker is silent this long (default %(default)s)",
+    )
+    keep = srv.add_argument_group("retention (finished jobs deleted; running ones never)")
+    keep.add_argument("--keep-jobs", type=int, help="finished jobs kept (default 1000)")
+    keep.add_argument("--keep-days", type=float, help="days a finished job is kept (default 30)")
+    keep.add_argument("--keep-gb", type=float, help="GiB the finished jobs may use (default 50)")
+    keep.add_argument(
+        "--keep-unfetched-days",
+        type=float,
+        help="days a result no client fetched is kept, whatever the limits (default 90)",
+    )
+    srv.add_argument(
         "--preview-points",
         type=int,
         default=100_000,
@@ -527,6 +548,19 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--preview-points must be in [0, {limits.max_preview_points}]")
     models = [f"if:{args.if_model}"] if args.if_model else []
     models += [f"sd:{args.sd_model}"] if args.sd_model else []
+    from .server.retention import RetentionPolicy
+
+    keep = {
+        "keep_jobs": args.keep_jobs,
+        "keep_days": args.keep_days,
+        "keep_bytes": None if args.keep_gb is None else int(args.keep_gb * 2**30),
+        "unfetched_days": args.keep_unfetched_days,
+    }
+    if not 2.0 <= args.stall_s <= 86_400:
+        raise ValueError(f"--stall-s must be in [2, 86400], got {args.stall_s}")
+    if not 0.1 <= args.handshake_s <= 300:
+        raise ValueError(f"--handshake-s must be in [0.1, 300], got {args.handshake_s}")
+    retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
     cfg = ServiceConfig(
         bind=args.bind,
         state=Path(args.state),
@@ -535,6 +569,9 @@ def cmd_serve(args) -> int:
         limits=limits,
         preview_points=args.preview_points,
         models=models,
+        retention=retention,
+        handshake_s=args.handshake_s,
+        stall_s=args.stall_s,
     )
     import zmq
 
