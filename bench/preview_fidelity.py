@@ -109,7 +109,7 @@ def psnr_union(ref_rgb, ref_alpha, img_rgb, img_alpha) -> float:
 def reference(raw: dict, size: int):
     cams = orbit_cameras([v[0] for v in VIEWS], [v[1] for v in VIEWS], DISTANCE, FOV_Y, size, size)
     with torch.no_grad():
-        out = render(raw, cams, torch.full((3,), BACKGROUND), backend="cpu")
+        out = render(raw, cams, torch.full((3,), BACKGROUND), backend="auto")
     return cams, out.rgb.numpy(), out.alpha[..., 0].numpy()
 
 
