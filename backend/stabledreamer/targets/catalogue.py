@@ -1,10 +1,10 @@
 """A catalogue of known objects made in code: ground truth for the example-based text prior.
 
-Each entry is a prompt, a builder of flat-coloured primitives in the frame of DESIGN.md (Z up,
-front facing -Y, roughly inside the unit ball) and whether the object has a clear front (a face,
-a handle, headlights, a door): on those a second face at the back (a multi-face, "Janus", result)
-is visible and measured. No binary assets: everything is trimesh primitives, low-poly enough that
-rendering the whole catalogue's bank stays within the build budget.
+Each entry is a prompt, a builder of flat-coloured primitives in the frame of docs/architecture.md
+(Z up, front facing -Y, roughly inside the unit ball) and whether the object has a clear front (a
+face, a handle, headlights, a door): on those a second face at the back (a multi-face, "Janus",
+result) is visible and measured. No binary assets: everything is trimesh primitives, low-poly
+enough that rendering the whole catalogue's bank stays within the build budget.
 """
 
 from __future__ import annotations
