@@ -12,7 +12,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
 export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
 
-.PHONY: setup native demo test lint format bench lock clean
+.PHONY: setup native demo demo-text test lint format bench lock clean gpu-check
 
 PKG_STAMP := $(VENV)/.package
 PKG_SRC := setup.py backend/stabledreamer/render/native_build.py \
@@ -43,6 +43,11 @@ native:
 demo: setup
 	$(VENV)/bin/stabledreamer demo --out runs/demo --overwrite
 	@echo "demo outputs: runs/demo/ (gaussians.ply, mesh.glb, metrics.json, turntable.png, heldout.png, debug/)"
+
+# Text to 3D offline: a catalogue prompt on the example-based prior (its bank built once, cached).
+demo-text: setup
+	$(VENV)/bin/stabledreamer generate "a toy creature" --prior catalogue --out runs/demo-text --overwrite
+	@echo "demo-text outputs: runs/demo-text/ (gaussians.ply, mesh.glb, metrics.json, heldout.png, turntable.png, debug/)"
 
 test: setup
 	$(VENV)/bin/ruff check .

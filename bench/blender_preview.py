@@ -6,7 +6,10 @@ geometry-nodes instancing), as a viewport redraw would. Cases: same count (the u
 update), a changing count (densification: the mesh is rebuilt in place), and plain points above
 the cap, and the add-on's whole path from the wire (the codec checks and decodes a ``preview``
 message, then the same write). bpy runs as a module, so no viewport drawing is timed.
-Run: ``python bench/blender_preview.py [--n 100000] [--repeats 20]``.
+Looks (``blender_addon/splat_look.py``): splats (the default: opacity-aware extents, palette
+and splat shader), opaque ellipsoids, fast points. ``--addon DIR`` times another checkout's add-on
+(e.g. the main branch, for before/after rows from one machine state).
+Run: ``python bench/blender_preview.py [--n 100000] [--repeats 20] [--addon DIR]``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "blender_addon"))
+ADDON_ROOT = Path(sys.argv[sys.argv.index("--addon") + 1]) if "--addon" in sys.argv else ROOT
+sys.path.insert(0, str(ADDON_ROOT))
 _tmp = tempfile.mkdtemp(prefix="sd-bench-blender-")
 os.environ.setdefault("BLENDER_USER_RESOURCES", os.path.join(_tmp, "blender"))
 os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_tmp, "xdg"))
 
+import inspect  # noqa: E402
+
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
-import preview  # noqa: E402
 
+from blender_addon import preview  # noqa: E402
 from stabledreamer_protocol import preview as wire  # noqa: E402
 
 
@@ -40,15 +46,23 @@ def _frames(n: int, k: int, vary: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _time(frames, point_cap: int) -> tuple[float, float, float]:
+HAS_LOOK = "look" in inspect.signature(preview.update_preview).parameters
+
+
+def _look(look: str | None) -> dict:
+    return {"look": look} if HAS_LOOK and look else {}
+
+
+def _time(frames, point_cap: int, look: str | None = None) -> tuple[float, float, float]:
     dg = bpy.context.evaluated_depsgraph_get()
     write, evaluate = [], []
     for pos, attrs in frames:
         t0 = time.perf_counter()
         g = wire.unpack(pos, attrs)
         preview.update_preview(
-            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=point_cap
-        )
+            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=point_cap,
+            **_look(look),
+        )  # fmt: skip
         t1 = time.perf_counter()
         dg.update()
         t2 = time.perf_counter()
@@ -90,21 +104,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--addon", type=Path, default=ROOT, help="checkout whose add-on to time")
     args = ap.parse_args()
     n, k = args.n, args.repeats
+    print(f"add-on from {args.addon}" + ("" if HAS_LOOK else " (no look setting)"))
     print(f"{n:,} Gaussians, median of {k} updates (ms): decode+write | depsgraph | total")
     same = _frames(n, k, vary=False)
     _time(same[:2], point_cap=10 * n)  # warm up: build the object and node group
     cases = [
-        ("same count, ellipsoids", same, 10 * n),
-        ("changing count, ellipsoids", _frames(n, k, vary=True), 10 * n),
-        ("same count, plain points", same, n - 1),
+        ("same count, default look", same, 10 * n, None),
+        ("changing count, default look", _frames(n, k, vary=True), 10 * n, None),
+        ("same count, plain points", same, n - 1, None),
     ]
-    rows = [(name, *_time(frames, cap)) for name, frames, cap in cases]
-    rows.append(("wire message, ellipsoids", *_time_messages(n, k, 10 * n)))
+    if HAS_LOOK:
+        cases.append(("same count, ellipsoids look", same, 10 * n, "ELLIPSOIDS"))
+        cases.append(("same count, splats look", same, 10 * n, "SPLATS"))
+    rows = [(name, *_time(frames, cap, look)) for name, frames, cap, look in cases]
+    rows.append(("wire message, default look", *_time_messages(n, k, 10 * n)))
     for name, w, e, t in rows:
         flag = "ok" if t <= 20.0 else "over the 20 ms goal"
-        print(f"  {name:28s} {w:7.2f} | {e:7.2f} | {t:7.2f}  {flag}")
+        print(f"  {name:30s} {w:7.2f} | {e:7.2f} | {t:7.2f}  {flag}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ Modules, one job each:
   what arrives, the load handler;
 - ``operators.py`` and ``panel.py``: what the artist presses and sees;
 - ``preview.py``: the preview object (Gaussians as instanced ellipsoids);
+- ``splat_look.py``: how a Gaussian is drawn (its opacity-aware extent, the look preference);
+- ``splat_nodes.py``: the geometry-nodes and shader groups behind that look;
+- ``viewport_look.py``: the one-click viewport settings (Gaussian colours in Solid mode, Cycles
+  bounces for splats);
 - ``selection.py``: points from the selected mesh ("Start from Selected Mesh");
 - ``result_import.py``: the finished mesh, debug image and log into Blender data;
 - ``gaussian_ply.py``: 3D Gaussian Splatting .ply files as Gaussian objects;

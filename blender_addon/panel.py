@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import runtime
+from . import runtime, viewport_look
 from .prefs import get_prefs
 
 ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
@@ -117,6 +117,7 @@ class STABLEDREAMER_PT_advanced(_Sidebar, bpy.types.Panel):
         col.prop(s, "overrides")
         col.operator("stabledreamer.import_gaussians", icon="IMPORT")
         col.operator("stabledreamer.preview_demo", icon="POINTCLOUD_DATA")
+        viewport_look.draw(col, context)
         col.label(text=f"Protocol {protocol_version()}")
 
 
@@ -140,4 +141,9 @@ class STABLEDREAMER_PT_history(_Sidebar, bpy.types.Panel):
             op.job = e.job
 
 
-CLASSES = (STABLEDREAMER_PT_panel, STABLEDREAMER_PT_advanced, STABLEDREAMER_PT_history)
+CLASSES = (
+    STABLEDREAMER_PT_panel,
+    STABLEDREAMER_PT_advanced,
+    STABLEDREAMER_PT_history,
+    *viewport_look.CLASSES,  # the panel's one-click look fixes
+)

@@ -7,6 +7,15 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from stabledreamer_protocol import DEFAULT_ENDPOINT  # one home: the protocol (a bundled wheel)
 
+from . import splat_look
+
+
+def _restyle(self, context):
+    """A changed look applies to the Gaussian objects already in the file."""
+    from . import preview
+
+    preview.restyle_all()
+
 
 def addon_key() -> str:
     return __package__
@@ -76,6 +85,27 @@ class StableDreamerPreferences(bpy.types.AddonPreferences):
         min=0,
         max=1_000_000,
     )
+    preview_look: EnumProperty(  # noqa: F821
+        name="Gaussian Look",
+        description="How the live preview and imported Gaussians are drawn",
+        items=[
+            ("SPLATS", "Splats", "Ellipsoids where each Gaussian is visible, shaded with its "
+             "Gaussian falloff in Material Preview and Rendered (closest to the result)"),
+            ("ELLIPSOIDS", "Ellipsoids", "Opaque ellipsoids where each Gaussian is visible"),
+            ("POINTS", "Fast Points", "One point per Gaussian (fastest, least faithful)"),
+        ],
+        default=splat_look.DEFAULT_LOOK,
+        update=_restyle,
+    )  # fmt: skip
+    shell_alpha: FloatProperty(  # noqa: F821
+        name="Shell Opacity",
+        description="Each Gaussian is drawn out to where its opacity falls below this (those "
+        "fainter everywhere are left out); lower draws larger, softer Gaussians",
+        default=splat_look.SHELL_ALPHA,
+        min=0.001,
+        max=0.9,
+        update=_restyle,
+    )
     update_rate: FloatProperty(  # noqa: F821
         name="Update Rate",
         description="How often the viewport takes new previews and progress (per second)",
@@ -102,6 +132,8 @@ class StableDreamerPreferences(bpy.types.AddonPreferences):
         col.prop(self, "preview_points")
         col.prop(self, "point_cap")
         col.prop(self, "update_rate")
+        col.prop(self, "preview_look")
+        col.prop(self, "shell_alpha")
 
 
 class StableDreamerSettings(bpy.types.PropertyGroup):

@@ -1,16 +1,19 @@
-"""The live preview object: Gaussians as instanced ellipsoids (geometry nodes).
+"""The live preview object: Gaussians drawn where they are visible (geometry nodes).
 
 One mesh object holds a vertex per Gaussian with point attributes written by ``foreach_set``:
 
 ``position`` (the vertex coordinates), ``scale`` FLOAT_VECTOR (standard deviations, linear),
 ``rot`` QUATERNION (w, x, y, z), ``color`` FLOAT_COLOR (sRGB base colour as stored on the wire,
-alpha = opacity), ``opacity`` FLOAT.
+alpha = opacity), ``opacity`` FLOAT, ``extent`` FLOAT (how many standard deviations out the
+Gaussian is drawn, 0 = left out: ``splat_look.extents``) and ``cell`` INT (its Solid-mode palette
+cell: ``splat_look.cells``).
 
-A geometry-nodes modifier instances an ico sphere on every point, scaled by ``scale`` times the
-group's ``Size`` input (sigmas per radius) and rotated by ``rot``; the colour and opacity are stored
-on the INSTANCE domain and a material reads them with an Attribute node of type INSTANCER. Above
-``point_cap`` Gaussians the same group switches to plain points (Mesh to Points, radius from the
-scale), which the viewport draws far faster than instanced meshes.
+The geometry-nodes modifier (``splat_nodes.gaussian_group``) instances a unit ico sphere on every
+visible point, scaled by ``scale * extent`` and rotated by ``rot``, with the splat shader (Gaussian
+falloff) for Material Preview and Rendered and a palette material whose viewport colour Solid mode
+shows. The look (``splat_look.LOOKS``: fast points, opaque ellipsoids, splat shading) comes from
+the add-on preferences; above ``point_cap`` Gaussians the same group switches to plain points
+(Mesh to Points), which the viewport draws far faster than instanced meshes.
 
 The object and its mesh are reused between updates (updated in place): the same count only
 rewrites the attributes; a new count rebuilds the mesh's geometry. Input: plain numpy arrays, as
@@ -22,14 +25,13 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+from . import splat_look, splat_nodes
+from .splat_nodes import GROUP_NAME, POINTS_MATERIAL_NAME, socket_id  # noqa: F401 (public names)
+
 OBJECT_NAME = "StableDreamer Preview"
-GROUP_NAME = "StableDreamer Ellipsoids"
-MATERIAL_NAME = "StableDreamer Splat"
-POINTS_MATERIAL_NAME = "StableDreamer Splat Points"
-MODIFIER_NAME = "StableDreamer Ellipsoids"
+SHADER_NAME = splat_nodes.SHADER_NAME
+MODIFIER_NAME = "StableDreamer Gaussians"
 DEFAULT_POINT_CAP = 200_000
-DEFAULT_SIZE = 2.0
-"""Ellipsoid radius in standard deviations (2 sigma covers ~86 % of a 2D Gaussian's mass)."""
 
 ATTRIBUTES = {
     # name: (data type, foreach_set key, components)
@@ -37,132 +39,19 @@ ATTRIBUTES = {
     "rot": ("QUATERNION", "value", 4),
     "color": ("FLOAT_COLOR", "color", 4),
     "opacity": ("FLOAT", "value", 1),
+    "extent": ("FLOAT", "value", 1),
+    "cell": ("INT", "value", 1),
 }
 
 
-# --------------------------------------------------------------------------- node group / material
+def current_look() -> tuple[str, float]:
+    """The look and its shell threshold from the add-on preferences (defaults without them)."""
+    from .prefs import get_prefs
 
-
-def _attribute_material(name: str, attribute_type: str) -> bpy.types.Material:
-    mat = bpy.data.materials.get(name)
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
-    nt = mat.node_tree
-    nt.nodes.clear()
-    out = nt.nodes.new("ShaderNodeOutputMaterial")
-    bsdf = nt.nodes.new("ShaderNodeBsdfPrincipled")
-    col = nt.nodes.new("ShaderNodeAttribute")
-    col.attribute_type = attribute_type
-    col.attribute_name = "color"
-    opa = nt.nodes.new("ShaderNodeAttribute")
-    opa.attribute_type = attribute_type
-    opa.attribute_name = "opacity"
-    nt.links.new(col.outputs["Color"], bsdf.inputs["Base Color"])
-    nt.links.new(opa.outputs["Fac"], bsdf.inputs["Alpha"])
-    nt.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
-    col.location, opa.location, bsdf.location, out.location = (
-        (-400, 100),
-        (-400, -150),
-        (0, 0),
-        (300, 0),
-    )
-    if hasattr(mat, "surface_render_method"):  # EEVEE Next (4.2+)
-        mat.surface_render_method = "BLENDED"
-    return mat
-
-
-def _named(nt, name: str, data_type: str):
-    node = nt.nodes.new("GeometryNodeInputNamedAttribute")
-    node.data_type = data_type
-    node.inputs["Name"].default_value = name
-    return node
-
-
-def ellipsoid_group() -> bpy.types.NodeTree:
-    """The geometry-nodes group (built once per file, then reused)."""
-    group = bpy.data.node_groups.get(GROUP_NAME)
-    if group is not None:
-        return group
-    group = bpy.data.node_groups.new(GROUP_NAME, "GeometryNodeTree")
-    iface = group.interface
-    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    size = iface.new_socket("Size", in_out="INPUT", socket_type="NodeSocketFloat")
-    size.default_value = DEFAULT_SIZE
-    size.min_value = 0.0
-    points = iface.new_socket("Points Only", in_out="INPUT", socket_type="NodeSocketBool")
-    points.default_value = False
-    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
-
-    nt = group
-    gin = nt.nodes.new("NodeGroupInput")
-    gout = nt.nodes.new("NodeGroupOutput")
-    link = nt.links.new
-
-    scale = _named(nt, "scale", "FLOAT_VECTOR")
-    rot = _named(nt, "rot", "QUATERNION")
-    color = _named(nt, "color", "FLOAT_COLOR")
-    opacity = _named(nt, "opacity", "FLOAT")
-
-    sized = nt.nodes.new("ShaderNodeVectorMath")
-    sized.operation = "SCALE"
-    link(scale.outputs["Attribute"], sized.inputs[0])
-    link(gin.outputs["Size"], sized.inputs["Scale"])
-
-    # ellipsoids: ico sphere (radius 1) instanced on every point
-    ico = nt.nodes.new("GeometryNodeMeshIcoSphere")
-    ico.inputs["Radius"].default_value = 1.0
-    ico.inputs["Subdivisions"].default_value = 1
-    ico_mat = nt.nodes.new("GeometryNodeSetMaterial")
-    ico_mat.inputs["Material"].default_value = _attribute_material(MATERIAL_NAME, "INSTANCER")
-    link(ico.outputs["Mesh"], ico_mat.inputs["Geometry"])
-    inst = nt.nodes.new("GeometryNodeInstanceOnPoints")
-    link(gin.outputs[0], inst.inputs["Points"])
-    link(ico_mat.outputs["Geometry"], inst.inputs["Instance"])
-    link(rot.outputs["Attribute"], inst.inputs["Rotation"])
-    link(sized.outputs["Vector"], inst.inputs["Scale"])
-    store_col = nt.nodes.new("GeometryNodeStoreNamedAttribute")
-    store_col.data_type = "FLOAT_COLOR"
-    store_col.domain = "INSTANCE"
-    store_col.inputs["Name"].default_value = "color"
-    link(inst.outputs["Instances"], store_col.inputs["Geometry"])
-    link(color.outputs["Attribute"], store_col.inputs["Value"])
-    store_opa = nt.nodes.new("GeometryNodeStoreNamedAttribute")
-    store_opa.data_type = "FLOAT"
-    store_opa.domain = "INSTANCE"
-    store_opa.inputs["Name"].default_value = "opacity"
-    link(store_col.outputs["Geometry"], store_opa.inputs["Geometry"])
-    link(opacity.outputs["Attribute"], store_opa.inputs["Value"])
-
-    # plain points: radius = Size * the mean standard deviation
-    mean = nt.nodes.new("ShaderNodeVectorMath")
-    mean.operation = "DOT_PRODUCT"
-    link(sized.outputs["Vector"], mean.inputs[0])
-    mean.inputs[1].default_value = (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0)
-    to_points = nt.nodes.new("GeometryNodeMeshToPoints")
-    to_points.mode = "VERTICES"
-    link(gin.outputs[0], to_points.inputs["Mesh"])
-    link(mean.outputs["Value"], to_points.inputs["Radius"])
-    pts_mat = nt.nodes.new("GeometryNodeSetMaterial")
-    pts_mat.inputs["Material"].default_value = _attribute_material(POINTS_MATERIAL_NAME, "GEOMETRY")
-    link(to_points.outputs["Points"], pts_mat.inputs["Geometry"])
-
-    switch = nt.nodes.new("GeometryNodeSwitch")
-    switch.input_type = "GEOMETRY"
-    link(gin.outputs["Points Only"], switch.inputs["Switch"])
-    link(store_opa.outputs["Geometry"], switch.inputs["False"])
-    link(pts_mat.outputs["Geometry"], switch.inputs["True"])
-    link(switch.outputs["Output"], gout.inputs[0])
-
-    for i, node in enumerate(nt.nodes):
-        node.location = (200 * (i % 6), -200 * (i // 6))
-    return group
-
-
-def socket_id(group: bpy.types.NodeTree, name: str) -> str:
-    """The modifier key of a group input (``Socket_N`` in Blender 4.x/5.x)."""
-    return group.interface.items_tree[name].identifier
+    prefs = get_prefs()
+    look = getattr(prefs, "preview_look", splat_look.DEFAULT_LOOK)
+    alpha = getattr(prefs, "shell_alpha", splat_look.LOOK_ALPHA[look])
+    return look, alpha
 
 
 # --------------------------------------------------------------------------- the preview object
@@ -193,22 +82,38 @@ def preview_object(collection: bpy.types.Collection | None = None) -> bpy.types.
 def new_gaussian_object(
     name: str, collection: bpy.types.Collection | None = None
 ) -> bpy.types.Object:
-    """A new, empty object with the ellipsoid modifier (Blender makes the name unique)."""
+    """A new, empty object with the Gaussian modifier (Blender makes the name unique)."""
     mesh = bpy.data.meshes.new(name)
     obj = bpy.data.objects.new(name, mesh)
     (collection or bpy.context.scene.collection).objects.link(obj)
-    mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
-    mod.node_group = ellipsoid_group()
+    _modifier(obj)
     return obj
 
 
+OLD_MODIFIER_NAME = "StableDreamer Ellipsoids"
+"""The modifier of add-on versions before the splat look (replaced when such a file is opened)."""
+
+
 def _modifier(obj: bpy.types.Object) -> bpy.types.NodesModifier:
+    old = obj.modifiers.get(OLD_MODIFIER_NAME)
+    if old is not None:
+        obj.modifiers.remove(old)
     mod = obj.modifiers.get(MODIFIER_NAME)
     if mod is None:
         mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
     if mod.node_group is None:
-        mod.node_group = ellipsoid_group()
+        mod.node_group = splat_nodes.gaussian_group()
+    key = socket_id(mod.node_group, "Palette")
+    palette = splat_nodes.palette_object()
+    if mod.get(key) is not palette:
+        mod[key] = palette
     return mod
+
+
+def _set_input(mod: bpy.types.NodesModifier, name: str, value) -> None:
+    key = socket_id(mod.node_group, name)
+    if mod.get(key) != value:  # writing an unchanged value would still re-evaluate the group
+        mod[key] = value
 
 
 def update_preview(
@@ -220,14 +125,21 @@ def update_preview(
     *,
     log_scales: bool = False,
     point_cap: int = DEFAULT_POINT_CAP,
+    look: str | None = None,
+    shell_alpha: float | None = None,
     size: float | None = None,
+    keep_all: bool = False,
     obj: bpy.types.Object | None = None,
 ) -> bpy.types.Object:
     """Write N Gaussians into the preview object (created if needed) and return it.
 
     ``means [N,3]``, ``scales [N,3]`` (standard deviations; natural logs when ``log_scales``),
     ``quats [N,4]`` (w, x, y, z), ``rgb [N,3]`` (sRGB in [0, 1]), ``opacities [N]`` in [0, 1].
-    More than ``point_cap`` Gaussians switch the modifier to plain points.
+    ``look`` is one of ``splat_look.LOOKS`` and ``shell_alpha`` the alpha at which each Gaussian's
+    shell ends (both default to the add-on preferences); Gaussians fainter than that everywhere are
+    left out of the mesh, or with ``keep_all`` kept there and not drawn (an imported file stays
+    whole, so a lower Shell Opacity can show them). ``size`` scales every extent. More than
+    ``point_cap`` Gaussians switch the modifier to plain points.
     """
     means = np.asarray(means, dtype=np.float32)
     if means.ndim != 2 or means.shape[1] != 3:
@@ -239,6 +151,20 @@ def update_preview(
     quats = _check("quats", quats, n, 4)
     rgb = _check("rgb", rgb, n, 3)
     opacities = _check("opacities", opacities, n, 1)
+    if look is None or shell_alpha is None:
+        pref_look, pref_alpha = current_look()
+        look = look or pref_look
+        shell_alpha = pref_alpha if shell_alpha is None else shell_alpha
+    if look not in splat_look.LOOKS:
+        raise ValueError(f"look must be one of {', '.join(splat_look.LOOKS)}, got {look!r}")
+    extent = splat_look.extents(opacities, shell_alpha)
+    shown = extent > 0
+    if not keep_all and not shown.all():  # leave out those fainter than the shell everywhere
+        means, scales, quats, rgb = means[shown], scales[shown], quats[shown], rgb[shown]
+        opacities, extent = opacities[shown], extent[shown]
+        n = len(means)
+        shown = np.ones(n, dtype=bool)
+    cell = splat_look.cells(rgb)
 
     obj = obj or preview_object()
     mesh = obj.data
@@ -258,21 +184,67 @@ def update_preview(
     colors[:, :3] = rgb
     colors[:, 3] = opacities
     mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(means).ravel())
-    values = {"scale": scales, "rot": quats, "color": colors, "opacity": opacities}
+    values = {"scale": scales, "rot": quats, "color": colors, "opacity": opacities,
+              "extent": extent, "cell": cell}  # fmt: skip
     for name, (_dtype, key, _c) in ATTRIBUTES.items():
         mesh.attributes[name].data.foreach_set(key, values[name].ravel())
     mesh.update()
 
     mod = _modifier(obj)
-    group = mod.node_group
-    points_only = n > point_cap
-    key = socket_id(group, "Points Only")
-    if bool(mod[key]) != points_only:
-        mod[key] = points_only
+    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb[shown], cell[shown]))
+    splat_nodes.set_pixel_angle(bpy.context.scene)
+    _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
+    _set_input(mod, "Keep All", bool(keep_all))
     if size is not None:
-        mod[socket_id(group, "Size")] = float(size)
+        _set_input(mod, "Extent Scale", float(size))
     obj.update_tag()
     return obj
+
+
+def _apply_look(mod: bpy.types.NodesModifier, look: str, points_only: bool) -> None:
+    _set_input(mod, "Points Only", bool(points_only))
+    _set_input(mod, "Splat Shading", look == "SPLATS")
+
+
+def gaussian_objects() -> list[bpy.types.Object]:
+    """Every object drawn by the Gaussian modifier (the live preview and imported .ply files)."""
+    return [o for o in bpy.data.objects if o.type == "MESH" and o.modifiers.get(MODIFIER_NAME)]
+
+
+def restyle(
+    obj: bpy.types.Object,
+    look: str | None = None,
+    shell_alpha: float | None = None,
+    point_cap: int | None = None,
+) -> None:
+    """Apply a look to an existing Gaussian object (its stored opacities give the new extents; a
+    Gaussian left out before stays out until the next update or import)."""
+    pref_look, pref_alpha = current_look()
+    look = look or pref_look
+    shell_alpha = pref_alpha if shell_alpha is None else shell_alpha
+    if point_cap is None:
+        from .prefs import get_prefs
+
+        point_cap = getattr(get_prefs(), "point_cap", DEFAULT_POINT_CAP)
+    mesh = obj.data
+    n = len(mesh.vertices)
+    if n == 0 or "opacity" not in mesh.attributes or "extent" not in mesh.attributes:
+        return
+    opacity = np.empty(n, dtype=np.float32)
+    mesh.attributes["opacity"].data.foreach_get("value", opacity)
+    mesh.attributes["extent"].data.foreach_set("value", splat_look.extents(opacity, shell_alpha))
+    mesh.update()
+    _apply_look(_modifier(obj), look, points_only=n > point_cap or look == "POINTS")
+    splat_nodes.set_pixel_angle(bpy.context.scene)
+    obj.update_tag()
+
+
+def restyle_all(**kw) -> int:
+    """Apply the preferences' look to every Gaussian object; returns how many."""
+    objs = gaussian_objects()
+    for obj in objs:
+        restyle(obj, **kw)
+    return len(objs)
 
 
 def update_from_preview(preview, **kw) -> bpy.types.Object:

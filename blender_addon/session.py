@@ -539,8 +539,9 @@ class Session:
 
     def _on_error(self, job: JobView, err: Error, out: list) -> None:
         text = f"{err.message}. {err.hint}".strip() if err.hint else err.message
-        if err.code == ErrorCode.UNKNOWN_JOB or not job.acknowledged:
-            # A refused submit, or a job the backend lost (restarted without its state).
+        if err.code in (ErrorCode.UNKNOWN_JOB, ErrorCode.FORBIDDEN) or not job.acknowledged:
+            # A refused submit, a job the backend lost (restarted without its state), or one
+            # that belongs to another client key (this add-on's key changed).
             job.state, job.message = "failed", err.message
             out.append(JobUpdate(job))
         elif job.state == "done" and not job.imported:

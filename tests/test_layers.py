@@ -3,7 +3,7 @@ protocol imports neither torch nor bpy, and the add-on never imports torch.
 
 Layers, top to bottom (a part may import any lower layer and itself, never a higher or equal
 one): cli -> server -> doctor -> runs -> presets -> config, memory_tiers -> optim -> guidance,
-mesh -> render, targets -> gaussians, cameras, ply -> device -> atomic, errors, config_space.
+mesh -> render, targets -> gaussians, cameras, ply -> device -> atomic -> errors, config_space.
 Imports inside functions count too.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "backend" / "stabledreamer"
 LAYERS = [
-    {"__init__", "atomic", "errors", "config_space"},
+    {"__init__", "errors", "config_space"},
+    {"atomic"},
     {"device"},
     {"gaussians", "cameras", "ply"},
     {"targets", "render"},

@@ -20,7 +20,7 @@ import torch
 
 from stabledreamer.cameras import orbit_cameras
 from stabledreamer.gaussians import InitConfig, init_ball
-from stabledreamer.render import dispatch, native_build, raster_native, render
+from stabledreamer.render import backend, native_build, raster_native, render
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CXX = shutil.which((sysconfig.get_config_var("CXX") or "c++").split()[0]) is not None
@@ -34,8 +34,8 @@ def _reset(monkeypatch):
     """Make raster_native look for its library again (restored after the test)."""
     for name, value in (("_tried", False), ("_lib", None), ("_error", None)):
         monkeypatch.setattr(raster_native, name, value)
-    monkeypatch.setattr(dispatch, "_warned_native", False)
-    monkeypatch.delenv(dispatch.RASTER_ENV, raising=False)
+    monkeypatch.setattr(backend, "_notices", set())  # the one-time notices, said again
+    monkeypatch.delenv(backend.RASTER_ENV, raising=False)
 
 
 @needs_cxx  # with a compiler, the install must have built it
@@ -99,7 +99,7 @@ def test_without_the_library_the_torch_path_is_used_with_one_warning(monkeypatch
     assert "is not installed" in raster_native.build_error()
     assert "make setup" in raster_native.build_error()
     outs, warned = _render_twice()
-    assert dispatch.cpu_raster_path() == "torch"
+    assert backend.resolve_backend("auto", "cpu") == "torch"
     assert len(warned) == 1 and "is not installed" in str(warned[0].message)
     torch.testing.assert_close(outs[0], outs[1])
 

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_parsers(sub)
     _add_mesh_parser(sub)
     _add_doctor_parser(sub)
+    _add_prior_parser(sub)
     tiny = sub.add_parser(
         "tiny-models",
         help="build tiny random IF-like and SD-like pipelines into DIR/if and DIR/sd "
@@ -205,8 +206,15 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--negative", default=None, help="negative prompt (both stages)")
     p.add_argument(
         "--preset",
-        default="preview",
-        help="preview (default: small renders, the quickest) | standard | final",
+        default=None,
+        help="preview (default: small renders, the quickest) | standard | final; toy (the "
+        "default with --prior)",
+    )
+    p.add_argument(
+        "--prior",
+        metavar="BANK",
+        help="guide with the example-based prior instead of the diffusion models: a bank folder "
+        "from `stabledreamer prior build`, or catalogue (the built-in objects); offline, CPU",
     )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
@@ -283,9 +291,10 @@ def cmd_generate(args) -> int:
     out, cfg = _run_dir_and_saved_config(args)
     resume = cfg is not None
     if not resume:
-        if args.preset not in TEXT_PRESETS:
+        args.preset = args.preset or ("toy" if args.prior else "preview")
+        if args.preset not in (*TEXT_PRESETS, "toy"):
             raise ConfigError(
-                f"unknown preset {args.preset!r}; choose one of {', '.join(TEXT_PRESETS)}",
+                f"unknown preset {args.preset!r}; choose one of {', '.join(TEXT_PRESETS)} or toy",
                 code="unknown_preset",
             )
         options = {
@@ -302,8 +311,13 @@ def cmd_generate(args) -> int:
                 "stages.1.resolution": args.sd_resolution,
                 "stable_diffusion.resolution": args.sd_resolution,
             },
+            "--prior": {"example_prior.bank": _prior_bank(args.prior) if args.prior else None},
         }
         cfg = _resolve(args, options, {"prompt": args.prompt or "", "init_from": args.init})
+        if args.prior and not all(s.guidance == "example_prior" for s in cfg.stages):
+            raise ConfigError(
+                f"--prior runs the toy preset, not {cfg.preset!r}: leave out --preset"
+            )
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_generation(
@@ -317,6 +331,90 @@ def cmd_generate(args) -> int:
     print(f"{metrics['gaussians']} Gaussians, {metrics['seconds']:.0f} s; outputs in {out}/")
     if "mesh_error" in metrics:
         print(f"mesh: not written ({metrics['mesh_error']})")
+    return 0
+
+
+def _prior_bank(bank: str) -> str:
+    """``--prior``: the built-in catalogue, or a bank folder (made absolute)."""
+    from .guidance.prior_bank import CATALOGUE
+
+    if bank == CATALOGUE:
+        return bank
+    if not Path(bank).is_dir():
+        raise InputError(
+            f"--prior {bank}: no such folder; build one with `stabledreamer prior build "
+            f"{bank} --object PROMPT=MESH`, or use --prior catalogue"
+        )
+    return str(Path(bank).resolve())
+
+
+def _add_prior_parser(sub) -> None:
+    from .guidance.prior_bank import BankBuildConfig
+
+    d = BankBuildConfig()
+    prior = sub.add_parser(
+        "prior", help="the example-based prior: build a bank of labelled renders of known meshes"
+    )
+    psub = prior.add_subparsers(dest="prior_command", required=True)
+    b = psub.add_parser(
+        "build",
+        help="render each mesh from random views over the sphere, labelled with its prompt and "
+        "view, into a bank folder (bank.npz + bank.json, the meshes kept as ground truth)",
+    )
+    b.add_argument("out", help="bank folder to write")
+    b.add_argument(
+        "--object", action="append", default=[], metavar="PROMPT=MESH",
+        help="an object: its prompt and a .glb/.gltf/.obj/.ply mesh with colours (repeatable)",
+    )  # fmt: skip
+    b.add_argument(
+        "--front", action="append", default=[], metavar="PROMPT",
+        help="this object has a clear front on -Y (a face, a handle): it gets a multi-face score",
+    )  # fmt: skip
+    b.add_argument("--catalogue", action="store_true", help="add the built-in catalogue objects")
+    b.add_argument("--views", type=int, default=d.views, help="views per object (%(default)s)")
+    b.add_argument(
+        "--resolution", type=int, nargs="+", default=list(d.resolutions),
+        help="image sizes kept, each dividing the largest (default %(default)s)",
+    )  # fmt: skip
+    b.add_argument(
+        "--elevation", type=float, nargs=2, default=list(d.elevation_deg), metavar=("LOW", "HIGH"),
+        help="draw the views between these elevations (default %(default)s: the whole sphere)",
+    )  # fmt: skip
+    b.add_argument("--seed", type=int, default=d.seed, help="views seed (default %(default)s)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing bank folder")
+
+
+def cmd_prior(args) -> int:
+    from .guidance.prior_bank import (
+        BankBuildConfig,
+        BankObject,
+        build_bank,
+        catalogue_objects,
+    )
+    from .targets.target_mesh import load_target
+
+    objects = catalogue_objects() if args.catalogue else []
+    specs = []
+    for spec in args.object:
+        prompt, eq, mesh = spec.rpartition("=")
+        prompt = " ".join(prompt.split())
+        if not eq or not prompt or not mesh:
+            raise InputError(f'--object {spec!r}: write it as "PROMPT=MESH"')
+        specs.append((prompt, mesh))
+    unknown = set(" ".join(f.split()) for f in args.front) - {p for p, _ in specs}
+    if unknown:
+        raise InputError(f"--front {sorted(unknown)}: not the prompt of an --object")
+    fronts = {" ".join(f.split()) for f in args.front}
+    for prompt, mesh in specs:
+        obj = BankObject(prompt, prompt in fronts, str(Path(mesh).resolve()))
+        objects.append((obj, load_target(mesh)))
+    cfg = BankBuildConfig(
+        views=args.views, resolutions=tuple(args.resolution), seed=args.seed,
+        elevation_deg=tuple(args.elevation),
+    )  # fmt: skip
+    out = build_bank(objects, args.out, cfg, overwrite=args.overwrite)
+    n = len(objects) * cfg.views
+    print(f"{len(objects)} objects, {n} views at {list(cfg.resolutions)} px -> {out}/")
     return 0
 
 
@@ -387,6 +485,27 @@ def _add_service_parsers(sub) -> None:
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
     srv.add_argument(
+        "--handshake-s",
+        type=float,
+        default=5.0,
+        help="drop a connection that has not finished its handshake by then (default %(default)s)",
+    )
+    srv.add_argument(
+        "--stall-s",
+        type=float,
+        default=30.0,
+        help="mark a job stalled when its worker is silent this long (default %(default)s)",
+    )
+    keep = srv.add_argument_group("retention (finished jobs deleted; running ones never)")
+    keep.add_argument("--keep-jobs", type=int, help="finished jobs kept (default 1000)")
+    keep.add_argument("--keep-days", type=float, help="days a finished job is kept (default 30)")
+    keep.add_argument("--keep-gb", type=float, help="GiB the finished jobs may use (default 50)")
+    keep.add_argument(
+        "--keep-unfetched-days",
+        type=float,
+        help="days a result no client fetched is kept, whatever the limits (default 90)",
+    )
+    srv.add_argument(
         "--preview-points",
         type=int,
         default=100_000,
@@ -429,6 +548,19 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--preview-points must be in [0, {limits.max_preview_points}]")
     models = [f"if:{args.if_model}"] if args.if_model else []
     models += [f"sd:{args.sd_model}"] if args.sd_model else []
+    from .server.retention import RetentionPolicy
+
+    keep = {
+        "keep_jobs": args.keep_jobs,
+        "keep_days": args.keep_days,
+        "keep_bytes": None if args.keep_gb is None else int(args.keep_gb * 2**30),
+        "unfetched_days": args.keep_unfetched_days,
+    }
+    if not 2.0 <= args.stall_s <= 86_400:
+        raise ValueError(f"--stall-s must be in [2, 86400], got {args.stall_s}")
+    if not 0.1 <= args.handshake_s <= 300:
+        raise ValueError(f"--handshake-s must be in [0.1, 300], got {args.handshake_s}")
+    retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
     cfg = ServiceConfig(
         bind=args.bind,
         state=Path(args.state),
@@ -437,6 +569,9 @@ def cmd_serve(args) -> int:
         limits=limits,
         preview_points=args.preview_points,
         models=models,
+        retention=retention,
+        handshake_s=args.handshake_s,
+        stall_s=args.stall_s,
     )
     import zmq
 
@@ -544,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             "mesh": cmd_mesh,
             "tiny-models": cmd_tiny_models,
             "doctor": cmd_doctor,
+            "prior": cmd_prior,
         }[args.command](args)
     except KeyboardInterrupt:
         print(

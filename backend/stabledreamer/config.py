@@ -24,6 +24,7 @@ from .device import check_device_name
 from .errors import ConfigError
 from .gaussians import InitConfig
 from .guidance.deepfloyd_if import DeepFloydIFConfig
+from .guidance.example_prior import ExamplePriorConfig
 from .guidance.oracle import OracleConfig
 from .guidance.stable_diffusion import StableDiffusionConfig
 from .mesh.config import MeshConfig
@@ -60,7 +61,7 @@ class StageConfig:
 
     name: str = "stage"
     guidance: GuidanceName = "oracle"
-    """Which guidance: oracle | deepfloyd_if | stable_diffusion."""
+    """Which guidance: oracle | deepfloyd_if | stable_diffusion | example_prior."""
     steps: int = 1000
     resolution: int = 128
     """Render size (square). DeepFloyd IF stage I sees 64, Stable Diffusion 512."""
@@ -87,6 +88,8 @@ class RunConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    example_prior: ExamplePriorConfig = field(default_factory=ExamplePriorConfig)
+    """generate on the example-based prior (a bank of known objects; ``--prior``)."""
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     checkpoint_every: int = 100
     """Steps between checkpoints (and always at the end of a stage)."""

@@ -14,13 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-GuidanceName = Literal["oracle", "deepfloyd_if", "stable_diffusion"]
+GuidanceName = Literal["oracle", "deepfloyd_if", "stable_diffusion", "example_prior"]
 Background = Literal["random", "white", "black"]
 """random: a random colour per view (the alpha must be right)."""
 Schedule = Literal["constant", "step", "linear", "sqrt"]
 """How a stage's t_max goes from its start to its end value (``optim.sds.t_max_at``)."""
 Weighting = Literal["sds", "uniform", "snr"]
 OracleMode = Literal["perfect", "imperfect"]
+PriorUncond = Literal["bucket", "all"]
+"""The example prior's unconditional set: the camera's view bucket of every object, or all."""
 RenderBackend = Literal["auto", "gsplat", "native", "torch"]
 """The rasteriser of a run (``render.backend``, whose BACKENDS must match)."""
 
@@ -87,6 +89,8 @@ RANGES: dict[str, Range] = {
     "OracleConfig.supersample": Range(1, 8),
     "OracleConfig.blur_sigma_max": Range(0.0, 1.0),
     "OracleConfig.perturb_max": Range(0.0, 1.0),
+    "ExamplePriorConfig.guidance_scale": Range(0.0, 1000.0),
+    "ExamplePriorConfig.num_train_timesteps": Range(2, 10_000),
     # --- what shapes the Gaussians ---
     "NoiseConfig.t_min": Range(0.0, 1.0),
     "NoiseConfig.t_max_start": Range(0.0, 1.0),

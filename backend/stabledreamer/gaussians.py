@@ -122,9 +122,19 @@ def _mean_spacing(points: Tensor, sample: int = 2048) -> float:
     if points.shape[0] < 4:
         return float("inf")
     idx = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(0))[:sample]
-    d = torch.cdist(points[idx], points)
-    d = d.topk(4, largest=False).values[:, 1:]
-    return float(d.mean().clamp_min(1e-4))
+    queries = points[idx]
+    best = None  # the 4 smallest distances so far, per query; blocks bound the memory
+    for start in range(0, points.shape[0], SPACING_BLOCK):
+        d = torch.cdist(queries, points[start : start + SPACING_BLOCK])
+        if best is not None:
+            d = torch.cat([best, d], dim=1)
+        best = d.topk(min(4, d.shape[1]), largest=False).values
+    return float(best[:, 1:].mean().clamp_min(1e-4))
+
+
+SPACING_BLOCK = 32_768
+"""Points per distance block: 2,048 queries x 32,768 x 4 bytes = 256 MiB at most, whatever the
+point count (the whole cloud at once was 8 GB for a million points)."""
 
 
 def activated(gaussians: Mapping[str, Tensor]) -> dict[str, Tensor]:

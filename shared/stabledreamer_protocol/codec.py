@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -117,7 +118,11 @@ def encode(
     header["body"] = _finite(msg.body())
     header["buffers"] = descriptors
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    frames: list = [text.encode("utf-8"), *buffers]
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate that got in somewhere: never on the wire
+        raw = clean_text(text).encode("utf-8")
+    frames: list = [raw, *buffers]
     if check:
         decode(frames, limits=limits)
     if key is not None:
@@ -150,6 +155,26 @@ def _parse_header(view: memoryview) -> dict:
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_HEADER, "header must be a JSON object")
     return header
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""Only a ``\\uD800``-``\\uDFFF`` escape can put a surrogate into decoded JSON (UTF-8 cannot)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return _SURROGATE.search(obj) is not None
+    if isinstance(obj, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_lone_surrogate(v) for v in obj)
+    return False
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def decode(
@@ -197,6 +222,16 @@ def decode(
 
     def fail(code: str, message: str) -> ProtocolError:
         return ProtocolError(code, message, ref=ref, job=job)
+
+    if _SURROGATE_ESCAPE.search(views[0]) and _has_lone_surrogate(header):
+        raise ProtocolError(
+            ErrorCode.BAD_JSON,
+            "header text holds a lone UTF-16 surrogate escape (not Unicode text; I-JSON, "
+            "RFC 7493, forbids it)",
+            "Send text as valid Unicode; a surrogate escape must come in a high-low pair.",
+            ref=ref,
+            job=job,
+        )
 
     mtype = header.get("type")
     version = header.get("v")

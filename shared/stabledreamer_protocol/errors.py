@@ -41,6 +41,12 @@ class ErrorCode:
     UNSUPPORTED = "unsupported"
     BAD_OVERRIDE = "bad_override"
     INSECURE_KEY_FILE = "insecure_key_file"
+    BUSY = "busy"
+    """Too much is already waiting to be sent to this client (since 1.2)."""
+    FORBIDDEN = "forbidden"
+    """The job belongs to another client key (since 1.2)."""
+    DISK_FULL = "disk_full"
+    """The backend's disk is full (since 1.2); the message names the folder and the space."""
     # Failures while running a job.
     OUT_OF_MEMORY = "out_of_memory"
     MODEL_UNAVAILABLE = "model_unavailable"
@@ -66,6 +72,11 @@ DEFAULT_HINTS: dict[str, str] = {
     ErrorCode.UNKNOWN_PRESET: "Pick one of the presets the backend lists.",
     ErrorCode.OUT_OF_MEMORY: "Use a lighter preset or fewer Gaussians, or free GPU memory.",
     ErrorCode.MODEL_UNAVAILABLE: "Download the model on the backend machine, or pick another.",
+    ErrorCode.BUSY: "Read the replies already sent (fewer requests in flight), then ask again.",
+    ErrorCode.FORBIDDEN: "Only the client key that submitted a job (or an operator key) may "
+    "see or change it.",
+    ErrorCode.DISK_FULL: "Free space on the backend's disk (or delete old jobs); the job goes on "
+    "by itself once there is room.",
     ErrorCode.INSECURE_KEY_FILE: "Make the secret key file readable by you only (chmod 600).",
     ErrorCode.TIMEOUT: "Is the backend running, at this address, with matching keys?",
 }

@@ -11,6 +11,8 @@ Layout of a key folder (default: ``~/.config/stabledreamer/keys``, mode 0o700)::
     server.key  server.key_secret     the backend's keypair
     client.key  client.key_secret     this user's client keypair
     authorized/client.key             public keys the backend accepts (one file per client)
+    operators/client.key              keys that may see and manage every client's jobs (since
+                                      protocol 1.2; this user's own client key from the start)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .errors import ErrorCode, ProtocolError
 SECRET_MODE = 0o600
 DIR_MODE = 0o700
 AUTHORIZED_DIR = "authorized"
+OPERATORS_DIR = "operators"
 
 _BANNER = """#   ****  Generated on {date} by stabledreamer_protocol  ****
 #   ZeroMQ CURVE {kind} Certificate
@@ -147,6 +150,10 @@ class KeyFiles:
     def authorized(self) -> Path:
         return self.directory / AUTHORIZED_DIR
 
+    @property
+    def operators(self) -> Path:
+        return self.directory / OPERATORS_DIR
+
 
 def ensure_keys(directory: str | os.PathLike | None = None) -> KeyFiles:
     """Create the server and client keypairs on first run (and authorise the client), so CURVE
@@ -159,10 +166,32 @@ def ensure_keys(directory: str | os.PathLike | None = None) -> KeyFiles:
         if not secret.exists():
             create_keypair(files.directory, name)
     files.authorized.mkdir(exist_ok=True, mode=DIR_MODE)
+    if os.name == "posix":  # whoever can write here can let themselves in: owner-only, always
+        os.chmod(files.authorized, DIR_MODE)
+        for key in files.authorized.iterdir():
+            if key.is_file() and not key.is_symlink() and key.stat().st_mode & 0o022:
+                os.chmod(key, key.stat().st_mode & ~0o022)
     authorized = files.authorized / "client.key"
     if not authorized.exists():
         authorized.write_bytes(files.client_public.read_bytes())
+    if not files.operators.exists():  # the local user runs the backend: their key operates it
+        files.operators.mkdir(mode=DIR_MODE)
+        (files.operators / "client.key").write_bytes(files.client_public.read_bytes())
+    if os.name == "posix":
+        os.chmod(files.operators, DIR_MODE)
     return files
+
+
+def operator_keys(files: KeyFiles) -> set[str]:
+    """The Z85 public keys in ``operators/`` (what the ZAP handler reports as a client's
+    User-Id), ignoring files that are not key files."""
+    out = set()
+    for path in sorted(files.operators.glob("*.key")) if files.operators.is_dir() else []:
+        try:
+            out.add(load_public(path).decode("ascii"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+    return out
 
 
 def authorize(files: KeyFiles, public_key_file: str | os.PathLike, name: str) -> Path:

@@ -469,10 +469,25 @@ class Status(Message):
 
 @dataclass(kw_only=True)
 class ListJobs(Message):
-    """Ask for every job the backend knows; answered by ``jobs``."""
+    """Ask for the jobs the backend knows, oldest first, one page at a time; answered by
+    ``jobs``. ``offset``: how many to skip (the previous page's ``next``); ``limit``: at most this
+    many (null: as many as fit one reply). Since 1.2 (older backends ignore both fields and
+    answer with one page from the start)."""
 
     TYPE = "list_jobs"
     DIRECTION = COMMAND
+    offset: int = 0
+    limit: int | None = None
+
+    def body(self):
+        return {"offset": self.offset, "limit": self.limit}
+
+    @classmethod
+    def parse(cls, f, arrays):
+        return dict(
+            offset=f.integer("offset"),
+            limit=f.integer("limit", None, nullable=True, lo=1, hi=f.limits.max_jobs_listed),
+        )
 
 
 @dataclass(kw_only=True)
@@ -651,14 +666,24 @@ class JobInfo:
 
 @dataclass(kw_only=True)
 class Jobs(Message):
-    """Answer to ``list_jobs``: every job the backend knows, oldest first."""
+    """Answer to ``list_jobs`` (and ``delete``): one page of the jobs this client may see,
+    oldest first. ``offset``: where the page starts; ``total``: how many jobs there are;
+    ``next``: the ``offset`` of the next page, or null when this page is the last."""
 
     TYPE = "jobs"
     DIRECTION = EVENT
     jobs: list[JobInfo] = field(default_factory=list)
+    offset: int = 0
+    total: int | None = None
+    next: int | None = None
 
     def body(self):
-        return {"jobs": [j.to_dict() for j in self.jobs]}
+        return {
+            "jobs": [j.to_dict() for j in self.jobs],
+            "offset": self.offset,
+            "total": self.total,
+            "next": self.next,
+        }
 
     @classmethod
     def parse(cls, f, arrays):
@@ -677,7 +702,12 @@ class Jobs(Message):
                     created=e.number("created"),
                 )
             )
-        return dict(jobs=out)
+        return dict(
+            jobs=out,
+            offset=f.integer("offset"),
+            total=f.integer("total", None, nullable=True),
+            next=f.integer("next", None, nullable=True),
+        )
 
 
 @dataclass(kw_only=True)

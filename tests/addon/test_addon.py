@@ -115,9 +115,9 @@ SCRIPT = textwrap.dedent(
     g = P.demo_gaussians(300, seed=3)
     obj = P.update_preview(**g, point_cap=200)
     out["p300_capped"] = state(obj, g)
-    mat = bpy.data.materials[P.MATERIAL_NAME]
+    shader = bpy.data.node_groups[P.SHADER_NAME]  # the splat shader every palette material uses
     out["material_attr"] = [
-        (n.attribute_type, n.attribute_name) for n in mat.node_tree.nodes if n.type == "ATTRIBUTE"
+        (n.attribute_type, n.attribute_name) for n in shader.nodes if n.type == "ATTRIBUTE"
     ]
     # a real preview message through the codec (frames as bytes, as zmq delivers them)
     from stabledreamer_protocol import codec

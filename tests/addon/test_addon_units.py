@@ -160,3 +160,15 @@ def test_a_failed_download_frees_the_panel_and_can_be_retried():
     s.client.attach = lambda job, points=None: "m1"
     s.retry_download()
     assert not s.job.download_failed and s.busy
+
+
+@pytest.mark.parametrize("code", ["forbidden", "unknown_job"])
+def test_a_job_of_another_key_ends_the_view_with_the_reason(code):
+    from stabledreamer_protocol import Error, JobState
+
+    s = _followed_session()
+    out: list = []
+    s._handle(JobState(job="j1", state="running"), out)
+    s._handle(Error(job="j1", code=code, message="job 'j1' belongs to another client key"), out)
+    assert s.job.state == "failed" and "another client key" in s.job.message
+    assert not s.busy

@@ -130,5 +130,14 @@ def samples_1_1() -> list[m.Message]:
     ]
 
 
+def samples_1_2() -> list[m.Message]:
+    """Fields added in protocol 1.2: listing pages."""
+    return [
+        m.ListJobs(offset=40, limit=20),
+        m.Jobs(jobs=[m.JobInfo(job="job-41", state="done")], offset=40, total=41, next=None),
+        m.Jobs(jobs=[m.JobInfo(job="job-1", state="queued")], offset=0, total=9, next=1),
+    ]
+
+
 def all_samples() -> list[m.Message]:
-    return samples() + samples_1_1()
+    return samples() + samples_1_1() + samples_1_2()

@@ -58,10 +58,35 @@ def build_guidance(
         from ..guidance.stable_diffusion import StableDiffusionGuidance
 
         return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device)
+    if stage.guidance == "example_prior":
+        from ..guidance.example_prior import ExamplePriorGuidance
+        from ..guidance.prior_bank import open_bank
+
+        bank = open_bank(cfg.example_prior.bank)
+        return ExamplePriorGuidance(cfg.prompt, bank, cfg.example_prior, stage.resolution)
     raise ConfigError(
         f"stage {stage.name!r}: guidance {stage.guidance!r} is not a text guidance; "
-        "use deepfloyd_if or stable_diffusion"
+        "use deepfloyd_if, stable_diffusion or example_prior"
     )
+
+
+def prior_bank_of(cfg: RunConfig):
+    """The example prior's bank when a stage uses it (the prompt checked against its labels and
+    the catalogue's bank built if needed), else None."""
+    if not any(s.guidance == "example_prior" for s in cfg.stages):
+        return None
+    from ..guidance.prior_bank import open_bank
+
+    bank = open_bank(cfg.example_prior.bank)
+    bank.index_of(cfg.prompt)  # an unknown prompt is refused with the bank's list
+    for s in cfg.stages:
+        if s.guidance == "example_prior" and s.resolution not in bank.resolutions:
+            raise ConfigError(
+                f"stage {s.name!r} renders at {s.resolution} px but the prior bank has "
+                f"{list(bank.resolutions)}: rebuild it with --resolution {s.resolution} or "
+                "change the stage's resolution"
+            )
+    return bank
 
 
 def initial_gaussians(cfg: RunConfig) -> dict[str, Tensor] | None:
@@ -150,8 +175,11 @@ def run_generation(
         if resume:  # a fresh run is prepared once its inputs are read (below)
             _prepare(cfg, preflight, memory_tier, cpu_offload)
 
+    banks = {}
+
     def read_inputs(cfg: RunConfig):
         init = initial_gaussians(cfg)
+        banks["prior"] = prior_bank_of(cfg)  # an unknown prompt is refused before any write
         _prepare(cfg, preflight, memory_tier, cpu_offload)  # before the config is saved
         return init
 
@@ -161,6 +189,7 @@ def run_generation(
         cfg, out, overwrite=overwrite, resume=resume, device=device, adjust=adjust,
         read_inputs=read_inputs,
     )  # fmt: skip
+    prior_bank = banks["prior"] if not resume else prior_bank_of(cfg)
 
     stages: dict[str, dict] = {}
 
@@ -202,6 +231,7 @@ def run_generation(
         "device": str(device),
         "render_backend": trainer.render_backend,
     }
+    mesh = None
     if cfg.mesh.enabled:
         from ..mesh import MeshError, gaussians_to_mesh
 
@@ -211,8 +241,12 @@ def run_generation(
             mesh.save(out / "mesh.glb")
             metrics.update(mesh_faces=int(len(mesh.faces)))
         except MeshError as e:
-            metrics["mesh_error"] = str(e)
+            mesh, metrics["mesh_error"] = None, str(e)
         metrics["mesh_seconds"] = round(time.perf_counter() - start, 2)
+    if prior_bank is not None:  # the bank holds the prompt's true mesh: score against it
+        from .prior_metrics import ground_truth_metrics
+
+        metrics.update(ground_truth_metrics(params, mesh, cfg, prior_bank, out))
     metrics.update(
         gaussians=G.count(params),
         steps=cfg.total_steps,

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, write_json
+from ..atomic import DiskFullError, atomic_path, write_json
 from ..errors import ConfigError  # noqa: F401  (the service and worker catch it from here)
 from ..runs.folder import PROCEDURAL_DEMO  # noqa: F401  (its one home is the run folder)
+from .records import RecordError, parse_record
 
 log = logging.getLogger("stabledreamer.service")
 
@@ -81,14 +82,14 @@ class JobRecord:
     """How many times a worker started (or resumed) this job."""
     crashes: int = 0
     """How many times its worker process died without reporting (each time it resumes)."""
+    owner: str = ""
+    """The CURVE public key (Z85) of the client that submitted it ("" without CURVE, or from
+    before ownership: then only operators see it)."""
+    fetched: bool = False
+    """A client fetched a chunk of its result (the retention policy spares unfetched results)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def job_dir_name(job: str) -> str:
@@ -103,10 +104,15 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, JobRecord] = {}
         self._seq = 0
+        self._sizes: dict[str, int] = {}
+        self.unsaved: set[str] = set()
+        """Jobs whose newest record is only in memory (the disk refused it)."""
 
     def load(self) -> list[JobRecord]:
-        """Read every record; returns those that were running (now queued again)."""
+        """Read every record; returns those that were running (now queued again). A record that
+        cannot be used is set aside (``set_aside``) and never stops the others."""
         interrupted = []
+        bad: list[tuple[Path, str]] = []
         for folder in sorted(self.root.iterdir()):
             if not folder.is_dir() or not folder.name.startswith("j-"):
                 continue
@@ -116,12 +122,10 @@ class JobStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:
-                rec = JobRecord.from_dict(json.loads(path.read_text()))
-            except (ValueError, TypeError, OSError) as e:
-                log.warning("skipping %s: unreadable job record (%s)", path, e)
-                continue
-            if job_dir_name(rec.job) != folder.name:
-                log.warning("skipping %s: record names job %r", path, rec.job)
+                data = json.loads(path.read_bytes())
+                rec = parse_record(data, folder.name[2:])
+            except (ValueError, RecordError, OSError, RecursionError) as e:
+                bad.append((folder, str(e)[:500]))
                 continue
             if rec.state == "running":
                 rec.state = "queued"
@@ -130,8 +134,41 @@ class JobStore:
                 self.save(rec)
             self.records[rec.job] = rec
             self._seq = max(self._seq, rec.seq)
+        for folder, why in bad:  # after the good ones, so their seq numbers are known
+            self.set_aside(folder, why)
         self.records = dict(sorted(self.records.items(), key=lambda kv: kv[1].seq))
         return interrupted
+
+    def set_aside(self, folder: Path, why: str) -> None:
+        """Keep a bad record as ``job.json.bad`` for whoever wants to look, and list the job as
+        failed with the reason (when its folder names a usable job id)."""
+        path = folder / RECORD
+        aside = folder / f"{RECORD}.bad"
+        log.warning("job record %s is unusable (%s); set aside as %s", path, why, aside.name)
+        try:
+            os.replace(path, aside)
+        except OSError as e:
+            log.warning("could not rename %s (%s); ignoring the job", path, e)
+            return
+        job = folder.name[2:]
+        rec = JobRecord(
+            job=job,
+            seq=self.next_seq(),
+            digest="",
+            kind="reconstruct",
+            preset="",
+            seed=0,
+            target_name="(unreadable job record)",
+            state="failed",
+            error_code="job_failed",
+            message=f"this job's record was unreadable and was set aside as {aside}: {why}",
+        )
+        try:
+            rec = parse_record(rec.to_dict(), job)  # the folder name may not be a job id
+        except RecordError:
+            return
+        self.save(rec)
+        self.records[job] = rec
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -147,24 +184,61 @@ class JobStore:
         return self.records.get(job)
 
     def create(self, rec: JobRecord, files: dict[str, bytes]) -> None:
-        """Write the uploaded files, then the record (the record last: see the module doc)."""
+        """Write the uploaded files, then the record (the record last: see the module doc).
+        On a full disk nothing is left behind and :class:`DiskFullError` says so."""
         folder = self.dir(rec.job)
         if folder.exists():
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        for name, data in files.items():
-            with atomic_path(folder / name) as tmp:
-                tmp.write_bytes(data)
-        self.save(rec)
+        try:
+            folder.mkdir(parents=True)
+            for name, data in files.items():
+                with atomic_path(folder / name, needed=len(data)) as tmp:
+                    tmp.write_bytes(data)
+            rec.updated = time.time()
+            write_json(folder / RECORD, rec.to_dict())
+        except (DiskFullError, OSError):
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.records[rec.job] = rec
 
     def save(self, rec: JobRecord) -> None:
+        """Write the record; when the disk refuses (full), keep it in memory and say so once:
+        ``retry_unsaved`` writes it when there is room. Never raises."""
         rec.updated = time.time()
-        write_json(self.dir(rec.job) / RECORD, rec.to_dict())
+        try:
+            write_json(self.dir(rec.job) / RECORD, rec.to_dict())
+        except (DiskFullError, OSError) as e:
+            if rec.job not in self.unsaved:
+                log.error("job %s: its record could not be saved (%s); retrying", rec.job, e)
+            self.unsaved.add(rec.job)
+            return
+        self.unsaved.discard(rec.job)
+
+    def retry_unsaved(self) -> None:
+        for job in list(self.unsaved):
+            rec = self.records.get(job)
+            if rec is None:
+                self.unsaved.discard(job)
+            else:
+                self.save(rec)
 
     def delete(self, job: str) -> None:
         self.records.pop(job, None)
+        self._sizes.pop(job, None)
         self.remove_files(job)
+
+    def size(self, job: str) -> int:
+        """Bytes the job's folder holds (measured once: asked only of finished jobs)."""
+        if job not in self._sizes:
+            total = 0
+            for path in self.dir(job).rglob("*"):
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        total += path.stat().st_size
+                except OSError:
+                    pass
+            self._sizes[job] = total
+        return self._sizes[job]
 
     def remove_files(self, job: str) -> None:
         folder = self.dir(job)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+
+from stabledreamer_protocol.codec import clean_text
 
 
 class LogBuffer(logging.Handler):
@@ -29,23 +33,36 @@ class LogBuffer(logging.Handler):
             self.handleError(record)
 
     def add(self, text: str, job: str | None = None, max_chars: int = 4000) -> None:
+        """Keep ``text`` (its first ``max_chars``, any lone surrogate replaced: a log line must
+        always encode, whatever a prompt or file name held)."""
+        text = clean_text(text[:max_chars])
         with self._lock:
             self.count += 1
-            self.lines.append((self.count, job, text[:max_chars]))
+            self.lines.append((self.count, job, text))
 
     def since(
-        self, since: int, max_lines: int, job: str | None = None, max_bytes: int = 48 * 1024
+        self,
+        since: int,
+        max_lines: int,
+        job: str | None = None,
+        max_bytes: int = 48 * 1024,
+        visible: Callable[[str | None], bool] | None = None,
     ) -> tuple[list[str], int]:
         """The newest at most ``max_lines`` lines numbered above ``since`` (only ``job``'s when
-        given), oldest first, within ``max_bytes`` of UTF-8; and the number of the newest line
-        seen (pass it as ``since`` next time)."""
+        given), oldest first, within ``max_bytes`` of JSON (as the header carries them: quotes,
+        backslashes and control characters escaped); and the number of the newest line seen
+        (pass it as ``since`` next time). ``visible(job)``: only lines it accepts (ownership)."""
         with self._lock:
-            picked = [(n, t) for n, j, t in self.lines if n > since and (job is None or j == job)]
+            picked = [
+                (n, t)
+                for n, j, t in self.lines
+                if n > since and (job is None or j == job) and (visible is None or visible(j))
+            ]
             cursor = self.count
         out: list[str] = []
         size = 0
         for _, text in reversed(picked[-max_lines:]):
-            size += len(text.encode("utf-8", "replace")) + 4
+            size += len(json.dumps(text, ensure_ascii=False).encode("utf-8")) + 1
             if size > max_bytes:
                 break
             out.append(text)

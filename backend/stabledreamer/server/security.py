@@ -15,7 +15,7 @@ from pathlib import Path
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from stabledreamer_protocol import is_loopback
+from stabledreamer_protocol import ProtocolError, is_loopback
 from stabledreamer_protocol.keys import (
     KeyFiles,
     apply_server_curve,
@@ -48,11 +48,18 @@ def enable_curve(
     (a ZAP handler: a client with another key gets no connection at all). Call before bind."""
     if not zmq.has("curve"):
         raise SecurityError("this libzmq has no CURVE support; reinstall pyzmq")
-    files = ensure_keys(key_dir)
-    keys = [p for p in files.authorized.glob("*.key") if p.is_file()]
-    if not keys:
-        raise SecurityError(f"{files.authorized} holds no client public keys (*.key)")
-    apply_server_curve(socket, files.server_secret)
+    try:
+        files = ensure_keys(key_dir)
+        keys = [p for p in files.authorized.glob("*.key") if p.is_file()]
+        if not keys:
+            raise SecurityError(f"{files.authorized} holds no client public keys (*.key)")
+        apply_server_curve(socket, files.server_secret)
+    except ProtocolError as e:  # e.g. a secret key file others can read: one line, the fix
+        raise SecurityError(f"{e.message} {e.hint}".strip()) from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, SecurityError):
+            raise
+        raise SecurityError(f"the CURVE keys in {key_dir or 'the key folder'}: {e}") from None
     auth = ThreadAuthenticator(context)
     auth.start()
     auth.configure_curve(domain="*", location=str(files.authorized))
@@ -86,3 +93,20 @@ def make_keys(directory: str | os.PathLike, clients: list[str]) -> list[str]:
         f"--keys {directory}"
     )
     return lines
+
+
+def raise_fd_limit() -> int | None:
+    """Raise this process's descriptor limit to the hard limit (desktops start at 256 or
+    1,024; every connection and every worker pipe takes descriptors). Returns the new limit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):  # macOS caps the soft limit below an infinite hard one
+            return soft
+    return max(want, soft)

@@ -1,23 +1,15 @@
 """One job in a child process, so the service loop stays responsive and a crash stays contained.
 
 The service starts a worker (multiprocessing "spawn") before it is needed: the worker imports
-torch and warms up, says ``("ready", info)`` and waits for ``("run", spec)``. It then runs
+torch and warms up, says ``WorkerReady`` and waits for ``RunJob``. It then runs
 ``run_reconstruction`` or ``run_generation`` (resuming from the run folder's checkpoint when
 there is one) and reports over its end of a ``multiprocessing.Pipe`` (internal, between our
-own processes; never on the wire). Worker -> service::
+own processes; never on the wire) with the messages of ``pipe``. Cancel and stop are read by
+the progress callback, so they take effect within one step (the trainer checkpoints first).
 
-    ("ready", {"device": str})
-    ("started", {"resumed": bool})
-    ("progress", {...})                  every step (at most every PROGRESS_INTERVAL_S)
-    ("preview", {...numpy arrays...})    at most every ``preview_interval_s``
-    ("debug", {..., "image": uint8 [H, W, 3]})
-    ("log", level, text)
-    ("done", metrics, manifest) | ("failed", code, message) | ("cancelled",) | ("stopped",)
-
-Service -> worker: ``("run", spec)``, ``("cancel",)``, ``("stop",)`` (checkpoint and exit: the
-service is shutting down; the job resumes later), ``("preview_points", n)``, ``("exit",)``.
-Cancel and stop are read by the progress callback, so they take effect within one step (the
-trainer checkpoints first).
+Failures: a :class:`~stabledreamer.errors.StableDreamerError` is the user's to fix and is sent
+with its own code (``job_failed`` by default); torch running out of memory is
+``out_of_memory``; anything else is a bug, sent as ``internal`` with its traceback.
 
 The worker never outlives the service: on Linux the kernel kills it when its parent dies
 (``PR_SET_PDEATHSIG``); elsewhere a watchdog thread notices the parent is gone within a second.
@@ -38,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from stabledreamer_protocol import DEFAULT_LIMITS
+
+from . import pipe
 
 PROGRESS_INTERVAL_S = 0.1
 DEBUG_INTERVAL_S = 1.0
@@ -80,28 +74,57 @@ def worker_main(conn, parent_pid: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the service decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    conn = LockedConn(conn)
+    threading.Thread(target=_beat, args=(conn,), name="heartbeat", daemon=True).start()
     from ..render.raster_torch import tune_allocator
 
     tune_allocator()  # this process renders: keep the rasteriser's freed arenas (see there)
     try:
         info = _warm_up()
-        conn.send(("ready", info))
+        conn.send(pipe.WorkerReady(info))
         while True:
             msg = conn.recv()
-            if msg[0] == "run":
-                _run(conn, msg[1])
+            if isinstance(msg, pipe.RunJob):
+                _run(conn, msg.spec)
                 # Everything is reported and saved: skip the slow interpreter teardown of
                 # torch, so the next job (and the GPU) is free at once.
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(0)
-            if msg[0] == "exit":
+            if isinstance(msg, pipe.ExitWorker):
                 return
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
 
 
-def _warm_up() -> dict[str, Any]:
+class LockedConn:
+    """The pipe, with sends from the job and the heartbeat thread one at a time."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, msg: object) -> None:
+        with self._lock:
+            self._conn.send(msg)
+
+    def recv(self):
+        return self._conn.recv()
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return self._conn.poll(timeout)
+
+
+def _beat(conn: LockedConn) -> None:
+    while True:
+        try:
+            conn.send(pipe.Heartbeat())
+        except (OSError, ValueError):  # the service is gone or the pipe closed
+            return
+        time.sleep(pipe.HEARTBEAT_S)
+
+
+def _warm_up() -> str:
     """Import what a job needs and touch the lazily imported parts (the first Adam step pulls in
     torch's compiler modules, seconds on a small CPU), so a job starts at once."""
     import torch
@@ -119,14 +142,15 @@ def _warm_up() -> dict[str, Any]:
     if dev.type == "cuda":
         _ready_gsplat()
         props = torch.cuda.get_device_properties(dev)
-        return {"device": f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"}
-    return {"device": "cpu"}
+        return f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return "cpu"
 
 
 def _ready_gsplat() -> None:
     """Load gsplat's kernels now, building them first when they are missing and can be built
     (once, with progress on stderr), so no job compiles them inside its first step; without a
-    compiler, or when loading fails, jobs render with the pure-torch rasteriser (they say so)."""
+    compiler, or when loading fails, jobs render with the pure-torch rasteriser (they say so).
+    The heartbeat goes on meanwhile: a long build is not taken for a hung worker."""
     from ..errors import StableDreamerError
     from ..render import gsplat_kernels
 
@@ -149,21 +173,22 @@ def _timestep_fraction(p) -> float | None:
 class Reporter:
     """The trainer's progress callback: reports to the service, reads cancel/stop."""
 
-    def __init__(self, conn, job: str, spec: dict[str, Any]) -> None:
-        self.conn, self.job = conn, job
-        self.preview_points: int = spec.get("preview_points", 0)
-        self.preview_interval_s: float = spec.get("preview_interval_s", 0.5)
+    def __init__(self, conn, spec: pipe.JobSpec) -> None:
+        self.conn, self.job = conn, spec.job
+        self.preview_points = spec.preview_points
+        self.preview_interval_s = spec.preview_interval_s
         self.stop_reason: str | None = None
         self._last_progress = self._last_preview = self._last_debug = 0.0
 
     def read_commands(self) -> None:
         while self.conn.poll():
             msg = self.conn.recv()
-            if msg[0] in ("cancel", "stop"):
+            if isinstance(msg, pipe.CancelJob | pipe.StopJob):
                 # A stop (shutdown) never turns into a cancel and the other way round.
-                self.stop_reason = self.stop_reason or msg[0]
-            elif msg[0] == "preview_points":
-                self.preview_points = int(msg[1])
+                reason = "stop" if isinstance(msg, pipe.StopJob) else "cancel"
+                self.stop_reason = self.stop_reason or reason
+            elif isinstance(msg, pipe.PreviewPoints):
+                self.preview_points = int(msg.n)
 
     def __call__(self, p) -> bool:
         self.read_commands()
@@ -172,18 +197,15 @@ class Reporter:
         if stage_end or now - self._last_progress >= PROGRESS_INTERVAL_S:
             self._last_progress = now
             self.conn.send(
-                (
-                    "progress",
-                    {
-                        "stage": p.stage,
-                        "step": p.step,
-                        "total": p.stage_steps,
-                        "losses": {k: float(v) for k, v in p.losses.items()},
-                        "num_gaussians": int(p.gaussians),
-                        "timestep": _timestep_fraction(p),
-                        "elapsed_s": float(p.elapsed_s),
-                        "eta_s": float(p.eta_s),
-                    },
+                pipe.ProgressReport(
+                    stage=p.stage,
+                    step=p.step,
+                    total=p.stage_steps,
+                    losses={k: float(v) for k, v in p.losses.items()},
+                    num_gaussians=int(p.gaussians),
+                    timestep=_timestep_fraction(p),
+                    elapsed_s=float(p.elapsed_s),
+                    eta_s=float(p.eta_s),
                 )
             )
         if (
@@ -192,13 +214,13 @@ class Reporter:
             and (stage_end or now - self._last_preview >= self.preview_interval_s)
         ):
             self._last_preview = now
-            self.conn.send(("preview", self._preview(p)))
+            self.conn.send(self._preview(p))
         if p.debug_image is not None and (stage_end or now - self._last_debug >= DEBUG_INTERVAL_S):
             self._last_debug = now
-            self.conn.send(("debug", self._debug(p)))
+            self.conn.send(self._debug(p))
         return self.stop_reason is not None
 
-    def _preview(self, p) -> dict[str, Any]:
+    def _preview(self, p) -> pipe.PreviewFrame:
         import torch
 
         from .. import gaussians as G
@@ -219,9 +241,9 @@ class Reporter:
                 "opacities": opacities[keep],
             }
             arrays = {k: v.float().cpu().numpy() for k, v in arrays.items()}
-        return {"stage": p.stage, "step": p.step, "total_gaussians": n, **arrays}
+        return pipe.PreviewFrame(stage=p.stage, step=p.step, total_gaussians=n, **arrays)
 
-    def _debug(self, p) -> dict[str, Any]:
+    def _debug(self, p) -> pipe.DebugFrame:
         import torch
 
         image = p.debug_image.detach().float().clamp(0, 1)
@@ -232,21 +254,21 @@ class Reporter:
             image = image[::step, ::step]
         u8 = (image * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
         timestep = _timestep_fraction(p)
-        return {
-            "stage": p.stage,
-            "step": p.step,
-            "timestep": timestep,
-            "labels": ["render", "noisy input", "x0 estimate"],
-            "image": u8,
-        }
+        return pipe.DebugFrame(
+            stage=p.stage,
+            step=p.step,
+            timestep=timestep,
+            labels=["render", "noisy input", "x0 estimate"],
+            image=u8,
+        )
 
 
-def _target_path(spec: dict[str, Any]) -> str:
+def _target_path(spec: pipe.JobSpec) -> str:
     from .jobs import PROCEDURAL_DEMO
 
-    if spec["kind"] == "demo":
+    if spec.kind == "demo":
         return PROCEDURAL_DEMO
-    path = Path(spec["job_dir"]) / spec["target_file"]
+    path = Path(spec.job_dir) / spec.target_file
     if path.suffix == ".npz":  # vertex/face arrays: written as a coloured PLY (Z-up, like Blender)
         ply = path.with_suffix(".ply")
         if not ply.is_file():
@@ -255,16 +277,16 @@ def _target_path(spec: dict[str, Any]) -> str:
     return str(path)
 
 
-def _init_path(spec: dict[str, Any]) -> str:
+def _init_path(spec: pipe.JobSpec) -> str:
     """The submit's initial points as a coloured point-cloud PLY ("" when none were sent)."""
-    if not spec.get("init_file"):
+    if not spec.init_file:
         return ""
     import numpy as np
     import trimesh
 
     from ..atomic import atomic_path
 
-    src = Path(spec["job_dir"]) / spec["init_file"]
+    src = Path(spec.job_dir) / spec.init_file
     dst = src.with_suffix(".ply")
     if not dst.is_file():
         with np.load(src, allow_pickle=False) as z:
@@ -322,62 +344,78 @@ def _preflight(conn, run_dir: Path):
 
         pf = preflight(cfg, run_dir, memory="auto")
         for note in pf.notes:
-            conn.send(("log", logging.WARNING, note))
+            conn.send(pipe.LogLine(logging.WARNING, note))
         return pf.memory_tier
 
     return check
 
 
-def _run(conn, spec: dict[str, Any]) -> None:
+def _run(conn, spec: pipe.JobSpec) -> None:
     import torch
 
     from ..errors import StableDreamerError
-    from ..runs.checkpoint import checkpoint_path
+    from ..runs.checkpoint import has_checkpoint
     from ..runs.generate import run_generation
     from ..runs.reconstruct import run_reconstruction
     from ..runs.trainer import TrainingCancelled
     from .jobs import build_config
 
-    job = spec["job"]
-    run_dir = Path(spec["run_dir"])
-    reporter = Reporter(conn, job, spec)
+    run_dir = Path(spec.run_dir)
+    reporter = Reporter(conn, spec)
     try:
-        resume = (run_dir / "config.json").is_file() and checkpoint_path(run_dir).is_file()
+        resume = (run_dir / "config.json").is_file() and has_checkpoint(run_dir)
         cfg = None
         if not resume:
             if run_dir.exists():  # killed before its first checkpoint: start again
                 shutil.rmtree(run_dir)
-            if spec["kind"] == "generate":
+            if spec.kind == "generate":
                 cfg = build_config(
-                    spec["preset"], spec["overrides"], spec["seed"], "", spec["prompt"],
-                    spec["negative"], spec["models"], _init_path(spec),
+                    spec.preset, spec.overrides, spec.seed, "", spec.prompt, spec.negative,
+                    spec.models, _init_path(spec),
                 )  # fmt: skip
             else:
-                cfg = build_config(
-                    spec["preset"], spec["overrides"], spec["seed"], _target_path(spec)
-                )
-        conn.send(("started", {"resumed": resume}))
+                cfg = build_config(spec.preset, spec.overrides, spec.seed, _target_path(spec))
+        conn.send(pipe.JobStarted(resume))
         what = "resuming from the last checkpoint" if resume else "started"
-        conn.send(("log", logging.INFO, what))
+        conn.send(pipe.LogLine(logging.INFO, what))
         if resume:
             from ..runs.folder import load_run_config
 
             cfg = load_run_config(run_dir)
-        if spec["kind"] == "generate":  # checked before any model loads
+        if spec.kind == "generate":  # checked before any model loads
             metrics = run_generation(cfg, run_dir, resume=resume, callback=reporter,
                                      preflight=_preflight(conn, run_dir))  # fmt: skip
         else:
             metrics = run_reconstruction(cfg, run_dir, resume=resume, callback=reporter)
         reporter.read_commands()
-        conn.send(("done", metrics, manifest(run_dir)))
+        conn.send(pipe.JobDone(metrics, manifest(run_dir)))
     except TrainingCancelled:
-        conn.send(("stopped",) if reporter.stop_reason == "stop" else ("cancelled",))
-    except torch.OutOfMemoryError as e:
-        conn.send(("failed", "out_of_memory", f"out of memory: {str(e).splitlines()[0]}"))
-    except StableDreamerError as e:  # what the user can fix: a bad mesh, setting, model,
-        conn.send(("failed", e.code, str(e)))  # a machine the preflight refused, ...
+        conn.send(pipe.JobStopped() if reporter.stop_reason == "stop" else pipe.JobCancelled())
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:
-        traceback.print_exc()
-        conn.send(("failed", "internal", f"{type(e).__name__}: {e}"))
+        failed = failure(e, torch.OutOfMemoryError, (StableDreamerError,), run_dir)
+        if failed.code == "internal":  # a bug: its traceback goes to the service's log
+            trace = traceback.format_exc()
+            sys.stderr.write(trace)
+            conn.send(pipe.LogLine(logging.ERROR, trace))
+        conn.send(failed)
+
+
+def failure(
+    e: BaseException, oom: type, user: tuple[type, ...], run_dir: Path | None = None
+) -> pipe.JobFailed:
+    """What a job's exception means for its submitter (see the module doc): ``oom`` is torch's
+    out-of-memory error, ``user`` the user error classes. A write that failed for want of space
+    (through ``atomic_path`` or not) is ``disk_full``, with the bytes it needed."""
+    from ..atomic import DiskFullError, disk_full
+
+    if isinstance(e, oom):
+        return pipe.JobFailed("out_of_memory", f"out of memory: {str(e).splitlines()[0]}")
+    if not isinstance(e, DiskFullError) and isinstance(e, OSError) and run_dir is not None:
+        e = disk_full(e, run_dir / "?", 0) or e
+    if isinstance(e, DiskFullError):
+        return pipe.JobFailed("disk_full", str(e), needed_bytes=e.needed)
+    if isinstance(e, user):
+        return pipe.JobFailed(getattr(e, "code", None) or "job_failed", str(e))
+    return pipe.JobFailed("internal", f"{type(e).__name__}: {e}")

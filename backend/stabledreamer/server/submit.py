@@ -1,0 +1,189 @@
+"""Checking a ``submit``: a message the codec accepted becomes a job record and the files to write
+into its folder, or a :class:`ProtocolError` that says what to change.
+
+The codec has already checked types, sizes and shapes; here are the rules that need the
+backend: what kinds of jobs it runs, its presets, its queue, and a dry run of the job's config.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabledreamer_protocol import ErrorCode, Limits, ProtocolError, Submit
+
+from ..presets import TEXT_PRESETS
+from .jobs import DEFAULT_PRESET, INIT_FILE, ConfigError, JobRecord, JobStore, build_config
+
+TEXT_DEFAULT_PRESET = "standard"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    record: JobRecord
+    files: dict[str, bytes]
+    """File name (in the job folder) -> bytes: the uploaded target, the initial points."""
+
+
+class SubmitCheck:
+    """Turns accepted ``submit`` messages into new jobs (``check``)."""
+
+    def __init__(self, limits: Limits, store: JobStore) -> None:
+        self.limits = limits
+        self.store = store
+
+    def check(self, msg: Submit, digest: str) -> NewJob:
+        self._check_fields(msg)
+        if self.store.active_count() >= self.limits.max_queue:
+            raise ProtocolError(
+                ErrorCode.QUEUE_FULL,
+                f"{self.limits.max_queue} jobs are already queued or running",
+            )
+        kind = {None: "generate", "demo": "demo"}.get(msg.target_format, "reconstruct")
+        preset = msg.preset or (TEXT_DEFAULT_PRESET if kind == "generate" else DEFAULT_PRESET)
+        if (kind == "generate") != (preset in TEXT_PRESETS):
+            want = TEXT_PRESETS if kind == "generate" else "reconstruct or smoke"
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_PRESET,
+                f"preset {preset!r} does not fit a {kind} job; use {want}",
+            )
+        seed = msg.seed if msg.seed is not None else random.randrange(2**31)
+        files: dict[str, bytes] = {}
+        target_file = ""
+        if msg.target_format == "arrays":
+            target_file = "target.npz"
+            files[target_file] = target_npz(msg)
+        elif kind == "reconstruct":
+            target_file = f"target.{msg.target_format}"
+            files[target_file] = self_contained(msg.target_format, msg.target_file.tobytes())
+        init_file = ""
+        if msg.init_points is not None:
+            init_file = INIT_FILE
+            files[init_file] = init_npz(msg)
+        try:  # validate preset and overrides now, so the submitter gets a clear reply
+            cfg = build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative)
+        except ConfigError as e:
+            raise ProtocolError(e.code, str(e)) from None
+        if msg.init_points is not None:
+            check_init_points(len(msg.init_points), cfg)
+        rec = JobRecord(
+            job=msg.job,
+            seq=self.store.next_seq(),
+            digest=digest,
+            kind=kind,
+            preset=preset,
+            seed=seed,
+            overrides=msg.overrides,
+            prompt=msg.prompt if kind == "generate" else "",
+            negative=msg.negative if kind == "generate" else "",
+            target_name=msg.target_name
+            or {"demo": "demo", "generate": msg.prompt[:80]}.get(kind, msg.target_format),
+            target_file=target_file,
+            init_file=init_file,
+            preview_points=msg.preview_points,
+        )
+        return NewJob(rec, files)
+
+    def _check_fields(self, msg: Submit) -> None:
+        if msg.target_format is None and not msg.prompt.strip():
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                "the prompt is empty",
+                'Say what to make, e.g. "a ceramic teapot", or send a reconstruction target.',
+            )
+        if msg.target_format == "stl":
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED,
+                "STL files carry no colours to reconstruct",
+                "Export the mesh as .glb, .ply or .obj with colours (or send vertex arrays).",
+            )
+        if msg.init_points is not None and msg.target_format is not None:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED,
+                "init_points are not used by reconstructions",
+                "Submit again without init_points (they start text jobs from a blockout).",
+            )
+        if msg.init_points is not None and not (
+            len(msg.init_points) > 0 and np.isfinite(msg.init_points).all()
+        ):
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                "init_points must be a non-empty array of finite coordinates",
+                "Sample points from a mesh with a surface, inside the unit ball.",
+            )
+
+
+def self_contained(fmt: str, data: bytes) -> bytes:
+    """An uploaded mesh that names no other file: only its own bytes reach the backend, so a
+    reference could only point at the backend's disk (``../../etc/passwd``). glTF buffers and
+    images must be ``data:`` URIs (refused otherwise); an OBJ's ``mtllib`` lines are dropped
+    (its material file is not uploaded; colours come from the vertices)."""
+    if fmt in ("gltf", "glb"):
+        for uri in _gltf_uris(fmt, data):
+            if not uri.startswith("data:"):
+                raise ProtocolError(
+                    ErrorCode.UNSUPPORTED,
+                    f"the {fmt} names a file outside itself ({uri[:80]!r})",
+                    "Export as .glb (binary glTF with everything embedded).",
+                )
+    if fmt == "obj":
+        lines = data.split(b"\n")
+        kept = [ln for ln in lines if not ln.lstrip().lower().startswith(b"mtllib")]
+        if len(kept) != len(lines):
+            data = b"\n".join(kept)
+    return data
+
+
+def _gltf_uris(fmt: str, data: bytes) -> list[str]:
+    import json
+    import struct
+
+    try:
+        if fmt == "glb":
+            if len(data) < 20 or data[:4] != b"glTF":
+                return []  # not a GLB: the loader refuses it with its own message
+            (length,) = struct.unpack_from("<I", data, 12)
+            data = data[20 : 20 + length]
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, struct.error):
+        return []  # not JSON: no references; the loader refuses it
+    uris = []
+    for key in ("buffers", "images"):
+        items = doc.get(key, []) if isinstance(doc, dict) else []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and "uri" in item:
+                uris.append(str(item["uri"]))
+    return uris
+
+
+def check_init_points(n: int, cfg) -> None:
+    """A job starts with one Gaussian per initial point: no more than its stages may ever hold
+    (``strategy.max_gaussians``), which is what the preset sized its memory for."""
+    cap = max(stage.strategy.max_gaussians for stage in cfg.stages)
+    if n > cap:
+        raise ProtocolError(
+            ErrorCode.TOO_MANY_POINTS,
+            f"{n} initial points; a {cfg.preset} job holds at most {cap} Gaussians",
+            f"Send at most {cap} points (decimate the point cloud).",
+        )
+
+
+def target_npz(msg: Submit) -> bytes:
+    arrays = {"vertices": msg.target_vertices, "faces": msg.target_faces}
+    if msg.target_colors is not None:
+        arrays["colors"] = msg.target_colors
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def init_npz(msg: Submit) -> bytes:
+    arrays = {"points": msg.init_points}
+    if msg.init_colors is not None:
+        arrays["colors"] = np.clip(np.nan_to_num(msg.init_colors), 0.0, 1.0)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()

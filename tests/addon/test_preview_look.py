@@ -1,0 +1,207 @@
+"""What the artist sees (issue 13): the Gaussians' extents and Solid-mode palette (numpy), the look
+preference and .ply import in Blender, and Blender's own picture of a small set of Gaussians
+scored against the project's ``render()`` (the check behind ``bench/preview_fidelity.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from addon_helpers import ROOT, needs_bpy, run_blender
+
+
+def _load(name: str, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SL = _load("splat_look_under_test", ROOT / "blender_addon" / "splat_look.py")  # numpy only
+
+
+def test_extent_ends_where_alpha_falls_to_the_threshold():
+    o = np.array([0.999, 0.9, 0.5, 0.2, 0.1, 0.05, 0.01], dtype=np.float32)
+    k = SL.extents(o, 0.1)
+    shown = o > 0.1
+    assert (k[~shown] == 0).all()  # fainter than the threshold everywhere: left out
+    edge = o * np.exp(-(k**2) / 2)
+    uncapped = shown & (k < SL.MAX_SIGMAS)
+    np.testing.assert_allclose(edge[uncapped], 0.1, rtol=1e-4)
+    assert k.max() <= SL.MAX_SIGMAS
+    wide = SL.extents(o, SL.SPLAT_ALPHA)
+    assert (wide >= k).all() and (wide[o > SL.SPLAT_ALPHA] > 0).all()
+    assert np.isclose(SL.extents([0.999], 1e-6)[0], SL.MAX_SIGMAS)  # capped at 3 sigma
+    with pytest.raises(ValueError):
+        SL.extents(o, 0.0)
+
+
+def test_palette_cells_and_their_mean_colours():
+    rgb = np.array([[0, 0, 0], [1, 1, 1], [0.95, 0.02, 0.03], [0.99, 0.0, 0.06]], np.float32)
+    c = SL.cells(rgb)
+    assert c[0] == 0 and c[1] == SL.LEVELS**3 - 1 and c[2] == c[3]
+    grid = SL.cell_centres()
+    np.testing.assert_allclose(grid[c], np.rint(rgb * (SL.LEVELS - 1)) / (SL.LEVELS - 1))
+    shown = SL.cell_colors(rgb, c)
+    np.testing.assert_allclose(shown[c[2]], rgb[2:].mean(0), atol=1e-6)
+    empty = np.setdiff1d(np.arange(SL.LEVELS**3), c)
+    np.testing.assert_allclose(shown[empty], grid[empty])
+    np.testing.assert_allclose(SL.srgb_to_linear([0.0, 0.5, 1.0]), [0.0, 0.21404, 1.0], atol=1e-4)
+
+
+SCRIPT = r"""
+install()
+mod = importlib.import_module(ADDON)
+P, prefs = mod.preview, mod.prefs.get_prefs()
+
+def state(obj):
+    dg = bpy.context.evaluated_depsgraph_get()
+    dg.update()
+    geo = obj.evaluated_get(dg).evaluated_geometry()
+    inst, pc = geo.instances_pointcloud(), geo.pointcloud
+    mod_ = obj.modifiers[P.MODIFIER_NAME]
+    ids = {i.name: i.identifier for i in mod_.node_group.interface.items_tree
+           if i.item_type == "SOCKET" and i.in_out == "INPUT"}
+    return {
+        "instances": len(inst.points) if inst is not None else 0,
+        "points": len(pc.points) if pc is not None else 0,
+        "splat": bool(mod_[ids["Splat Shading"]]),
+        "attrs": sorted(a.name for a in inst.attributes) if inst is not None else [],
+    }
+
+g = P.demo_gaussians(400, seed=1)
+g["opacities"][:100] = 0.01  # below the default shell opacity (0.02): left out
+g["rgb"][100:] = (0.9, 0.1, 0.1)
+obj = P.update_preview(**g)
+out["default"] = state(obj)
+out["look_default"] = prefs.preview_look
+cell = int(mod.splat_look.cells(g["rgb"][100:101])[0])
+mat = bpy.data.materials[mod.splat_nodes.PALETTE_MATERIAL.format(cell)]
+out["cell_color"] = list(mat.diffuse_color)
+prefs.shell_alpha = 0.005  # the update callback restyles the objects in the file
+out["low_shell"] = state(obj)
+obj = P.update_preview(**g)  # the next update draws the ones left out before
+out["low_shell_next"] = state(obj)
+prefs.preview_look = "POINTS"
+out["points"] = state(obj)
+prefs.preview_look = "ELLIPSOIDS"
+out["ellipsoids"] = state(obj)
+
+# a 3DGS .ply from another tool: ASCII, normals, degree-3 spherical harmonics
+n = 50
+names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+names += [f"f_rest_{i}" for i in range(45)] + ["opacity", "scale_0", "scale_1", "scale_2"]
+names += ["rot_0", "rot_1", "rot_2", "rot_3"]
+rng = np.random.default_rng(0)
+rows = rng.normal(size=(n, len(names))) * 0.1
+rows[:, names.index("opacity")] = 3.0
+rows[:10, names.index("opacity")] = -8.0  # opacity 0.0003: kept in the object, not drawn
+rows[:, [names.index(f"scale_{i}") for i in range(3)]] = -3.0
+
+def write(path, names, rows, extra=""):
+    head = ["ply", "format ascii 1.0", f"element vertex {len(rows)}"]
+    head += [f"property float {p}" for p in names]
+    with open(path, "w") as f:
+        f.write("\n".join(head) + "\n" + extra + "end_header\n")
+        np.savetxt(f, rows, fmt="%.6f")
+
+tmp = os.path.dirname(result_path)
+write(os.path.join(tmp, "sh3.ply"), names, rows)
+sh3 = os.path.join(tmp, "sh3.ply")
+out["import_sh3"] = sorted(bpy.ops.stabledreamer.import_gaussians(filepath=sh3))
+imported = [o for o in bpy.data.objects if o.name.startswith("sh3")]
+out["sh3_n"] = len(imported[0].data.vertices) if imported else 0
+out["sh3_state"] = state(imported[0]) if imported else None
+errors = {}
+bad = [p for p in names if p != "f_rest_44"]
+write(os.path.join(tmp, "bad_sh.ply"), bad, rows[:, : len(bad)])
+packed = ["packed_position", "packed_rotation", "packed_scale", "packed_color"]
+write(os.path.join(tmp, "packed.ply"), packed, rows[:, :4])
+for name in ("bad_sh", "packed"):
+    try:
+        mod.gaussian_ply.read(os.path.join(tmp, name + ".ply"))
+    except mod.gaussian_ply.GaussianPlyError as exc:
+        errors[name] = str(exc)
+out["errors"] = errors
+
+# one click: Solid mode coloured by material again
+screen = next(s for s in bpy.data.screens if any(a.type == "VIEW_3D" for a in s.areas))
+area = next(a for a in screen.areas if a.type == "VIEW_3D")
+area.spaces.active.shading.color_type = "OBJECT"
+with bpy.context.temp_override(screen=screen, area=area, space_data=area.spaces.active):
+    out["hidden_before"] = mod.viewport_look.colors_hidden(bpy.context)
+    out["show_colors"] = sorted(bpy.ops.stabledreamer.show_gaussian_colors())
+out["color_type"] = area.spaces.active.shading.color_type
+bpy.context.scene.render.engine = "CYCLES"
+bpy.context.scene.cycles.transparent_max_bounces = 8
+out["bounces_short"] = mod.viewport_look.bounces_short(bpy.context.scene)
+bpy.ops.stabledreamer.splat_render_settings()
+out["bounces"] = bpy.context.scene.cycles.transparent_max_bounces
+save()
+"""
+
+
+@needs_bpy
+def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
+    r = run_blender(SCRIPT, addon_zip, tmp_path)
+    assert r["look_default"] == "SPLATS"
+    d = r["default"]
+    assert d["instances"] == 300 and d["points"] == 0 and d["splat"] is True
+    assert {"color", "opacity", "extent", "falloff"} <= set(d["attrs"])
+    red = SL.srgb_to_linear([0.9, 0.1, 0.1])
+    np.testing.assert_allclose(r["cell_color"][:3], red, atol=1e-4)  # the cell's mean colour
+    assert r["low_shell"]["instances"] == 300  # restyled: the same Gaussians, larger
+    assert r["low_shell_next"]["instances"] == 400  # opacity 0.01 now clears the threshold
+    assert r["points"]["points"] == 400 and r["points"]["instances"] == 0
+    assert r["ellipsoids"]["instances"] == 400 and r["ellipsoids"]["splat"] is False
+    assert r["import_sh3"] == ["FINISHED"] and r["sh3_n"] == 50  # the file stays whole
+    assert r["sh3_state"]["instances"] == 40
+    assert "no spherical-harmonics degree" in r["errors"]["bad_sh"]
+    assert "compressed" in r["errors"]["packed"]
+    assert r["hidden_before"] is True and r["show_colors"] == ["FINISHED"]
+    assert r["color_type"] == "MATERIAL"
+    assert r["bounces_short"] is True and r["bounces"] == 64
+
+
+# PSNR (dB) measured on this synthetic set (bench.preview_fidelity.synthetic_gaussians) at 96 px,
+# 2 cameras, Workbench Flat | Cycles 8 samples: today's look (an opaque 2-sigma ellipsoid per
+# Gaussian, grey in Solid mode) 6.4 | 4.7, the splat look 19.3 | 21.9 (the demo's 16k Gaussians:
+# see the README). The floors sit between: they fail on today's look and on a clear regression.
+WORKBENCH_FLOOR, CYCLES_FLOOR = 15.0, 17.0
+
+
+@needs_bpy
+def test_blender_picture_matches_the_projects_render(tmp_path):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import preview_fidelity as pf
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from stabledreamer.gaussians import activated
+
+    raw = pf.synthetic_gaussians()
+    npz = tmp_path / "g.npz"
+    np.savez(npz, **{k: v.numpy() for k, v in activated(raw).items()})
+    cams, ref_rgb, ref_alpha = pf.reference(raw, 96)
+    cams = cams[:2]
+    args = SimpleNamespace(
+        size=96,
+        modes=["workbench_flat", "cycles"],
+        shell_alpha=None,
+        cycles_samples=8,
+        transparent_bounces=64,
+        cycles_filter=0.01,
+    )
+    got = pf.blender_pictures(ROOT, npz, cams, args, "SPLATS", tmp_path, "splats")
+    scores = {}
+    for mode in args.modes:
+        rgb, alpha = pf.over_background(got["images"][mode])
+        scores[mode] = np.mean(
+            [pf.psnr_union(ref_rgb[i], ref_alpha[i], rgb[i], alpha[i]) for i in range(len(cams))]
+        )
+    assert scores["workbench_flat"] >= WORKBENCH_FLOOR, scores
+    assert scores["cycles"] >= CYCLES_FLOOR, scores
