@@ -353,7 +353,9 @@ def test_errors(tmp_path):
     trimesh.Trimesh(np.ones((3, 3)), [[0, 1, 2]], process=False).export(str(tmp_path / "dot.ply"))
     with pytest.raises(TargetError, match="degenerate"):
         load_target(tmp_path / "dot.ply")
-    assert issubclass(TargetError, ValueError)
+    from stabledreamer.errors import StableDreamerError
+
+    assert issubclass(TargetError, StableDreamerError)  # a user error: one line, not a bug
 
 
 # ---------------------------------------------------------------------------------------------
