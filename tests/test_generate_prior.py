@@ -59,6 +59,22 @@ def test_no_front_no_multi_face_score(bank_dir, tmp_path):
     assert "psnr_heldout" in metrics and "multi_face" not in metrics
 
 
+def test_cli_generate_prior_prints_the_scores(bank_dir, tmp_path, capsys, monkeypatch):
+    from stabledreamer import presets
+
+    small = small_toy(bank_dir)
+    monkeypatch.setitem(presets.OFFLINE_PRESETS, "toy", lambda: small)
+    out = tmp_path / "run"
+    argv = ["generate", "a robot", "--prior", str(bank_dir), "--out", str(out), "--quiet",
+            "--steps-stage1", "2", "--steps-stage2", "1"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "against the true object: psnr_heldout" in said and "multi_face" in said
+    config = json.loads((out / "config.json").read_text())
+    assert config["example_prior"]["bank"] == str(bank_dir.resolve())
+    assert [s["steps"] for s in config["stages"]] == [2, 1]
+
+
 def test_cli_refuses_a_prompt_the_bank_does_not_hold(bank_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["generate", "a teapot", "--prior", str(bank_dir), "--out", str(out)])
