@@ -98,3 +98,24 @@ def test_cli_prior_build_from_a_mesh(tmp_path, capsys):
     assert main(argv) == 2  # exists: needs --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main(["prior", "build", str(tmp_path / "b2"), "--object", "no-equals-sign"]) == 2
+
+
+def test_multi_face_score_sign():
+    """The true object scores negative (no second face); an object whose back shows the
+    mirrored front (a Janus) scores positive."""
+    import torch
+
+    from stabledreamer.cameras import heldout_cameras, orbit_cameras
+    from stabledreamer.runs.prior_metrics import multi_face_score
+    from stabledreamer.targets.raster import render_mesh
+
+    mesh = target_mesh("a toy creature")
+    cams = heldout_cameras(32, 32)
+    truth, _ = render_mesh(mesh, cams, torch.ones(3), supersample=2)
+    assert multi_face_score(truth, cams, truth, mesh) < -10.0
+    janus = truth.clone()
+    for k, az in enumerate(cams.azimuth_deg.tolist()):
+        if 135.0 <= az <= 225.0:  # the back views show the front, mirrored
+            front = orbit_cameras([180.0 - az], [20.0], 2.5, 49.0, 32, 32)
+            janus[k] = render_mesh(mesh, front, torch.ones(3), supersample=2)[0][0].flip(dims=[1])
+    assert multi_face_score(janus, cams, truth, mesh) > 10.0
