@@ -59,6 +59,22 @@ def test_no_front_no_multi_face_score(bank_dir, tmp_path):
     assert "psnr_heldout" in metrics and "multi_face" not in metrics
 
 
+def test_cli_generate_prior_prints_the_scores(bank_dir, tmp_path, capsys, monkeypatch):
+    from stabledreamer import presets
+
+    small = small_toy(bank_dir)
+    monkeypatch.setitem(presets.OFFLINE_PRESETS, "toy", lambda: small)
+    out = tmp_path / "run"
+    argv = ["generate", "a robot", "--prior", str(bank_dir), "--out", str(out), "--quiet",
+            "--steps-stage1", "2", "--steps-stage2", "1"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "against the true object: psnr_heldout" in said and "multi_face" in said
+    config = json.loads((out / "config.json").read_text())
+    assert config["example_prior"]["bank"] == str(bank_dir.resolve())
+    assert [s["steps"] for s in config["stages"]] == [2, 1]
+
+
 def test_cli_refuses_a_prompt_the_bank_does_not_hold(bank_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["generate", "a teapot", "--prior", str(bank_dir), "--out", str(out)])
@@ -82,3 +98,24 @@ def test_cli_prior_build_from_a_mesh(tmp_path, capsys):
     assert main(argv) == 2  # exists: needs --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main(["prior", "build", str(tmp_path / "b2"), "--object", "no-equals-sign"]) == 2
+
+
+def test_multi_face_score_sign():
+    """The true object scores negative (no second face); an object whose back shows the
+    mirrored front (a Janus) scores positive."""
+    import torch
+
+    from stabledreamer.cameras import heldout_cameras, orbit_cameras
+    from stabledreamer.runs.prior_metrics import multi_face_score
+    from stabledreamer.targets.raster import render_mesh
+
+    mesh = target_mesh("a toy creature")
+    cams = heldout_cameras(32, 32)
+    truth, _ = render_mesh(mesh, cams, torch.ones(3), supersample=2)
+    assert multi_face_score(truth, cams, truth, mesh) < -10.0
+    janus = truth.clone()
+    for k, az in enumerate(cams.azimuth_deg.tolist()):
+        if 135.0 <= az <= 225.0:  # the back views show the front, mirrored
+            front = orbit_cameras([180.0 - az], [20.0], 2.5, 49.0, 32, 32)
+            janus[k] = render_mesh(mesh, front, torch.ones(3), supersample=2)[0][0].flip(dims=[1])
+    assert multi_face_score(janus, cams, truth, mesh) > 10.0

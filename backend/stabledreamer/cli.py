@@ -329,6 +329,13 @@ def cmd_generate(args) -> int:
         if bar is not None:
             bar.close()
     print(f"{metrics['gaussians']} Gaussians, {metrics['seconds']:.0f} s; outputs in {out}/")
+    if "psnr_heldout" in metrics:  # the prior's bank held the prompt's true mesh
+        scores = [f"psnr_heldout {metrics['psnr_heldout']:.2f} dB"]
+        if "chamfer" in metrics:
+            scores.append(f"chamfer {metrics['chamfer']:.4f}")
+        if "multi_face" in metrics:
+            scores.append(f"multi_face {metrics['multi_face']:+.2f} dB (negative: no second face)")
+        print("against the true object: " + ", ".join(scores))
     if "mesh_error" in metrics:
         print(f"mesh: not written ({metrics['mesh_error']})")
     return 0
