@@ -51,7 +51,8 @@ class PriorBankError(GuidanceError):
 @dataclass
 class BankBuildConfig:
     views: int = 200
-    """Views per object. 200 over the sphere leave about 14 degrees between neighbours (our
+    """Views per object. 200 leave about 11 degrees between neighbours over the default band
+    (14 over the whole sphere) (our
     choice: the catalogue's bank then builds within its 2-minute budget on a 2-core CPU)."""
     resolutions: tuple[int, ...] = (64, 128)
     """Image sizes kept; each must divide the largest. 64 is the geometry stage's (DeepFloyd IF
