@@ -51,9 +51,9 @@ class PriorBankError(GuidanceError):
 @dataclass
 class BankBuildConfig:
     views: int = 200
-    """Views per object. 200 leave about 11 degrees between neighbours over the default band
-    (14 over the whole sphere) (our
-    choice: the catalogue's bank then builds within its 2-minute budget on a 2-core CPU)."""
+    """Views per object. 200 leave about 11 degrees between neighbours over the default band,
+    14 over the whole sphere (our choice: the catalogue's bank then builds in 60-84 s on this
+    2-core CPU, one thread, shared with other jobs)."""
     resolutions: tuple[int, ...] = (64, 128)
     """Image sizes kept; each must divide the largest. 64 is the geometry stage's (DeepFloyd IF
     stage I's size), 128 the detail stage's of the toy preset."""
