@@ -385,7 +385,8 @@ def _add_prior_parser(sub) -> None:
     )  # fmt: skip
     b.add_argument(
         "--elevation", type=float, nargs=2, default=list(d.elevation_deg), metavar=("LOW", "HIGH"),
-        help="draw the views between these elevations (default %(default)s: the whole sphere)",
+        help="draw the views between these elevations (default %(default)s: the toy preset's "
+        "cameras; -90 90 is the whole sphere)",
     )  # fmt: skip
     b.add_argument("--seed", type=int, default=d.seed, help="views seed (default %(default)s)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing bank folder")
