@@ -363,50 +363,34 @@ def gaussian_group() -> bpy.types.NodeTree:
     info = nt.nodes.new("GeometryNodeObjectInfo")
     link(gin.outputs["Palette"], info.inputs["Object"])
     # objects that keep every Gaussian (imported files) draw those with extent > 0; the live
-    # preview leaves the others out of its mesh. A geometry switch, not a selection field: the
-    # switch evaluates only the branch it picks, while a selection (even a constant one) costs
-    # the live preview a mask and gathered attribute copies on every update
+    # preview leaves the others out of its mesh, and a constant selection costs nothing
     visible = nt.nodes.new("FunctionNodeCompare")
     visible.data_type, visible.operation = "FLOAT", "GREATER_THAN"
     link(extent, visible.inputs["A"])
     visible.inputs["B"].default_value = 0.0
-    separate = nt.nodes.new("GeometryNodeSeparateGeometry")
-    separate.domain = "POINT"
-    link(gin.outputs[0], separate.inputs["Geometry"])
-    link(visible.outputs["Result"], separate.inputs["Selection"])
-    kept = nt.nodes.new("GeometryNodeSwitch")
-    kept.input_type = "GEOMETRY"
-    link(gin.outputs["Keep All"], kept.inputs["Switch"])
-    link(gin.outputs[0], kept.inputs["False"])
-    link(separate.outputs["Selection"], kept.inputs["True"])
-    points = kept.outputs["Output"]
+    selection = nt.nodes.new("GeometryNodeSwitch")
+    selection.input_type = "BOOLEAN"
+    link(gin.outputs["Keep All"], selection.inputs["Switch"])
+    selection.inputs["False"].default_value = True
+    link(visible.outputs["Result"], selection.inputs["True"])
     inst = nt.nodes.new("GeometryNodeInstanceOnPoints")
-    link(points, inst.inputs["Points"])
+    link(selection.outputs["Output"], inst.inputs["Selection"])
+    link(gin.outputs[0], inst.inputs["Points"])
     link(info.outputs["Geometry"], inst.inputs["Instance"])
     inst.inputs["Pick Instance"].default_value = True
     link(_named(nt, "cell", "INT"), inst.inputs["Instance Index"])
     link(_named(nt, "rot", "QUATERNION"), inst.inputs["Rotation"])
     link(sized.outputs[0], inst.inputs["Scale"])
-    geo = inst.outputs["Instances"]  # the point attributes (color, opacity, extent) carry over
-    # the shader's extent is the points' times Extent Scale: stored only where that is not 1
-    unscaled = nt.nodes.new("FunctionNodeCompare")
-    unscaled.data_type, unscaled.operation = "FLOAT", "EQUAL"
-    link(gin.outputs["Extent Scale"], unscaled.inputs["A"])
-    unscaled.inputs["B"].default_value = 1.0
-    unscaled.inputs["Epsilon"].default_value = 0.0
-    scaled = nt.nodes.new("GeometryNodeSwitch")
-    scaled.input_type = "GEOMETRY"
-    link(unscaled.outputs["Result"], scaled.inputs["Switch"])
-    link(_store(nt, geo, "extent", "FLOAT", factor), scaled.inputs["False"])
-    link(geo, scaled.inputs["True"])
-    geo = scaled.outputs["Output"]
+    geo = inst.outputs["Instances"]  # the point attributes (color, opacity) carry over
+    geo = _store(nt, geo, "extent", "FLOAT", factor)
     geo = _store(nt, geo, "falloff", "FLOAT", gin.outputs["Splat Shading"])
 
     # plain points: radius = the mean of the sized axes
     mean = _vmath(nt, "DOT_PRODUCT", sized.outputs[0], (1 / 3, 1 / 3, 1 / 3))
     to_points = nt.nodes.new("GeometryNodeMeshToPoints")
     to_points.mode = "VERTICES"
-    link(points, to_points.inputs["Mesh"])
+    link(gin.outputs[0], to_points.inputs["Mesh"])
+    link(selection.outputs["Output"], to_points.inputs["Selection"])
     link(mean.outputs["Value"], to_points.inputs["Radius"])
     pts_mat = nt.nodes.new("GeometryNodeSetMaterial")
     pts_mat.inputs["Material"].default_value = _points_material()
