@@ -209,7 +209,10 @@ def update_preview(
     mesh.update()
 
     mod = _modifier(obj)
-    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb[shown], cell[shown]))
+    splat_nodes.set_palette_colors(  # an imported file shows every colour at once
+        splat_look.cell_colors(rgb[shown], cell[shown]),
+        limit=None if keep_all else splat_nodes.PALETTE_WRITES,
+    )
     splat_nodes.set_pixel_angle(bpy.context.scene)
     _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
     _set_input(mod, "Keep All", bool(keep_all))
