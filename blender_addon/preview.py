@@ -116,6 +116,24 @@ def _set_input(mod: bpy.types.NodesModifier, name: str, value) -> None:
         mod[key] = value
 
 
+def _ensure_attributes(mesh: bpy.types.Mesh) -> None:
+    """Every attribute of ``ATTRIBUTES`` on the points, of its data type (a wrong one replaced)."""
+    attrs = mesh.attributes
+    for name, (dtype, _key, _c) in ATTRIBUTES.items():
+        a = attrs.get(name)
+        if a is not None and (a.data_type != dtype or a.domain != "POINT"):
+            attrs.remove(a)
+            a = None
+        if a is None:
+            attrs.new(name, dtype, "POINT")
+
+
+def _write_attributes(mesh: bpy.types.Mesh, values: dict[str, np.ndarray]) -> None:
+    attrs = mesh.attributes
+    for name, (_dtype, key, _c) in ATTRIBUTES.items():
+        attrs[name].data.foreach_set(key, values[name].ravel())
+
+
 def update_preview(
     means,
     scales,
@@ -159,26 +177,21 @@ def update_preview(
         raise ValueError(f"look must be one of {', '.join(splat_look.LOOKS)}, got {look!r}")
     extent = splat_look.extents(opacities, shell_alpha)
     shown = extent > 0
-    if not keep_all and not shown.all():  # leave out those fainter than the shell everywhere
+    if shown.all():
+        shown = slice(None)  # a boolean mask of all True would still copy the colours below
+    elif not keep_all:  # leave out those fainter than the shell everywhere
         means, scales, quats, rgb = means[shown], scales[shown], quats[shown], rgb[shown]
         opacities, extent = opacities[shown], extent[shown]
         n = len(means)
-        shown = np.ones(n, dtype=bool)
+        shown = slice(None)
     cell = splat_look.cells(rgb)
 
     obj = obj or preview_object()
     mesh = obj.data
-    if len(mesh.vertices) != n:
+    rebuilt = len(mesh.vertices) != n
+    if rebuilt:
         mesh.clear_geometry()
         mesh.vertices.add(n)
-    attrs = mesh.attributes
-    for name, (dtype, _key, _c) in ATTRIBUTES.items():
-        a = attrs.get(name)
-        if a is not None and (a.data_type != dtype or a.domain != "POINT"):
-            attrs.remove(a)
-            a = None
-        if a is None:
-            attrs.new(name, dtype, "POINT")
 
     colors = np.empty((n, 4), dtype=np.float32)
     colors[:, :3] = rgb
@@ -186,12 +199,20 @@ def update_preview(
     mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(means).ravel())
     values = {"scale": scales, "rot": quats, "color": colors, "opacity": opacities,
               "extent": extent, "cell": cell}  # fmt: skip
-    for name, (_dtype, key, _c) in ATTRIBUTES.items():
-        mesh.attributes[name].data.foreach_set(key, values[name].ravel())
+    if rebuilt:
+        _ensure_attributes(mesh)
+    try:  # the attributes are checked when the mesh is rebuilt or a write fails, not every time
+        _write_attributes(mesh, values)
+    except (KeyError, TypeError, RuntimeError):
+        _ensure_attributes(mesh)
+        _write_attributes(mesh, values)
     mesh.update()
 
     mod = _modifier(obj)
-    splat_nodes.set_palette_colors(splat_look.cell_colors(rgb[shown], cell[shown]))
+    splat_nodes.set_palette_colors(  # an imported file shows every colour at once
+        splat_look.cell_colors(rgb[shown], cell[shown]),
+        limit=None if keep_all else splat_nodes.PALETTE_WRITES,
+    )
     splat_nodes.set_pixel_angle(bpy.context.scene)
     _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
     _set_input(mod, "Keep All", bool(keep_all))

@@ -278,17 +278,29 @@ _shown: dict[int, np.ndarray] = {}
 """The palette colours last written, by palette mesh (reading 216 colours back costs more)."""
 
 
-def set_palette_colors(rgb_by_cell, changed_only: float = 1.0 / 128.0) -> int:
+PALETTE_WRITES = 16
+"""At most this many palette colours are written per update, the largest changes first (the rest
+on the next updates): each write re-evaluates a material, and a stream's first updates or a
+sudden change would otherwise write dozens at a time (~1-2 ms per update for 40 of them)."""
+
+
+def set_palette_colors(
+    rgb_by_cell, changed_only: float = 1.0 / 128.0, limit: int | None = PALETTE_WRITES
+) -> int:
     """Show each cell's colour (sRGB ``[levels**3, 3]``) in Solid mode; returns how many changed
     by more than ``changed_only`` (linear; 1/128 is under 2/255 in sRGB from mid-grey up) and were
-    written (each write costs a material update)."""
+    written (each write costs a material update): at most ``limit``, the largest changes first."""
     mats = palette_object().data.materials
     lin = splat_look.srgb_to_linear(rgb_by_cell)
     key = mats.id_data.as_pointer()
     last = _shown.get(key)
-    if last is None or last.shape != lin.shape:
+    if last is None or last.shape != lin.shape:  # the first colours of this session: all of them
         last = np.array([m.diffuse_color[:3] for m in mats], dtype=np.float32)
-    changed = np.flatnonzero(np.abs(lin - last).max(axis=1) > changed_only)
+        limit = None
+    diff = np.abs(lin - last).max(axis=1)
+    changed = np.flatnonzero(diff > changed_only)
+    if limit is not None and len(changed) > limit:
+        changed = changed[np.argsort(-diff[changed], kind="stable")[:limit]]
     for i in changed:
         mats[int(i)].diffuse_color = (float(lin[i, 0]), float(lin[i, 1]), float(lin[i, 2]), 1.0)
     last[changed] = lin[changed]

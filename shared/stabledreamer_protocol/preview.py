@@ -104,6 +104,20 @@ def unpack(position: np.ndarray, attributes: np.ndarray) -> dict[str, np.ndarray
             f"preview arrays must be [N, 3] and [N, {ATTRIBUTE_COLUMNS}], "
             f"got {list(position.shape)} and {list(attributes.shape)}"
         )
+    if attributes.dtype == ATTRIBUTE_DTYPE:
+        # float16 -> float32 through a 65536-entry table, each field gathered straight into its
+        # own contiguous array (and the scales' exp from a second table): a third of the cost of
+        # a full astype, four contiguous copies and an exp, on the live preview's path
+        bits = attributes.view(np.uint16)
+        as_f32, as_exp = _tables()
+        return {
+            "means": position.astype(np.float32),
+            "log_scales": np.take(as_f32, bits[:, LOG_SCALE]),
+            "scales": np.take(as_exp, bits[:, LOG_SCALE]),
+            "quats": np.take(as_f32, bits[:, QUAT]),
+            "rgb": np.take(as_f32, bits[:, RGB]),
+            "opacities": np.take(as_f32, bits[:, OPACITY]),
+        }
     attrs = attributes.astype(np.float32)
     log_scales = np.ascontiguousarray(attrs[:, LOG_SCALE])
     return {
@@ -114,6 +128,21 @@ def unpack(position: np.ndarray, attributes: np.ndarray) -> dict[str, np.ndarray
         "rgb": np.ascontiguousarray(attrs[:, RGB]),
         "opacities": np.ascontiguousarray(attrs[:, OPACITY]),
     }
+
+
+_TABLES: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    """Every float16 bit pattern as float32, and its exp (the same values ``astype`` and
+    ``np.exp`` give, built once)."""
+    global _TABLES
+    if _TABLES is None:
+        f32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(ATTRIBUTE_DTYPE)
+        f32 = f32.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            _TABLES = (f32, np.exp(f32))
+    return _TABLES
 
 
 def nbytes(n: int) -> int:
