@@ -52,8 +52,9 @@ def _attr(nt, name: str, kind: str = "INSTANCER"):
     return node
 
 
-def _vmath(nt, op: str, *inputs):
-    node = nt.nodes.new("ShaderNodeVectorMath")
+def _op_node(nt, kind: str, op: str, inputs):
+    """A math node of ``kind`` doing ``op`` on ``inputs`` (sockets are linked, values set)."""
+    node = nt.nodes.new(kind)
     node.operation = op
     for i, x in enumerate(inputs):
         if isinstance(x, bpy.types.NodeSocket):
@@ -63,15 +64,12 @@ def _vmath(nt, op: str, *inputs):
     return node
 
 
+def _vmath(nt, op: str, *inputs):
+    return _op_node(nt, "ShaderNodeVectorMath", op, inputs)
+
+
 def _math(nt, op: str, *inputs):
-    node = nt.nodes.new("ShaderNodeMath")
-    node.operation = op
-    for i, x in enumerate(inputs):
-        if isinstance(x, bpy.types.NodeSocket):
-            nt.links.new(x, node.inputs[i])
-        else:
-            node.inputs[i].default_value = x
-    return node.outputs[0]
+    return _op_node(nt, "ShaderNodeMath", op, inputs).outputs[0]
 
 
 def _srgb_to_linear(nt, color_socket):
