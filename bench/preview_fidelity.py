@@ -163,7 +163,13 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["workbench_flat", "workbench_studio", "cycles"])
     ap.add_argument("--eevee", action="store_true", help="also EEVEE (about 45 s per process)")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--looks", nargs="+", default=["SPLATS"], help="the add-on looks to score")
+    ap.add_argument(
+        "--looks",
+        nargs="+",
+        default=["SPLATS"],
+        type=str.upper,
+        help="the add-on looks to score: splats, ellipsoids, points",
+    )
     ap.add_argument("--shell-alpha", type=float, default=None, help="override the add-on default")
     ap.add_argument("--cycles-samples", type=int, default=32)
     ap.add_argument(
