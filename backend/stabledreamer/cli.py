@@ -493,6 +493,18 @@ def _add_service_parsers(sub) -> None:
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
     srv.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each training one job at a time and keeping its models loaded "
+        "between jobs (default %(default)s)",
+    )
+    srv.add_argument(
+        "--gpus",
+        help="one worker per GPU, each seeing only its own: auto (every GPU) or indices such as "
+        "0,1 (replaces --workers)",
+    )
+    srv.add_argument(
         "--handshake-s",
         type=float,
         default=5.0,
@@ -569,6 +581,11 @@ def cmd_serve(args) -> int:
     if not 0.1 <= args.handshake_s <= 300:
         raise ValueError(f"--handshake-s must be in [0.1, 300], got {args.handshake_s}")
     retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
+    if not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers must be in [1, 64], got {args.workers}")
+    from .server.settings import resolve_gpus
+
+    gpus = resolve_gpus(args.gpus) if args.gpus else None
     cfg = ServiceConfig(
         bind=args.bind,
         state=Path(args.state),
@@ -580,6 +597,8 @@ def cmd_serve(args) -> int:
         retention=retention,
         handshake_s=args.handshake_s,
         stall_s=args.stall_s,
+        workers=args.workers,
+        gpus=gpus,
     )
     import zmq
 

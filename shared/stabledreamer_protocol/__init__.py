@@ -38,6 +38,7 @@ from .messages import (
     ResultFile,
     Status,
     Submit,
+    WorkerInfo,
     new_id,
 )
 from .version import PROTOCOL_MAJOR, PROTOCOL_MINOR, PROTOCOL_VERSION, __version__
@@ -64,6 +65,7 @@ __all__ = [
     "GetLogs",
     "Hello",
     "JobInfo",
+    "WorkerInfo",
     "JobState",
     "Jobs",
     "Limits",

@@ -204,6 +204,50 @@ class Fields:
 # ----------------------------------------------------------------------------------------------
 
 
+WORKER_STATES = ("starting", "idle", "busy")
+MAX_WORKERS_LISTED = 256
+
+
+@dataclass
+class WorkerInfo:
+    """One worker of the backend (``hello`` and ``status``, since 1.3)."""
+
+    device: str
+    """What it trains on, e.g. ``cpu`` or ``cuda (NVIDIA H100, 80 GiB)``."""
+    state: str = "idle"
+    """``starting`` (loading torch, or being replaced), ``idle`` or ``busy``."""
+    job: str | None = None
+    """Its job when that job is this client's (another client's job is not named)."""
+    jobs_run: int = 0
+    """Jobs its current process started (the first loads the models, the next reuse them)."""
+    loads: int = 0
+    """Guidance models its current process loaded (a warm job adds none)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_workers(f: Fields) -> list[WorkerInfo] | None:
+    """The optional ``workers`` list of ``hello`` and ``job_state`` (None when absent)."""
+    if f.body.get("workers") is None:
+        return None
+    out = []
+    for i, entry in enumerate(f.objects("workers", max_items=MAX_WORKERS_LISTED)):
+        e = f.sub(f"workers[{i}]", entry)
+        out.append(
+            WorkerInfo(
+                device=e.string("device", required=True, max_chars=f.limits.max_text_chars),
+                state=e.string("state", "idle", choices=WORKER_STATES),
+                job=e.string(
+                    "job", None, nullable=True, max_chars=f.limits.max_id_chars, pattern=ID_RE
+                ),
+                jobs_run=e.integer("jobs_run"),
+                loads=e.integer("loads"),
+            )
+        )
+    return out
+
+
 @dataclass(kw_only=True)
 class Message:
     """Base of every message. Subclasses set ``TYPE``, ``DIRECTION``, ``JOB`` ("none",
@@ -269,9 +313,11 @@ class Hello(Message):
     features: list[str] = field(default_factory=list)
     limits: dict[str, int] = field(default_factory=dict)
     queue_length: int = 0
+    workers: list[WorkerInfo] | None = None
+    """The backend's workers (since 1.3; None from older backends and in a client's hello)."""
 
     def body(self):
-        return {
+        out = {
             "protocol": self.protocol,
             "software": self.software,
             "device": self.device,
@@ -282,6 +328,9 @@ class Hello(Message):
             "limits": dict(self.limits),
             "queue_length": self.queue_length,
         }
+        if self.workers is not None:
+            out["workers"] = [w.to_dict() for w in self.workers]
+        return out
 
     @classmethod
     def parse(cls, f, arrays):
@@ -299,6 +348,7 @@ class Hello(Message):
             features=f.strings("features"),
             limits=limits,
             queue_length=f.integer("queue_length"),
+            workers=parse_workers(f),
         )
 
 
@@ -618,9 +668,11 @@ class JobState(Message):
     queue_position: int | None = None
     seed: int | None = None
     message: str = ""
+    workers: list[WorkerInfo] | None = None
+    """In the answer to ``status`` (since 1.3): the backend's workers; None otherwise."""
 
     def body(self):
-        return {
+        out = {
             "state": self.state,
             "stage": self.stage,
             "step": self.step,
@@ -629,6 +681,9 @@ class JobState(Message):
             "seed": self.seed,
             "message": self.message,
         }
+        if self.workers is not None:
+            out["workers"] = [w.to_dict() for w in self.workers]
+        return out
 
     @classmethod
     def parse(cls, f, arrays):
@@ -640,6 +695,7 @@ class JobState(Message):
             queue_position=f.integer("queue_position", None, nullable=True),
             seed=f.integer("seed", None, nullable=True),
             message=f.string("message", max_chars=f.limits.max_text_chars),
+            workers=parse_workers(f),
         )
 
     @property

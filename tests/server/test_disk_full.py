@@ -75,7 +75,7 @@ def test_records_survive_a_full_disk_and_are_written_when_there_is_room(tmp_path
 
 class FakePool:
     def __init__(self) -> None:
-        self.workers, self.told, self.spare = [], [], None
+        self.workers, self.told = [], []
 
     def running(self):
         return [w for w in self.workers if w.job is not None]
@@ -88,8 +88,11 @@ class FakePool:
     def tell(self, w, msg):
         self.told.append((w.job, msg))
 
-    def keep_spare(self):
+    def fill(self):
         pass
+
+    def release(self, w):
+        w.job = None
 
     def worker_of(self, job):
         return next((w for w in self.workers if w.job == job), None)

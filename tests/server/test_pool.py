@@ -1,23 +1,34 @@
-"""``WorkerPool`` with a stand-in worker (no torch): spawn, spare, tell/read, cancel grace, reap."""
+"""``WorkerPool`` with a stand-in worker (no torch): slots, take/release/reuse, a GPU slot's
+environment, cancel grace, reaping and refilling."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
+import pytest
+
+from stabledreamer.errors import ConfigError
 from stabledreamer.server import pipe
-from stabledreamer.server.pool import WorkerPool
+from stabledreamer.server.pool import Slot, WorkerPool, plan_slots
+from stabledreamer.server.settings import resolve_gpus
 
 
-def echo_worker(conn, parent_pid: int) -> None:
-    """Says ready, then answers RunJob with JobStarted; dies on CancelJob when asked to hang."""
-    conn.send(pipe.WorkerReady("fake"))
+def echo_worker(conn, parent_pid: int, slot) -> None:
+    """Says ready (naming its GPU as its environment has it), then answers each RunJob with JobStarted and a final JobDone; exits
+    on a "crash" job; hangs on CancelJob when asked to."""
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
+    conn.send(pipe.WorkerReady(f"{gpu} pid={os.getpid()}"))
     while True:
         msg = conn.recv()
         if isinstance(msg, pipe.RunJob):
             conn.send(pipe.JobStarted(resumed=msg.spec.job == "resume"))
             if msg.spec.job == "crash":
                 os._exit(3)
+            if msg.spec.job != "hang":
+                conn.send(pipe.JobDone({}, {}))
         elif isinstance(msg, pipe.CancelJob):
             time.sleep(60)  # a worker that does not stop: the pool must kill it
         elif isinstance(msg, pipe.ExitWorker):
@@ -33,32 +44,78 @@ def read_until(pool, w, kind, timeout_s=30.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for msg in pool.read(w):
+            if isinstance(msg, pipe.WorkerReady):
+                w.ready, w.device = True, msg.device
             if isinstance(msg, kind):
                 return msg
         time.sleep(0.02)
     raise AssertionError(f"no {kind.__name__} within {timeout_s} s")
 
 
-def test_spare_is_taken_then_told_and_read():
-    pool = WorkerPool(echo_worker)
+def test_slots_take_the_first_idle_worker_and_reuse_it_after_release():
+    pool = WorkerPool(echo_worker, slots=plan_slots(2, cpus=4))
+    assert [s.threads for s in pool.slots] == [2, 2]  # the cores shared, not oversubscribed
     try:
-        pool.keep_spare()
-        spare = pool.spare
-        assert spare is not None and pool.running() == []
-        assert read_until(pool, spare, pipe.WorkerReady).device == "fake"
-        w = pool.take("resume")
-        assert w is spare and pool.spare is None and pool.worker_of("resume") is w
-        pool.tell(w, pipe.RunJob(spec("resume")))
-        assert read_until(pool, w, pipe.JobStarted).resumed
+        pool.fill()
+        a, b = sorted(pool.workers, key=lambda w: w.slot.index)
+        assert pool.take("x") is None  # both still starting
+        for w in (a, b):
+            read_until(pool, w, pipe.WorkerReady)
+        assert [e["state"] for e in pool.describe()] == ["idle", "idle"]
+        assert pool.take("j1") is a and pool.take("j2") is b
+        assert pool.take("j3") is None and len(pool.running()) == 2
+        assert [e["state"] for e in pool.describe()] == ["busy", "busy"]
+        pool.tell(b, pipe.RunJob(spec("j2")))
+        read_until(pool, b, pipe.JobDone)
+        pool.release(b)
+        again = pool.take("j3")
+        assert again is b and b.jobs_run == 2  # the same process, its second job
+        pool.tell(b, pipe.RunJob(spec("resume")))
+        assert read_until(pool, b, pipe.JobStarted).resumed
     finally:
         pool.kill_all()
     assert pool.workers == []
 
 
-def test_a_crashed_worker_is_reaped_with_its_last_words_and_exit_code():
+def test_a_gpu_slot_sees_only_its_gpu_from_its_first_line():
+    pool = WorkerPool(echo_worker, slots=[Slot(0, gpu="1"), Slot(1, gpu="GPU-abc")])
+    try:
+        pool.fill()
+        seen = sorted(read_until(pool, w, pipe.WorkerReady).device for w in pool.workers)
+        assert [d.split()[0] for d in seen] == ["1", "GPU-abc"]
+        # the service's own environment is left as it was
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") not in ("1", "GPU-abc")
+        assert [e["device"].split(":")[0] for e in pool.describe()] == ["GPU 1", "GPU GPU-abc"]
+    finally:
+        pool.kill_all()
+
+
+def test_a_worker_process_imports_no_torch_before_its_entry_point():
+    """What a spawned worker imports before ``worker_main`` runs (the worker module; spawn
+    skips a package's ``__main__``) holds no torch, so nothing can read
+    ``CUDA_VISIBLE_DEVICES`` early (the pool sets it in the child's environment anyway, before
+    the process starts)."""
+    code = "import sys, stabledreamer.server.worker; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_resolve_gpus(monkeypatch):
+    assert resolve_gpus("0,1") == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert resolve_gpus("auto") == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match="no GPU"):
+        resolve_gpus("auto")
+    for bad in ("0,0", "x", "0,,1"):
+        with pytest.raises(ConfigError):
+            resolve_gpus(bad)
+
+
+def test_a_crashed_worker_is_reaped_with_its_last_words_and_its_slot_refilled():
     pool = WorkerPool(echo_worker, prewarm=False)
     try:
-        w = pool.take("crash")
+        w = pool.take("crash")  # no worker yet: one is started for the job
         pool.tell(w, pipe.RunJob(spec("crash")))
         deadline = time.monotonic() + 30
         exited = []
@@ -68,8 +125,11 @@ def test_a_crashed_worker_is_reaped_with_its_last_words_and_exit_code():
         assert len(exited) == 1 and exited[0].worker is w and exited[0].exitcode == 3
         assert any(isinstance(m, pipe.JobStarted) for m in exited[0].last)
         assert pool.workers == []
-        pool.keep_spare()
-        assert pool.spare is None  # prewarm off
+        pool.fill()
+        assert pool.workers == []  # prewarm off: started when a job needs one
+        pool.prewarm = True
+        pool.fill()
+        assert len(pool.workers) == 1 and pool.workers[0] is not w
     finally:
         pool.kill_all()
 
@@ -78,7 +138,8 @@ def test_a_cancelled_worker_that_does_not_stop_is_killed_after_its_grace():
     pool = WorkerPool(echo_worker, prewarm=False)
     try:
         w = pool.take("hang")
-        read_until(pool, w, pipe.WorkerReady)
+        pool.tell(w, pipe.RunJob(spec("hang")))
+        read_until(pool, w, pipe.JobStarted)
         pool.cancel(w, grace_s=0.3)
         assert w.cancelled
         time.sleep(0.5)

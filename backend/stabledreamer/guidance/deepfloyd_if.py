@@ -44,11 +44,17 @@ class DeepFloydIFGuidance(DiffusionGuidance):
 
     name = "deepfloyd_if"
 
-    def __init__(self, prompt: str, cfg: DeepFloydIFConfig | None = None, device=None) -> None:
+    def __init__(
+        self,
+        prompt: str,
+        cfg: DeepFloydIFConfig | None = None,
+        device=None,
+        keep_text_encoder: bool = False,
+    ) -> None:
         from diffusers import UNet2DConditionModel
 
         deepfloyd_notice()
-        super().__init__(prompt, cfg or DeepFloydIFConfig(), device)
+        super().__init__(prompt, cfg or DeepFloydIFConfig(), device, keep_text_encoder)
         self.unet = load_weights(
             UNet2DConditionModel, self.source, "unet", self.cfg.variant, torch_dtype=self.dtype
         )

@@ -31,8 +31,11 @@ from .loading import (
     embed_view_prompts,
     enable_cpu_offload,
     load_component,
+    load_text_encoder,
     pick_device_dtype,
+    release_memory,
     resolve_source,
+    text_encoder_streamed,
 )
 from .prompts import ViewPromptConfig
 
@@ -105,10 +108,19 @@ class DiffusionGuidance:
     name = "diffusion"
     cfg: DiffusionConfig
 
-    def __init__(self, prompt: str, cfg: DiffusionConfig, device=None) -> None:
+    def __init__(
+        self, prompt: str, cfg: DiffusionConfig, device=None, keep_text_encoder: bool = False
+    ) -> None:
         from diffusers import DDPMScheduler
 
         self.cfg = cfg
+        self.keep_text_encoder = keep_text_encoder
+        """Keep the tokenizer and text encoder after encoding, so the next prompt (a long-lived
+        worker's next job, ``runs.warm``) needs no load. Where the encoder waits follows the
+        memory tier: a streamed one stays streamed; a resident one on a GPU is parked in CPU
+        memory between prompts, so the GPU holds it only while it encodes."""
+        self._text: tuple | None = None
+        self._embedded: tuple | None = None
         self.source = resolve_source(cfg.model)
         self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
         self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
@@ -153,21 +165,72 @@ class DiffusionGuidance:
             module.to(self.device)
 
     # -- prompts ------------------------------------------------------------------------------
+    def _prompt_key(self, prompt: str) -> tuple:
+        """What the embeddings depend on besides the text encoder."""
+        cfg = self.cfg
+        length = getattr(cfg, "max_text_length", None)
+        return (prompt, cfg.negative_prompt, repr(cfg.view_prompts), length)
+
     def set_prompt(self, prompt: str) -> None:
-        """Encode ``prompt`` for every view (and the negative prompt), then free the encoder."""
-        if self.embeddings is not None and self.embeddings.prompt == prompt:
+        """Encode ``prompt`` for every view (and the negative prompt), then free the encoder
+        (or keep it: ``keep_text_encoder``). The same prompt and settings again: nothing to do."""
+        key = self._prompt_key(prompt)
+        if self.embeddings is not None and self._embedded == key:
             return
         tokenizer_cls, encoder_cls = self.text_classes()
-        self.embeddings = embed_view_prompts(
-            self.source,
-            tokenizer_cls,
-            encoder_cls,
-            prompt,
-            self.cfg,
-            self.device,
-            self.dtype,
-            self._encode_texts,
-        )
+        if not self.keep_text_encoder:
+            self.embeddings = embed_view_prompts(
+                self.source,
+                tokenizer_cls,
+                encoder_cls,
+                prompt,
+                self.cfg,
+                self.device,
+                self.dtype,
+                self._encode_texts,
+            )
+            self._embedded = key
+            return
+        from functools import partial
+
+        if self._text is None:
+            self._text = load_text_encoder(
+                self.source, tokenizer_cls, encoder_cls, self.cfg, self.device, self.dtype
+            )
+        tokenizer, encoder = self._text
+        parks = self.device.type == "cuda" and not text_encoder_streamed(self.cfg)
+        if parks:
+            encoder.to(self.device)
+        try:
+            encode = partial(self._encode_texts, tokenizer, encoder)
+            self.embeddings = ViewEmbeddings(
+                prompt, self.cfg.negative_prompt, self.cfg.view_prompts, encode
+            )
+        finally:
+            if parks:
+                encoder.to("cpu")
+                release_memory()
+        self._embedded = key
+
+    # -- a long-lived worker's cache (``runs.warm``) --------------------------------------------
+    def models(self) -> list[torch.nn.Module]:
+        """The loaded networks other than the text encoder."""
+        found = (getattr(self, "unet", None), getattr(self, "vae", None))
+        return [m for m in found if m is not None]
+
+    def park(self) -> None:
+        """Move the networks to CPU memory (another guidance is about to use the GPU); nothing
+        to do on the CPU or when they are streamed anyway."""
+        if self.device.type == "cuda" and not self.cfg.cpu_offload:
+            for m in self.models():
+                m.to("cpu")
+            release_memory()
+
+    def unpark(self) -> None:
+        """Back on the device after ``park``."""
+        if self.device.type == "cuda" and not self.cfg.cpu_offload:
+            for m in self.models():
+                m.to(self.device)
 
     # -- the contract -------------------------------------------------------------------------
     def alphas_sigmas(self, t: Tensor) -> tuple[Tensor, Tensor]:

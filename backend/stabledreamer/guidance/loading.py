@@ -207,6 +207,7 @@ class ViewEmbeddings:
         from .prompts import VIEWS, view_prompt
 
         self.prompt = prompt
+        self.negative_prompt = negative_prompt
         self.view_cfg = view_cfg
         self.texts = [view_prompt(prompt, v, view_cfg) for v in VIEWS]
         with torch.no_grad():
@@ -242,18 +243,32 @@ def embed_view_prompts(
     downloaded whole (``hf download``) rather than file by file."""
     from functools import partial
 
-    tokenizer = load_component(tokenizer_cls, source, "tokenizer")
-    encoder = load_weights(encoder_cls, source, "text_encoder", cfg.variant, dtype=dtype)
-    encoder.eval()
-    if getattr(cfg, "cpu_offload", False) or getattr(cfg, "text_encoder_offload", False):
-        enable_cpu_offload(encoder, device)  # streamed layer by layer: T5-XXL needs no 10.75 GiB
-    else:
-        encoder.to(device)
+    tokenizer, encoder = load_text_encoder(source, tokenizer_cls, encoder_cls, cfg, device, dtype)
     encode = partial(encode_texts, tokenizer, encoder)
     embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
     del encode, encoder, tokenizer
     release_memory()
     return embeddings
+
+
+def text_encoder_streamed(cfg: Any) -> bool:
+    """Whether the memory tier streams the text encoder from CPU memory (accelerate hooks)."""
+    return bool(getattr(cfg, "cpu_offload", False) or getattr(cfg, "text_encoder_offload", False))
+
+
+def load_text_encoder(
+    source: str, tokenizer_cls: Any, encoder_cls: Any, cfg: Any, device: Any, dtype: Any
+) -> tuple[Any, Any]:
+    """(tokenizer, text encoder) of ``source``, the encoder in eval mode on ``device`` or
+    streamed from CPU memory as the memory tier says (``text_encoder_streamed``)."""
+    tokenizer = load_component(tokenizer_cls, source, "tokenizer")
+    encoder = load_weights(encoder_cls, source, "text_encoder", cfg.variant, dtype=dtype)
+    encoder.eval()
+    if text_encoder_streamed(cfg):
+        enable_cpu_offload(encoder, device)  # streamed layer by layer: T5-XXL needs no 10.75 GiB
+    else:
+        encoder.to(device)
+    return tokenizer, encoder
 
 
 def resize_renders(rgb: Any, size: int) -> Any:

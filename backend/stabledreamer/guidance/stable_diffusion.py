@@ -59,10 +59,16 @@ class StableDiffusionGuidance(DiffusionGuidance):
 
     name = "stable_diffusion"
 
-    def __init__(self, prompt: str, cfg: StableDiffusionConfig | None = None, device=None) -> None:
+    def __init__(
+        self,
+        prompt: str,
+        cfg: StableDiffusionConfig | None = None,
+        device=None,
+        keep_text_encoder: bool = False,
+    ) -> None:
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        super().__init__(prompt, cfg or StableDiffusionConfig(), device)
+        super().__init__(prompt, cfg or StableDiffusionConfig(), device, keep_text_encoder)
         cfg = self.cfg
         self.unet = load_weights(
             UNet2DConditionModel, self.source, "unet", cfg.variant, torch_dtype=self.dtype

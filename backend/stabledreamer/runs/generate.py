@@ -28,6 +28,7 @@ from ..memory_tiers import apply_tier
 from ..ply import load_ply, save_ply
 from .folder import open_run, save_turntable
 from .trainer import Progress, Trainer
+from .warm import GuidanceCache
 
 MAX_PROMPT_CHARS = 2000
 """Longer prompts are refused (CLIP reads 77 tokens, T5 77 in diffusers' IF pipeline)."""
@@ -46,18 +47,24 @@ def check_prompt(prompt: str) -> str:
 
 
 def build_guidance(
-    cfg: RunConfig, stage: StageConfig, device: torch.device | str | None = None
+    cfg: RunConfig,
+    stage: StageConfig,
+    device: torch.device | str | None = None,
+    keep_text_encoder: bool = False,
 ) -> Guidance:
-    """The stage's text guidance on ``device`` (default: ``cfg.device``), the trainer's."""
+    """The stage's text guidance on ``device`` (default: ``cfg.device``), the trainer's.
+    ``keep_text_encoder``: a diffusion guidance keeps its text encoder for the next prompt
+    (``runs.warm``)."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
+    keep = {"keep_text_encoder": keep_text_encoder}
     if stage.guidance == "deepfloyd_if":
         from ..guidance.deepfloyd_if import DeepFloydIFGuidance
 
-        return DeepFloydIFGuidance(cfg.prompt, cfg.deepfloyd_if, device=device)
+        return DeepFloydIFGuidance(cfg.prompt, cfg.deepfloyd_if, device=device, **keep)
     if stage.guidance == "stable_diffusion":
         from ..guidance.stable_diffusion import StableDiffusionGuidance
 
-        return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device)
+        return StableDiffusionGuidance(cfg.prompt, cfg.stable_diffusion, device=device, **keep)
     if stage.guidance == "example_prior":
         from ..guidance.example_prior import ExamplePriorGuidance
         from ..guidance.prior_bank import open_bank
@@ -160,6 +167,7 @@ def run_generation(
     cpu_offload: bool = False,
     memory_tier: int | None = None,
     preflight: Preflight | None = None,
+    guidances: GuidanceCache | None = None,
 ) -> dict:
     """Make 3D Gaussians (and a mesh) for ``cfg.prompt``; returns the metrics.
 
@@ -167,7 +175,9 @@ def run_generation(
     both guidances' offload, also on resume: a run may continue on another device, or with less
     GPU memory, than it started with. ``memory_tier`` (8 | 12 | 16 | 24, ``memory_tiers``) sets
     where the models live, also on resume; ``preflight`` is called with the final config after
-    the inputs are checked and before anything is written or loaded, and may pick the tier."""
+    the inputs are checked and before anything is written or loaded, and may pick the tier.
+    ``guidances``: a long-lived process's cache of loaded models (``runs.warm``), used and
+    filled instead of loading every stage's guidance afresh."""
     out = Path(out)
 
     def adjust(cfg: RunConfig) -> None:
@@ -208,7 +218,11 @@ def run_generation(
     def guidance_factory(stage: StageConfig, index: int) -> Guidance:
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)
-        return build_guidance(cfg, stage, device)
+        if guidances is None:
+            return build_guidance(cfg, stage, device)
+        return guidances.get(
+            cfg, stage, device, lambda: build_guidance(cfg, stage, device, keep_text_encoder=True)
+        )
 
     trainer = Trainer(cfg, out, guidance_factory, init=init, callback=track)
     if resume:

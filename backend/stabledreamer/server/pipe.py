@@ -1,14 +1,17 @@
-"""What the service and a job's worker process say to each other over their ``multiprocessing``
+"""What the service and a worker process say to each other over their ``multiprocessing``
 pipe: one small frozen dataclass per message kind (pickled; internal, never on the wire).
 
-Service -> worker: :class:`RunJob` (once), then any of :class:`CancelJob`, :class:`StopJob`
-(checkpoint and exit: the service is shutting down, the job resumes later),
-:class:`PreviewPoints`; :class:`ExitWorker` ends an idle worker.
+Service -> worker: :class:`RunJob`, then while that job runs any of :class:`CancelJob`,
+:class:`StopJob` (checkpoint and stop: the service is shutting down, the job resumes later),
+:class:`PreviewPoints`; then the next :class:`RunJob` (a worker runs one job after another,
+keeping its models); :class:`ExitWorker` ends a worker. A cancel or stop that arrives after its
+job ended is ignored.
 
 Worker -> service: :class:`WorkerReady` (torch imported, waiting for a job), :class:`JobStarted`,
 then :class:`ProgressReport`, :class:`PreviewFrame`, :class:`DebugFrame`, and :class:`LogLine` while
-it runs, and one final message: :class:`JobDone`, :class:`JobFailed`,
-:class:`JobCancelled` or :class:`JobStopped`.
+it runs, then :class:`WorkerStatus` and one final message: :class:`JobDone`, :class:`JobFailed`
+(after which the worker ends: a failure releases everything), :class:`JobCancelled` or
+:class:`JobStopped`.
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ class ExitWorker:
 @dataclass(frozen=True)
 class WorkerReady:
     device: str
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """The worker's model cache, sent before each final message."""
+
+    loads: int
+    """Guidance models loaded since the process started (a warm job adds none)."""
+    cached: tuple[str, ...] = ()
+    """The guidances it keeps loaded (``deepfloyd_if``, ``stable_diffusion``)."""
 
 
 @dataclass(frozen=True)

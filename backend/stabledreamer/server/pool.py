@@ -1,9 +1,17 @@
-"""The service's worker processes: one per running job, plus one idle spare (torch already
-imported) so the next job starts at once.
+"""The service's worker processes: a fixed number of long-lived workers (``serve --workers N``,
+or one per GPU with ``--gpus``), each running one job at a time and keeping its loaded guidance
+models between jobs (``runs.warm``).
 
-:class:`WorkerPool` owns the processes and their pipes. It spawns, hands out, tells, reads,
-cancels (with a grace period, then a kill) and reaps them; what a worker's messages and death
-mean for its job is the service's business.
+:class:`WorkerPool` owns the processes and their pipes. It spawns (one per slot; a GPU slot's
+process sees only its GPU through ``CUDA_VISIBLE_DEVICES``, set in its environment before it
+imports torch), hands out idle workers, tells, reads, cancels (with a grace period, then a kill),
+releases a worker whose job is over, and reaps the ones that ended, starting a fresh process in
+their slot. What a worker's messages and death mean for its job is the service's business.
+
+A worker's life: spawned (``starting``) -> ``WorkerReady`` (idle) -> a job (busy) -> its final
+message -> idle again, models still loaded. It leaves the pool when it dies (a crash, a kill
+after a cancel's grace) or ends itself after a failed job (a failure releases everything:
+the fresh process in its slot loads from scratch).
 """
 
 from __future__ import annotations
@@ -16,33 +24,62 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .pipe import CancelJob
+from .pipe import CancelJob, ExitWorker
 
 log = logging.getLogger("stabledreamer.service")
 
 CANCEL_GRACE_S = 5.0
 """How long a cancelled job's worker may take to stop at its next step before it is killed."""
 SPARE_RETRY_S = 30.0
-"""After a spare worker died while starting, wait this long before starting another."""
+"""After a worker died while starting, wait this long before starting another in its slot."""
+WORKER_ENV = "STABLEDREAMER_WORKER_SLOT"
+"""Set in each worker's environment: its slot number (for its log lines)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a worker runs: ``gpu`` is the CUDA device index it alone sees (None: the process's
+    default device, the CPU on a machine without a GPU); ``threads`` its torch threads (0: torch's
+    default)."""
+
+    index: int
+    gpu: str | None = None
+    threads: int = 0
 
 
 @dataclass
 class WorkerHandle:
     process: Any
     conn: Any
+    slot: Slot = field(default_factory=lambda: Slot(0))
     job: str | None = None
     ready: bool = False
+    device: str = ""
+    """What it said it runs on (``WorkerReady``)."""
+    jobs_run: int = 0
+    """Jobs this process started (the first is cold, the rest warm)."""
+    loads: int = 0
+    """Guidance models this process loaded (``WorkerStatus``): unchanged by a warm job."""
     cancelled: bool = False
     kill_at: float | None = None
     """A cancelled worker that has not stopped by then (it may be loading, not stepping) is
     killed: its job is over, and the next one should not wait."""
     stopping: bool = False
     finished: bool = False
-    """The worker sent its final message (done/failed/cancelled/stopped)."""
+    """The worker sent its final message (done/failed/cancelled/stopped) for its job."""
+    retiring: bool = False
+    """Told to exit (or about to exit by itself): no new job goes to it."""
     heard: float = field(default_factory=time.monotonic)
     """When it last said anything (a heartbeat at least every ``pipe.HEARTBEAT_S``)."""
     stalled: bool = False
     """No heartbeat for ``stall_s``: hung or stopped (SIGSTOP, a debugger, a dead disk)."""
+
+    @property
+    def state(self) -> str:
+        """``starting`` (importing torch), ``idle`` or ``busy``."""
+        if self.job is not None:
+            return "busy"
+        return "idle" if self.ready and not self.retiring else "starting"
 
 
 @dataclass
@@ -55,43 +92,110 @@ class Exited:
     """What it said before it went (messages not read yet)."""
 
 
-class WorkerPool:
-    def __init__(self, target: Callable, prewarm: bool = True) -> None:
-        self.target = target
-        """``target(conn, parent_pid)``: the worker's entry point."""
-        self.prewarm = prewarm
-        self.workers: list[WorkerHandle] = []
-        self.spare: WorkerHandle | None = None
-        self._mp = mp.get_context("spawn")
-        self._spare_retry_at = 0.0
+def plan_slots(workers: int = 1, gpus: list[str] | None = None, cpus: int | None = None):
+    """The pool's slots: one per GPU index in ``gpus`` (``--gpus``), else ``workers`` CPU slots
+    sharing the cores (each gets cores / workers torch threads, so N workers do not each start a
+    thread per core)."""
+    if gpus:
+        return [Slot(i, gpu=str(g)) for i, g in enumerate(gpus)]
+    cpus = cpus or os.cpu_count() or 1
+    threads = max(1, cpus // workers) if workers > 1 else 0
+    return [Slot(i, threads=threads) for i in range(workers)]
 
-    def spawn(self) -> WorkerHandle:
+
+class WorkerPool:
+    def __init__(
+        self, target: Callable, prewarm: bool = True, slots: list[Slot] | None = None
+    ) -> None:
+        self.target = target
+        """``target(conn, parent_pid, slot)``: the worker's entry point."""
+        self.prewarm = prewarm
+        """Keep every slot's worker started while idle (off: start one when a job needs it)."""
+        self.slots = slots or [Slot(0)]
+        self.workers: list[WorkerHandle] = []
+        self._mp = mp.get_context("spawn")
+        self._retry_at: dict[int, float] = {}
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def spawn(self, slot: Slot) -> WorkerHandle:
         parent, child = self._mp.Pipe(duplex=True)
         proc = self._mp.Process(
-            target=self.target, args=(child, os.getpid()), name="stabledreamer-worker"
+            target=self.target,
+            args=(child, os.getpid(), slot),
+            name=f"stabledreamer-worker-{slot.index}",
         )
         proc.daemon = True
-        proc.start()
+        # The child's environment is the parent's at start(): its GPU is set before it runs a
+        # line (torch reads CUDA_VISIBLE_DEVICES once, when CUDA first initialises).
+        saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", WORKER_ENV)}
+        try:
+            if slot.gpu is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu
+            os.environ[WORKER_ENV] = str(slot.index)
+            proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         child.close()
-        w = WorkerHandle(proc, parent)
+        w = WorkerHandle(proc, parent, slot)
         self.workers.append(w)
         return w
 
-    def take(self, job: str) -> WorkerHandle:
-        """A worker for ``job``: the spare when there is one, else a new process."""
-        w = self.spare or self.spawn()
-        self.spare = None
+    def _free_slots(self) -> list[Slot]:
+        used = {w.slot.index for w in self.workers}
+        now = time.monotonic()
+        return [
+            s for s in self.slots if s.index not in used and now >= self._retry_at.get(s.index, 0)
+        ]
+
+    def fill(self) -> None:
+        """Start a worker in every empty slot when prewarming (unless one just died starting)."""
+        if not self.prewarm:
+            return
+        for slot in self._free_slots():
+            try:
+                self.spawn(slot)
+            except OSError as e:  # e.g. no descriptors left; try again later
+                log.error("cannot start a worker (%s)", e)
+                self._retry_at[slot.index] = time.monotonic() + SPARE_RETRY_S
+                return
+
+    def idle(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.state == "idle"]
+
+    def take(self, job: str) -> WorkerHandle | None:
+        """A worker for ``job``: the first idle one (slot order), else a new process in an empty
+        slot, else None (every slot is busy or starting)."""
+        idle = sorted(self.idle(), key=lambda w: w.slot.index)
+        if idle:
+            w = idle[0]
+        else:
+            starting = [w for w in self.workers if w.state == "starting"]
+            free = self._free_slots()
+            if starting or not free:
+                return None  # a starting worker takes the job once it is ready
+            w = self.spawn(free[0])  # raises OSError: the caller retries later
         w.job = job
+        w.jobs_run += 1
+        w.finished = w.cancelled = w.stopping = w.stalled = False
+        w.kill_at = None
+        w.heard = time.monotonic()
         return w
 
-    def keep_spare(self) -> None:
-        """Start a spare when prewarming and there is none (unless one just died starting)."""
-        if self.prewarm and self.spare is None and time.monotonic() >= self._spare_retry_at:
-            try:
-                self.spare = self.spawn()
-            except OSError as e:  # e.g. no descriptors left; try again later
-                log.error("cannot start a spare worker (%s)", e)
-                self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
+    def release(self, w: WorkerHandle) -> None:
+        """Its job is over (it sent its final message): idle again, models kept."""
+        w.job = None
+        w.cancelled = w.stopping = w.stalled = False
+        w.kill_at = None
+
+    def retire(self, w: WorkerHandle) -> None:
+        """No more jobs for it: it exits (an idle one at once; one with a job when it ends)."""
+        w.retiring = True
+        self.tell(w, ExitWorker())
 
     def running(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.job is not None]
@@ -148,16 +252,15 @@ class WorkerPool:
         w.conn.close()
         if w in self.workers:
             self.workers.remove(w)
-        if self.spare is w:
-            self.spare = None
 
     def kill_all(self) -> None:
         for w in list(self.workers):
             self.kill(w)
 
     def reap(self, stopping: bool = False) -> list[Exited]:
-        """Kill cancelled workers past their grace; collect the ones that ended. Returns those
-        that had a job (a spare that died is logged here)."""
+        """Kill cancelled workers past their grace; collect the ones that ended (their slots
+        get a fresh process at the next ``fill``). Returns those that had a job (a worker that
+        died while starting is logged here)."""
         now = time.monotonic()
         out = []
         for w in list(self.workers):
@@ -175,14 +278,33 @@ class WorkerPool:
                 w.process.join(5)
             w.conn.close()
             self.workers.remove(w)
-            if self.spare is w:
-                self.spare = None
             if w.job is not None:
                 out.append(Exited(w, code, last))
             elif not w.ready and not stopping:
                 log.error("a worker process died while starting (exit code %s)", code)
-                self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
+                self._retry_at[w.slot.index] = time.monotonic() + SPARE_RETRY_S
         return out
 
     def fileno_list(self) -> list[int]:
         return [w.conn.fileno() for w in self.workers if not w.conn.closed]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One entry per slot, in slot order: device, state, job, jobs run and models loaded by
+        its current process (an empty slot, waiting to restart a worker, is ``starting``)."""
+        by_slot = {w.slot.index: w for w in self.workers}
+        out = []
+        for s in self.slots:
+            w = by_slot.get(s.index)
+            device = w.device if w and w.device else ("cuda" if s.gpu is not None else "cpu")
+            if s.gpu is not None:
+                device = f"GPU {s.gpu}: {device}"
+            out.append(
+                {
+                    "device": device,
+                    "state": w.state if w else ("starting" if self.prewarm else "idle"),
+                    "job": w.job if w else None,
+                    "jobs_run": w.jobs_run if w else 0,
+                    "loads": w.loads if w else 0,
+                }
+            )
+        return out

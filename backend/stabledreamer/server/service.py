@@ -1,10 +1,11 @@
-"""The ROUTER loop: commands from any number of clients, a job queue, one worker process per
-running job, events to every client that follows a job.
+"""The ROUTER loop: commands from any number of clients, a job queue fair between clients,
+long-lived worker processes (one job each at a time), events to every client that follows a job.
 
 The parts: :class:`~.delivery.Delivery` (what is sent to each client, flow control),
-:class:`~.pool.WorkerPool` (the worker processes), :class:`~.submit.SubmitCheck` (a ``submit``
-to a job record), :class:`~.jobs.JobStore` (records on disk). The service ties them together:
-it reads commands and worker messages and decides what they mean for each job.
+:class:`~.pool.WorkerPool` (the worker processes), :class:`~.queue.FairQueue` (which queued job
+starts next), :class:`~.submit.SubmitCheck` (a ``submit`` to a job record),
+:class:`~.jobs.JobStore` (records on disk). The service ties them together: it reads commands
+and worker messages and decides what they mean for each job.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from stabledreamer_protocol import (
     ProtocolError,
     Status,
     Submit,
+    WorkerInfo,
     codec,
 )
 from stabledreamer_protocol.keys import operator_keys
@@ -49,7 +51,8 @@ from .access import Access
 from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
-from .pool import Exited, WorkerHandle, WorkerPool
+from .pool import Exited, WorkerHandle, WorkerPool, plan_slots
+from .queue import FairQueue
 from .retention import apply_retention
 from .settings import ServiceConfig
 from .space import SpaceWait
@@ -72,7 +75,9 @@ class Service:
         self.limits = cfg.limits
         self.store = JobStore(cfg.state)
         self.delivery = Delivery(self._send, cfg.limits, cfg.preview_points)
-        self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm)
+        slots = plan_slots(cfg.workers, cfg.gpus)
+        self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm, slots=slots)
+        self.fair = FairQueue()
         self.submits = SubmitCheck(cfg.limits, self.store)
         self.device = "cpu"
         self.stopping = False
@@ -182,10 +187,8 @@ class Service:
     def shutdown(self) -> None:
         """Stop the running job at its next step (it checkpoints; it resumes on restart)."""
         log.info("shutting down")
-        if self.pool.spare is not None:
-            self.pool.kill(self.pool.spare)
         for w in list(self.pool.workers):
-            if w.cancelled or w.stalled:  # over, or it would not answer: nothing to wait for
+            if w.job is None or w.cancelled or w.stalled:  # nothing to wait for
                 self.pool.kill(w)
             elif w.job is not None and not w.finished:
                 w.stopping = True
@@ -221,19 +224,20 @@ class Service:
         for msg in exited.last:
             self._on_worker(w, msg)
         job = w.job
-        rec = self.store.get(job)
-        if job in self.pending_delete:
-            self.pending_delete.discard(job)
-            if rec is None:
-                self.store.remove_files(job)
+        if job is None:  # its final message was among its last words: the job is over
             return
-        if rec is None or rec.state != "running" or w.finished:
+        rec = self.store.get(job)
+        if self._forget_deleted(job):
+            return
+        if rec is None or rec.state != "running":
             return
         if w.stopping:
             self._set_state(rec, "queued", "interrupted by a shutdown; resumes on restart")
         elif rec.crashes < MAX_CRASHES:
             rec.crashes += 1
-            log.warning("job %s: worker died (exit code %s); resuming", job, code)
+            where = f"worker {w.slot.index}"
+            log.warning("job %s: %s died (exit code %s); it resumes from its last checkpoint",
+                        job, where, code, extra={"job": job})  # fmt: skip
             self._set_state(
                 rec,
                 "queued",
@@ -248,28 +252,51 @@ class Service:
                 f"{rec.crashes + 1} times; the job is given up",
             )
 
+    def _forget_deleted(self, job: str) -> bool:
+        """A deleted job's worker is done with it: its files go now. True if it was deleted."""
+        if job not in self.pending_delete:
+            return False
+        self.pending_delete.discard(job)
+        if self.store.get(job) is None:
+            self.store.remove_files(job)
+        return True
+
+    def _job_over(self, w: WorkerHandle, final: object) -> None:
+        """``w`` sent its job's final message: it takes the next job, or (after a failure)
+        ends by itself and a fresh process takes its slot."""
+        job = w.job
+        if isinstance(final, pipe.JobFailed):
+            w.retiring = True
+        self.pool.release(w)
+        if job is not None:
+            self._forget_deleted(job)
+
     def _schedule(self) -> None:
         if self.stopping:
             return
-        running = self.pool.running()
+        self.pool.fill()
         queued = [r for r in self.store.queued() if not self.space.holds(r.job)]
-        while queued and len(running) < self.cfg.max_running:
-            rec = queued.pop(0)
+        started = False
+        for rec in self.fair.order(queued):
             try:
                 w = self.pool.take(rec.job)
             except OSError as e:  # e.g. no descriptors left: the job waits, the service goes on
                 log.error("cannot start a worker for job %s (%s); retrying", rec.job, e)
-                return
+                break
+            if w is None:  # every worker is busy (or starting)
+                break
+            self.fair.served(rec.owner)
             self.pool.tell(w, pipe.RunJob(self._spec(rec)))
             rec.starts += 1
             rec.error_code = ""
             self._set_state(rec, "running", "")
-            log.info("job %s started", rec.job, extra={"job": rec.job})
-            running.append(w)
-            for other in queued:  # everyone behind moved up one place
+            log.info("job %s started on worker %d (%s)", rec.job, w.slot.index,
+                     w.device or "starting", extra={"job": rec.job})  # fmt: skip
+            started = True
+        if started:
+            for other in self.store.queued():  # everyone behind moved up
                 self.delivery.broadcast(other.job, self._job_state(other))
-        if not running and not queued:
-            self.pool.keep_spare()
+            self.fair.forget(r.owner for r in self.store.records.values() if r.state in ACTIVE)
 
     def _spec(self, rec: JobRecord) -> pipe.JobSpec:
         return pipe.JobSpec(
@@ -294,7 +321,12 @@ class Service:
             return
         if isinstance(msg, pipe.WorkerReady):
             w.ready = True
-            self.device = msg.device
+            w.device = msg.device
+            if self.device == "cpu" or w.slot.index == 0:
+                self.device = msg.device
+            return
+        if isinstance(msg, pipe.WorkerStatus):
+            w.loads = msg.loads
             return
         job = w.job
         rec = self.store.get(job) if job is not None else None
@@ -303,6 +335,10 @@ class Service:
             return
         if isinstance(msg, pipe.FINAL):
             w.finished = True
+            cancelled = w.cancelled
+            self._job_over(w, msg)
+            if cancelled:
+                return
         if rec is None or rec.state != "running" or w.cancelled:
             return  # cancelled or deleted meanwhile: the rest is of no interest
         if isinstance(msg, pipe.JobStarted):
@@ -360,7 +396,21 @@ class Service:
     # --- messages -----------------------------------------------------------------------------
 
     def _job_state(self, rec: JobRecord, re: str | None = None) -> JobState:
-        return views.job_state(rec, self.store.queue_position(rec.job), re)
+        position = None
+        if rec.state == "queued":
+            position = self.fair.positions(self.store.queued()).get(rec.job)
+        return views.job_state(rec, position, re)
+
+    def _workers(self, peer: Peer) -> list[WorkerInfo]:
+        """The workers as ``hello``/``status`` show them: the jobs of other clients are counted
+        (busy), not named."""
+        out = []
+        for entry in self.pool.describe():
+            rec = self.store.get(entry["job"]) if entry["job"] else None
+            if rec is None or not self.access.may(peer, rec):
+                entry["job"] = None
+            out.append(WorkerInfo(**entry))
+        return out
 
     def _read_clients(self) -> None:
         for _ in range(500):  # then let workers and flushing have a turn
@@ -420,9 +470,11 @@ class Service:
 
     def _on_hello(self, peer: Peer, msg: Hello) -> None:
         features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
+        features.append("workers")
         features += ["list_pages", "curve"] if self.cfg.curve else ["list_pages"]
         reply = views.hello(msg.id, self.device, self.cfg.models, features, self.limits)
         reply.queue_length = self.store.active_count()
+        reply.workers = self._workers(peer)
         self.delivery.reply(peer, reply)
 
     def _known(self, peer: Peer, msg: Message) -> JobRecord:
@@ -484,7 +536,9 @@ class Service:
         self.delivery.reply(peer, self._job_state(rec, re=msg.id))
 
     def _on_status(self, peer: Peer, msg: Status) -> None:
-        self.delivery.reply(peer, self._job_state(self._known(peer, msg), re=msg.id))
+        reply = self._job_state(self._known(peer, msg), re=msg.id)
+        reply.workers = self._workers(peer)
+        self.delivery.reply(peer, reply)
 
     def _on_attach(self, peer: Peer, msg: Attach) -> None:
         rec = self._known(peer, msg)

@@ -17,8 +17,11 @@ class ServiceConfig:
     curve: bool = True
     keys: Path | None = None
     limits: Limits = DEFAULT_LIMITS
-    max_running: int = 1
-    """Training jobs at once (one on the GPU by default)."""
+    workers: int = 1
+    """Worker processes, each running one job at a time (``serve --workers N``; CPU slots)."""
+    gpus: list[str] | None = None
+    """One worker per GPU (``serve --gpus``): the CUDA device each alone sees; overrides
+    ``workers``."""
     preview_points: int = 100_000
     """Default and largest preview size, in Gaussians."""
     preview_interval_s: float = 0.5
@@ -27,7 +30,7 @@ class ServiceConfig:
     models: list[str] = field(default_factory=list)
     """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
     prewarm: bool = True
-    """Keep one idle worker with torch imported, so a job starts at once."""
+    """Start every worker (torch imported) before a job needs it, so a job starts at once."""
     stall_s: float = 30.0
     """A running job's worker silent this long (no heartbeat; it sends one a second from a
     thread, whatever the job does) is marked stalled; cancel and shutdown then kill it at once."""
@@ -40,3 +43,37 @@ class ServiceConfig:
     def model_ids(self) -> dict[str, str]:
         """{"if": ..., "sd": ...} from ``serve --if-model/--sd-model`` (listed as "if:X")."""
         return dict(m.split(":", 1) for m in self.models if ":" in m)
+
+
+def resolve_gpus(spec: str) -> list[str]:
+    """``serve --gpus``: ``auto`` (every GPU this process may use: the entries of
+    ``CUDA_VISIBLE_DEVICES`` when it is set, else each device torch counts) or a comma-separated
+    list of device indices or ``GPU-`` UUIDs, as ``CUDA_VISIBLE_DEVICES`` names them. Raises
+    ``ConfigError`` when there is none."""
+    import os
+
+    from ..errors import ConfigError
+
+    spec = spec.strip()
+    if spec.lower() != "auto":
+        gpus = [g.strip() for g in spec.split(",")]
+        if not gpus or any(not g or not (g.isdigit() or g.startswith("GPU-")) for g in gpus):
+            raise ConfigError(
+                f"--gpus {spec!r}: give auto or device indices such as 0,1 (or GPU- UUIDs)"
+            )
+        if len(set(gpus)) != len(gpus):
+            raise ConfigError(f"--gpus {spec!r} names a GPU twice: one worker per GPU")
+        return gpus
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    else:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    if not gpus:
+        raise ConfigError(
+            "--gpus auto: this machine has no GPU torch can use; on the CPU run several "
+            "workers with --workers N"
+        )
+    return gpus

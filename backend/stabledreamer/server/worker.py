@@ -1,11 +1,18 @@
-"""One job in a child process, so the service loop stays responsive and a crash stays contained.
+"""Jobs in a child process, so the service loop stays responsive and a crash stays contained.
 
-The service starts a worker (multiprocessing "spawn") before it is needed: the worker imports
-torch and warms up, says ``WorkerReady`` and waits for ``RunJob``. It then runs
+The service starts its workers (multiprocessing "spawn") before they are needed: a worker
+imports torch and warms up, says ``WorkerReady`` and waits for ``RunJob``. It then runs
 ``run_reconstruction`` or ``run_generation`` (resuming from the run folder's checkpoint when
 there is one) and reports over its end of a ``multiprocessing.Pipe`` (internal, between our
 own processes; never on the wire) with the messages of ``pipe``. Cancel and stop are read by
 the progress callback, so they take effect within one step (the trainer checkpoints first).
+
+A worker is long-lived: after a job it waits for the next one, keeping the guidance models it
+loaded (``runs.warm.GuidanceCache``), so the next prompt starts without loading them. A job that
+failed ends the process instead (everything it held is released; the pool starts a fresh one).
+``run_job`` is the seam to other executors: it runs one ``JobSpec`` and returns its final
+message, reporting through any object with ``send``/``poll``/``recv`` (a Ray actor could run the
+same function with a queue in place of the pipe).
 
 Failures: a :class:`~stabledreamer.errors.StableDreamerError` is the user's to fix and is sent
 with its own code (``job_failed`` by default); torch running out of memory is
@@ -68,8 +75,9 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()
 
 
-def worker_main(conn, parent_pid: int) -> None:
-    """Entry point of the child process."""
+def worker_main(conn, parent_pid: int, slot=None) -> None:
+    """Entry point of the child process. ``slot`` (``pool.Slot``): its torch threads (its GPU
+    is already in the environment the pool started it with)."""
     die_with_parent(parent_pid)
     # Ctrl-C in a terminal reaches the whole process group; the service decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -77,24 +85,45 @@ def worker_main(conn, parent_pid: int) -> None:
     conn = LockedConn(conn)
     threading.Thread(target=_beat, args=(conn,), name="heartbeat", daemon=True).start()
     from ..render.raster_torch import tune_allocator
+    from ..runs.warm import GuidanceCache
 
     tune_allocator()  # this process renders: keep the rasteriser's freed arenas (see there)
     try:
-        info = _warm_up()
+        info = _warm_up(getattr(slot, "threads", 0))
         conn.send(pipe.WorkerReady(info))
+        cache = GuidanceCache()
+        import torch
+
+        threads = torch.get_num_threads()  # a job's config may change it: back after each
         while True:
             msg = conn.recv()
             if isinstance(msg, pipe.RunJob):
-                _run(conn, msg.spec)
-                # Everything is reported and saved: skip the slow interpreter teardown of
-                # torch, so the next job (and the GPU) is free at once.
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(0)
-            if isinstance(msg, pipe.ExitWorker):
-                return
+                final = run_job(conn, msg.spec, cache)
+                conn.send(pipe.WorkerStatus(cache.loads, tuple(cache.names())))
+                conn.send(final)
+                if not keeps_worker(final):
+                    _exit()
+                torch.set_num_threads(threads)
+                cache.trim()
+            elif isinstance(msg, pipe.ExitWorker):
+                _exit()
+            # anything else (a cancel or stop that crossed its job's end) is over already
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
+
+
+def keeps_worker(final: object) -> bool:
+    """Whether the worker takes another job after this final message: not after a failure
+    (whatever went wrong may live on in what the process holds: it ends, releasing all)."""
+    return not isinstance(final, pipe.JobFailed)
+
+
+def _exit() -> None:
+    # Everything is reported and saved: skip the slow interpreter teardown of torch, so the
+    # GPU and the memory are free at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class LockedConn:
@@ -124,10 +153,14 @@ def _beat(conn: LockedConn) -> None:
         time.sleep(pipe.HEARTBEAT_S)
 
 
-def _warm_up() -> str:
+def _warm_up(threads: int = 0) -> str:
     """Import what a job needs and touch the lazily imported parts (the first Adam step pulls in
-    torch's compiler modules, seconds on a small CPU), so a job starts at once."""
+    torch's compiler modules, seconds on a small CPU), so a job starts at once. ``threads``:
+    torch's CPU threads (0: its default, one per core)."""
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from ..runs import reconstruct  # noqa: F401
 
@@ -350,7 +383,9 @@ def _preflight(conn, run_dir: Path):
     return check
 
 
-def _run(conn, spec: pipe.JobSpec) -> None:
+def run_job(conn, spec: pipe.JobSpec, guidances=None):
+    """Run (or resume) one job, reporting on ``conn``; returns its final message (one of
+    ``pipe.FINAL``) for the caller to send. ``guidances``: the process's model cache."""
     import torch
 
     from ..errors import StableDreamerError
@@ -384,22 +419,25 @@ def _run(conn, spec: pipe.JobSpec) -> None:
             cfg = load_run_config(run_dir)
         if spec.kind == "generate":  # checked before any model loads
             metrics = run_generation(cfg, run_dir, resume=resume, callback=reporter,
-                                     preflight=_preflight(conn, run_dir))  # fmt: skip
+                                     preflight=_preflight(conn, run_dir),
+                                     guidances=guidances)  # fmt: skip
         else:
             metrics = run_reconstruction(cfg, run_dir, resume=resume, callback=reporter)
         reporter.read_commands()
-        conn.send(pipe.JobDone(metrics, manifest(run_dir)))
+        return pipe.JobDone(metrics, manifest(run_dir))
     except TrainingCancelled:
-        conn.send(pipe.JobStopped() if reporter.stop_reason == "stop" else pipe.JobCancelled())
+        return pipe.JobStopped() if reporter.stop_reason == "stop" else pipe.JobCancelled()
     except (EOFError, BrokenPipeError):
-        return
+        raise
     except Exception as e:
         failed = failure(e, torch.OutOfMemoryError, (StableDreamerError,), run_dir)
         if failed.code == "internal":  # a bug: its traceback goes to the service's log
             trace = traceback.format_exc()
             sys.stderr.write(trace)
             conn.send(pipe.LogLine(logging.ERROR, trace))
-        conn.send(failed)
+        if guidances is not None:
+            guidances.clear()
+        return failed
 
 
 def failure(
