@@ -500,6 +500,13 @@ def _add_service_parsers(sub) -> None:
         "between jobs (default %(default)s)",
     )
     srv.add_argument(
+        "--cancel-grace-s",
+        type=float,
+        default=5.0,
+        help="a cancelled job's worker that has not stopped by then is killed and replaced "
+        "(default %(default)s)",
+    )
+    srv.add_argument(
         "--gpus",
         help="one worker per GPU, each seeing only its own: auto (every GPU) or indices such as "
         "0,1 (replaces --workers)",
@@ -581,6 +588,8 @@ def cmd_serve(args) -> int:
     if not 0.1 <= args.handshake_s <= 300:
         raise ValueError(f"--handshake-s must be in [0.1, 300], got {args.handshake_s}")
     retention = RetentionPolicy(**{k: v for k, v in keep.items() if v is not None})
+    if not 0 <= args.cancel_grace_s <= 3600:
+        raise ConfigError(f"--cancel-grace-s must be in [0, 3600], got {args.cancel_grace_s}")
     if not 1 <= args.workers <= 64:
         raise ConfigError(f"--workers must be in [1, 64], got {args.workers}")
     from .server.settings import resolve_gpus
@@ -598,6 +607,7 @@ def cmd_serve(args) -> int:
         handshake_s=args.handshake_s,
         stall_s=args.stall_s,
         workers=args.workers,
+        cancel_grace_s=args.cancel_grace_s,
         gpus=gpus,
     )
     import zmq

@@ -17,8 +17,8 @@ from stabledreamer.server.settings import resolve_gpus
 
 
 def echo_worker(conn, parent_pid: int, slot) -> None:
-    """Says ready (naming its GPU as its environment has it), then answers each RunJob with JobStarted and a final JobDone; exits
-    on a "crash" job; hangs on CancelJob when asked to."""
+    """Says ready (naming its GPU as its environment has it), then answers each RunJob with
+    JobStarted and a final JobDone; exits on a "crash" job; hangs on CancelJob when asked to."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
     conn.send(pipe.WorkerReady(f"{gpu} pid={os.getpid()}"))
     while True:

@@ -322,6 +322,7 @@ class Service:
         if isinstance(msg, pipe.WorkerReady):
             w.ready = True
             w.device = msg.device
+            log.info("worker %d ready (pid %s): %s", w.slot.index, w.process.pid, msg.device)
             if self.device == "cpu" or w.slot.index == 0:
                 self.device = msg.device
             return
@@ -530,7 +531,7 @@ class Service:
         if rec.state in ACTIVE:
             w = self.pool.worker_of(rec.job)
             if w is not None:
-                self.pool.cancel(w)
+                self.pool.cancel(w, self.cfg.cancel_grace_s)
             log.info("job %s cancelled", rec.job, extra={"job": rec.job})
             self._set_state(rec, "cancelled", "cancelled")
         self.delivery.reply(peer, self._job_state(rec, re=msg.id))
@@ -573,7 +574,7 @@ class Service:
         rec = self._known(peer, msg)
         w = self.pool.worker_of(rec.job)
         if w is not None and not w.finished:
-            self.pool.cancel(w)
+            self.pool.cancel(w, self.cfg.cancel_grace_s)
             self.pending_delete.add(rec.job)  # its files go when the worker has exited
             self.store.records.pop(rec.job, None)
             (self.store.dir(rec.job) / "job.json").unlink(missing_ok=True)

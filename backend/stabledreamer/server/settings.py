@@ -31,6 +31,9 @@ class ServiceConfig:
     """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
     prewarm: bool = True
     """Start every worker (torch imported) before a job needs it, so a job starts at once."""
+    cancel_grace_s: float = 5.0
+    """How long a cancelled job's worker may take to stop at its next step (then it is kept,
+    models loaded) before it is killed (then a fresh process takes its place)."""
     stall_s: float = 30.0
     """A running job's worker silent this long (no heartbeat; it sends one a second from a
     thread, whatever the job does) is marked stalled; cancel and shutdown then kill it at once."""

@@ -206,8 +206,10 @@ def _timestep_fraction(p) -> float | None:
 class Reporter:
     """The trainer's progress callback: reports to the service, reads cancel/stop."""
 
-    def __init__(self, conn, spec: pipe.JobSpec) -> None:
+    def __init__(self, conn, spec: pipe.JobSpec, resumed: bool = False) -> None:
         self.conn, self.job = conn, spec.job
+        self.resumed = resumed
+        """Say where the run resumed, at its first step."""
         self.preview_points = spec.preview_points
         self.preview_interval_s = spec.preview_interval_s
         self.stop_reason: str | None = None
@@ -225,6 +227,10 @@ class Reporter:
 
     def __call__(self, p) -> bool:
         self.read_commands()
+        if self.resumed:
+            self.resumed = False
+            where = f"{p.stage} step {p.step - 1} of {p.stage_steps}"
+            self.conn.send(pipe.LogLine(logging.INFO, f"resumed from its checkpoint at {where}"))
         now = time.monotonic()
         stage_end = p.step == p.stage_steps
         if stage_end or now - self._last_progress >= PROGRESS_INTERVAL_S:
@@ -399,6 +405,7 @@ def run_job(conn, spec: pipe.JobSpec, guidances=None):
     reporter = Reporter(conn, spec)
     try:
         resume = (run_dir / "config.json").is_file() and has_checkpoint(run_dir)
+        reporter.resumed = resume
         cfg = None
         if not resume:
             if run_dir.exists():  # killed before its first checkpoint: start again
