@@ -292,3 +292,20 @@ def test_reject_inconsistent_buffers():
 def test_signature_covers_frame_boundaries():
     key = b"key"
     assert signature(key, [b"ab", b"c"]) != signature(key, [b"a", b"bc"])
+
+
+def test_workers_are_optional_and_checked():
+    """``workers`` (since 1.3): absent from older peers (None), every entry checked."""
+    from stabledreamer_protocol.messages import Hello, JobState
+
+    assert decode(encode(Hello(software="old"))).workers is None
+    assert decode(encode(JobState(job="j"))).workers is None
+    for bad in ({"device": "cpu", "state": "sleeping"}, {"state": "idle"},
+                {"device": "cpu", "job": "../x"}, {"device": "cpu", "loads": -1}):  # fmt: skip
+        msg = Hello(software="x")
+        frames = encode(msg)
+        header = json.loads(bytes(frames[0]))
+        header["body"]["workers"] = [bad]
+        with pytest.raises(ProtocolError) as e:
+            decode([json.dumps(header).encode(), *frames[1:]])
+        assert e.value.code == "bad_field" and "workers[0]" in str(e.value), bad

@@ -1,0 +1,78 @@
+"""The warm-model cache of a long-lived worker: what its key holds, reuse with the new prompt,
+eviction on a different model set and on clear (fake guidances: no model is loaded)."""
+
+from __future__ import annotations
+
+import torch
+
+from stabledreamer.presets import get_preset
+from stabledreamer.runs.warm import GuidanceCache, cache_key
+
+
+class FakeGuidance:
+    def __init__(self, cfg, prompt: str) -> None:
+        self.cfg, self.prompt, self.parked = cfg, prompt, False
+
+    def set_prompt(self, prompt: str) -> None:
+        self.prompt = prompt
+
+    def park(self) -> None:
+        self.parked = True
+
+    def unpark(self) -> None:
+        self.parked = False
+
+
+def text_cfg(prompt="a chair", **sd):
+    cfg = get_preset("preview")
+    cfg.prompt = prompt
+    for k, v in sd.items():
+        setattr(cfg.stable_diffusion, k, v)
+    return cfg
+
+
+CPU = torch.device("cpu")
+
+
+def test_the_key_is_what_the_load_depends_on():
+    a = text_cfg()
+    stage = a.stages[1]  # stable_diffusion
+    same = text_cfg("another prompt", negative_prompt="blurry", guidance_scale=7.5, resolution=256)
+    assert cache_key(a, stage, CPU) == cache_key(same, stage, CPU)
+    for change in ({"model": "other/sd"}, {"half_precision": False}, {"cpu_offload": True},
+                   {"variant": None}):  # fmt: skip
+        assert cache_key(text_cfg(**change), stage, CPU) != cache_key(a, stage, CPU), change
+    assert cache_key(a, stage, CPU) != cache_key(a, stage, torch.device("cuda", 1))
+    a.stages[0].guidance = "example_prior"
+    assert cache_key(a, a.stages[0], CPU) is None  # not cached
+
+
+def test_reuse_sets_the_runs_prompt_and_settings_and_loads_once():
+    cache = GuidanceCache()
+    built = []
+
+    def build_for(cfg, stage):
+        def build():
+            g = FakeGuidance(cfg.stable_diffusion, cfg.prompt)
+            built.append(g)
+            return g
+
+        return lambda: cache.get(cfg, stage, CPU, build)
+
+    first = text_cfg("a chair")
+    g1 = build_for(first, first.stages[1])()
+    second = text_cfg("a vase", guidance_scale=12.0)
+    g2 = build_for(second, second.stages[1])()
+    assert g2 is g1 and len(built) == 1 and (cache.loads, cache.hits) == (1, 1)
+    assert g2.prompt == "a vase" and g2.cfg.guidance_scale == 12.0
+    # Another stage's guidance parks this one while it is in use.
+    g_if = build_for(second, second.stages[0])()
+    assert g_if is not g1 and g1.parked and cache.loads == 2
+    assert build_for(second, second.stages[1])() is g1 and not g1.parked
+    # A run that needs a different SD drops the models it does not use.
+    other = text_cfg("a lamp", model="other/sd")
+    other.stages[0].guidance = "stable_diffusion"
+    g3 = build_for(other, other.stages[1])()
+    assert g3 is not g1 and cache.names() == ["stable_diffusion"] and cache.loads == 3
+    cache.clear()
+    assert cache.entries == {} and cache.loads == 3
