@@ -76,3 +76,26 @@ def test_reuse_sets_the_runs_prompt_and_settings_and_loads_once():
     assert g3 is not g1 and cache.names() == ["stable_diffusion"] and cache.loads == 3
     cache.clear()
     assert cache.entries == {} and cache.loads == 3
+
+
+def test_a_kept_text_encoder_encodes_as_a_fresh_load_does(tiny_models):
+    """The warm path (text encoder kept, prompts switched, an earlier prompt recalled) gives the
+    very embeddings a fresh guidance computes: warm jobs match cold ones bit for bit."""
+    from stabledreamer.guidance.stable_diffusion import (
+        StableDiffusionConfig,
+        StableDiffusionGuidance,
+    )
+
+    cfg = StableDiffusionConfig(model=str(tiny_models / "sd"), variant=None)
+    warm = StableDiffusionGuidance("a red chair", cfg, CPU, keep_text_encoder=True)
+    first = warm.embeddings
+    warm.set_prompt("a blue vase")
+    fresh = StableDiffusionGuidance("a blue vase", cfg, CPU)
+    assert torch.equal(warm.embeddings.cond, fresh.embeddings.cond)
+    assert torch.equal(warm.embeddings.uncond, fresh.embeddings.uncond)
+    assert warm._text is not None and fresh._text is None  # kept / freed
+    warm.set_prompt("a red chair")
+    assert warm.embeddings is first  # remembered, not encoded again
+    warm.cfg = StableDiffusionConfig(model=cfg.model, variant=None, negative_prompt="blurry")
+    warm.set_prompt("a red chair")  # another negative prompt: encoded again
+    assert warm.embeddings is not first and warm.embeddings.negative_prompt == "blurry"

@@ -35,8 +35,9 @@ def samples() -> list[m.Message]:
             limits={"max_prompt_chars": 500},
             queue_length=2,
             workers=[
-                m.WorkerInfo(device="GPU 0: cuda (H100)", state="busy", job="job-1", jobs_run=3,
-                             loads=2),  # fmt: skip
+                m.WorkerInfo(
+                    device="GPU 0: cuda (H100)", state="busy", job="job-1", jobs_run=3, loads=2
+                ),
                 m.WorkerInfo(device="GPU 1: cuda (H100)", state="idle"),
                 m.WorkerInfo(device="GPU 2", state="starting"),
             ],
@@ -75,8 +76,15 @@ def samples() -> list[m.Message]:
         m.Detach(job="job-1"),
         m.PreviewAck(job="job-1", step=300),
         m.Fetch(job="job-1", file="mesh.glb", index=3),
-        m.JobState(job="job-1", state="running", stage="stage1", step=10, total=1000, seed=42,
-                   workers=[m.WorkerInfo(device="cpu", state="busy")]),  # fmt: skip
+        m.JobState(
+            job="job-1",
+            state="running",
+            stage="stage1",
+            step=10,
+            total=1000,
+            seed=42,
+            workers=[m.WorkerInfo(device="cpu", state="busy")],
+        ),
         m.Jobs(
             jobs=[
                 m.JobInfo(job="job-1", state="running", stage="stage2", step=5, total=9),

@@ -40,6 +40,9 @@ from .loading import (
 from .prompts import ViewPromptConfig
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+RECENT_PROMPTS = 8
+"""Prompts whose embeddings a guidance that keeps its text encoder remembers (a few MiB each
+at most: 5 x 77 x 4096 values for T5-XXL)."""
 THREESTUDIO_SCALE_OFFSET = 1.0
 """This project's CFG scale minus threestudio's/DreamFusion's for the same guidance."""
 
@@ -121,6 +124,9 @@ class DiffusionGuidance:
         memory between prompts, so the GPU holds it only while it encodes."""
         self._text: tuple | None = None
         self._embedded: tuple | None = None
+        self._recent: dict[tuple, ViewEmbeddings] = {}
+        """With ``keep_text_encoder``: the embeddings of the last ``RECENT_PROMPTS`` prompts
+        (an artist going back to an earlier prompt encodes nothing)."""
         self.source = resolve_source(cfg.model)
         self.device, self.dtype = pick_device_dtype(cfg.half_precision, device)
         self.scheduler = load_component(DDPMScheduler, self.source, "scheduler")
@@ -193,6 +199,11 @@ class DiffusionGuidance:
             return
         from functools import partial
 
+        if key in self._recent:
+            self.embeddings = self._recent.pop(key)
+            self._recent[key] = self.embeddings  # the newest last
+            self._embedded = key
+            return
         if self._text is None:
             self._text = load_text_encoder(
                 self.source, tokenizer_cls, encoder_cls, self.cfg, self.device, self.dtype
@@ -211,6 +222,9 @@ class DiffusionGuidance:
                 encoder.to("cpu")
                 release_memory()
         self._embedded = key
+        self._recent[key] = self.embeddings
+        while len(self._recent) > RECENT_PROMPTS:
+            del self._recent[next(iter(self._recent))]
 
     # -- a long-lived worker's cache (``runs.warm``) --------------------------------------------
     def models(self) -> list[torch.nn.Module]:
