@@ -135,3 +135,14 @@ def tiny_fp16_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-fp16-gen")
     save_tiny_models(d, variant="fp16")
     return d
+
+
+def test_each_set_fits_its_memory_tier_hint():
+    """The set's memory tier hint against the estimate (``doctor.gpu_memory``, from counted
+    architectures) of the standard preset under that tier."""
+    from stabledreamer.doctor.gpu_memory import tier_estimate
+    from stabledreamer.models.sets import MODEL_SETS
+
+    for s in MODEL_SETS.values():
+        cfg = resolve("standard", models=s.id)
+        assert tier_estimate(cfg, s.memory_tier_gb) < s.memory_tier_gb, s.id
