@@ -115,7 +115,7 @@ def _progress_bar(quiet: bool):
 
 
 def cmd_download(args) -> int:
-    from .download import download_set
+    from . import download
     from .errors import DownloadCancelled
 
     s = get_set(args.set)
@@ -129,7 +129,7 @@ def cmd_download(args) -> int:
 
     def work() -> None:
         try:
-            result["status"] = download_set(s, progress=update, cancel=cancel)
+            result["status"] = download.download_set(s, progress=update, cancel=cancel)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             result["error"] = e
 

@@ -44,11 +44,18 @@ class Seen:
     token: bool
 
 
+LFS_SUFFIXES = (".safetensors", ".bin", ".model", ".ckpt")
+"""Files stored with Git LFS, as the hub's repositories' ``.gitattributes`` say (weights,
+sentencepiece models); the rest are plain git blobs."""
+
+
 @dataclass
 class _Repo:
     files: dict[str, bytes]
     commit: str
     etags: dict[str, str] = field(default_factory=dict)
+    """LFS files: their SHA-256 (the hub's ETag for them); git blobs: the blob's SHA-1."""
+    lfs: set[str] = field(default_factory=set)
 
 
 def _commit_of(files: dict[str, bytes]) -> str:
@@ -77,7 +84,13 @@ class LocalHub:
             files = {p.relative_to(root).as_posix(): p.read_bytes()
                      for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
             r = _Repo(files, _commit_of(files))
-            r.etags = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+            r.lfs = {n for n in files if n.endswith(LFS_SUFFIXES)}
+            r.etags = {
+                n: hashlib.sha256(b).hexdigest()
+                if n in r.lfs
+                else hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest()
+                for n, b in files.items()
+            }
             self.repos[repo_id] = r
         self.gated = gated or {}
         self.drop_once = set(drop_once or ())
@@ -223,7 +236,11 @@ class _Handler(BaseHTTPRequestHandler):
             siblings = [
                 {
                     "rfilename": n,
-                    **({"size": len(b), "blobId": repo.etags[n][:40]} if blobs else {}),
+                    **(
+                        {"size": len(b), "blobId": repo.etags[n][:40], **self._lfs(repo, n)}
+                        if blobs
+                        else {}
+                    ),
                 }
                 for n, b in repo.files.items()
             ]
@@ -233,9 +250,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json([
             {"type": "file", "path": n, "size": len(b), "oid": repo.etags[n][:40],
-             "lfs": {"oid": repo.etags[n], "size": len(b), "pointerSize": 134}}
+             **({"lfs": {"oid": repo.etags[n], "size": len(b), "pointerSize": 134}}
+                if n in repo.lfs else {})}
             for n, b in repo.files.items()
         ])  # fmt: skip
+
+    @staticmethod
+    def _lfs(repo: _Repo, name: str) -> dict:
+        if name not in repo.lfs:
+            return {}
+        size = len(repo.files[name])
+        return {"lfs": {"size": size, "sha256": repo.etags[name], "pointerSize": 134}}
 
     def _file(self, repo: _Repo, name: str) -> None:
         data = repo.files.get(name)
@@ -252,8 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("X-Repo-Commit", repo.commit)
         self.send_header("ETag", f'"{etag}"')
-        self.send_header("X-Linked-Etag", f'"{etag}"')
-        self.send_header("X-Linked-Size", str(len(data)))
+        if name in repo.lfs:  # the hub names an LFS file's content by its SHA-256
+            self.send_header("X-Linked-Etag", f'"{etag}"')
+            self.send_header("X-Linked-Size", str(len(data)))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
