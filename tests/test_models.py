@@ -160,7 +160,8 @@ def test_cancel_stops_a_slow_download_promptly_and_the_next_resumes(
         partials = list(tmp_path.rglob("*.partial"))
         assert len(partials) == 1 and partials[0].stat().st_size > 0
         kept = partials[0].stat().st_size
-        assert not store.set_status("sd-only", tmp_path).present
+        st = store.set_status("sd-only", tmp_path)
+        assert not st.present and st.bytes_partial == kept
         assert not list(tmp_path.rglob("snapshots/*/unet/*"))
         # The next download goes on from there with a Range request.
         h.slow_s_per_chunk = 0
@@ -261,3 +262,31 @@ def test_background_download_for_the_service(tiny_fp16, tmp_path, monkeypatch, o
         assert d3.state()["error"]["page"] == f"{h.url}/{sets.IF_I_XL}"
     finally:
         h.stop()
+
+
+def test_two_downloads_of_one_set_at_once_share_the_work(tiny_fp16, tmp_path, monkeypatch, online):
+    """The CLI and the service may download the same set at the same time: one writer per
+    weight file (a lock), the other finds the finished blob; both end with the whole set."""
+    from stabledreamer.models.verify import verify_set
+
+    h = _hub(tiny_fp16, monkeypatch, slow_s_per_chunk=0.005)
+    errors = []
+
+    def one():
+        try:
+            download.download_set("sd-only", cache_dir=tmp_path, chunk_bytes=16 * 1024)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        h.stop()
+    assert not errors, errors
+    weights = [r for r in h.seen("GET", "/resolve/") if r.path.endswith(".safetensors")]
+    assert len(weights) == 3  # each weight file fetched once
+    assert verify_set("sd-only", cache_dir=tmp_path, hashes=True).ok

@@ -76,6 +76,8 @@ def cmd_list(args) -> int:
     for i in ids:
         s, st = MODEL_SETS[i], states[i]
         state = "downloaded" if st.present else f"missing {human_bytes(st.bytes_missing)}"
+        if st.bytes_partial and not st.present:
+            state += f", {human_bytes(st.bytes_partial)} of it resumable"
         default = " (default)" if i == DEFAULT_SET else ""
         print(f"{i}{default}: {s.title} [{state}]")
         print(f"  {s.summary}")

@@ -386,11 +386,7 @@ def _fetch_resumable(
     SHA-256). No snapshot link or ref is made here: ``snapshot_download`` then finds the blob and
     registers it without a transfer. A partial is never a blob: a stop leaves nothing half-
     registered, and ``store`` does not count it."""
-    import hashlib
-
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
 
     from .store import repo_folder
 
@@ -401,8 +397,24 @@ def _fetch_resumable(
         raise explain(e, f.repo_id, commit, endpoint) from e
     if meta.etag != f.sha256:  # not a content-addressed LFS blob: leave it to huggingface_hub
         return
+    from huggingface_hub.utils import WeakFileLock
+
     blobs = repo_folder(cache, f.repo_id) / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
+    locks = cache / ".locks" / repo_folder(cache, f.repo_id).name
+    locks.mkdir(parents=True, exist_ok=True)
+    # One writer per partial (the CLI and the service may download the same set at once); a
+    # second waits, then finds the blob there.
+    with WeakFileLock(locks / (f.sha256 + PARTIAL + ".lock")):
+        _fetch_locked(f, url, meta, blobs, token, tracker, commit, endpoint)
+
+
+def _fetch_locked(f, url, meta, blobs: Path, token, tracker, commit: str, endpoint: str) -> None:
+    import hashlib
+
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
     blob, part = blobs / f.sha256, blobs / (f.sha256 + PARTIAL)
     if blob.is_file() and blob.stat().st_size == f.size:
         return
