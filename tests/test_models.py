@@ -290,3 +290,19 @@ def test_two_downloads_of_one_set_at_once_share_the_work(tiny_fp16, tmp_path, mo
     weights = [r for r in h.seen("GET", "/resolve/") if r.path.endswith(".safetensors")]
     assert len(weights) == 3  # each weight file fetched once
     assert verify_set("sd-only", cache_dir=tmp_path, hashes=True).ok
+
+
+def test_the_models_package_imports_no_torch():
+    """The service answers model questions at once: nothing here may pull torch in."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    mods = ["sets", "store", "download", "token", "verify", "background", "commands",
+            "testing_hub", "hub", "errors"]  # fmt: skip
+    code = "; ".join(f"import stabledreamer.models.{m}" for m in mods)
+    code += "; import sys; assert 'torch' not in sys.modules, 'torch imported'"
+    env = {"PYTHONPATH": f"{root / 'backend'}:{root / 'shared'}", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
