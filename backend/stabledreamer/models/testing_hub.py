@@ -14,7 +14,8 @@ the endpoints the pinned huggingface_hub client (2.4) calls, read from its sourc
   resumes an interrupted transfer that way).
 
 Errors carry the hub's ``X-Error-Code`` header, from which the client picks its exception:
-``GatedRepo`` (401 without a token, 403 with a token that was not granted access),
+``GatedRepo`` (a gated repository's files and auth-check: 401 without a token, 403 with a token
+that was not granted access; its metadata and file list stay public, as on the hub),
 ``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``. Behaviours for tests: a repository
 can be gated (``gated={repo: {allowed tokens}}``), a file can be cut off mid-transfer once
 (``drop_once``: the connection closes after half the bytes), and transfers can be slowed
@@ -179,14 +180,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _repo(self, repo_id: str, revision: str) -> _Repo | None:
-        """The repository when this request may see it, else an error was sent (None)."""
+    def _repo(self, repo_id: str, revision: str, files: bool = True) -> _Repo | None:
+        """The repository when this request may see it, else an error was sent (None). As on
+        the hub, a gated repository's metadata and file list are public (``files=False``); its
+        files and ``auth-check`` need a token that was granted access."""
         hub = self.owner
         repo = hub.repos.get(repo_id)
         if repo is None:
             self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
             return None
-        if repo_id in hub.gated:
+        if files and repo_id in hub.gated:
             auth = self.headers.get("Authorization", "")
             token = auth[7:] if auth.startswith("Bearer ") else ""
             if not token:
@@ -214,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = unquote(urlsplit(self.path).path).strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo_id, kind, revision = "/".join(parts[2:4]), parts[4], parts[5]
-            repo = self._repo(repo_id, revision)
+            repo = self._repo(repo_id, revision, files=False)
             if repo is not None:
                 self._api(repo_id, repo, kind)
             return
