@@ -50,6 +50,9 @@ class ErrorCode:
     # Failures while running a job.
     OUT_OF_MEMORY = "out_of_memory"
     MODEL_UNAVAILABLE = "model_unavailable"
+    MODELS_MISSING = "models_missing"
+    """A text job's model set is not downloaded on the backend (since 1.3); the message names
+    the set, what is missing and the command that downloads it."""
     JOB_FAILED = "job_failed"
     INTERNAL = "internal"
     # Client side only (never sent).
@@ -72,6 +75,8 @@ DEFAULT_HINTS: dict[str, str] = {
     ErrorCode.UNKNOWN_PRESET: "Pick one of the presets the backend lists.",
     ErrorCode.OUT_OF_MEMORY: "Use a lighter preset or fewer Gaussians, or free GPU memory.",
     ErrorCode.MODEL_UNAVAILABLE: "Download the model on the backend machine, or pick another.",
+    ErrorCode.MODELS_MISSING: "Download the model set on the backend (`stabledreamer models "
+    "download SET`), or pick a set that is there.",
     ErrorCode.BUSY: "Read the replies already sent (fewer requests in flight), then ask again.",
     ErrorCode.FORBIDDEN: "Only the client key that submitted a job (or an operator key) may "
     "see or change it.",

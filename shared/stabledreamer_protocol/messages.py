@@ -210,7 +210,7 @@ MAX_WORKERS_LISTED = 256
 
 @dataclass
 class WorkerInfo:
-    """One worker of the backend (``hello`` and ``status``, since 1.3)."""
+    """One worker of the backend (``hello`` and ``status``, since 1.4)."""
 
     device: str
     """What it trains on, e.g. ``cpu`` or ``cuda (NVIDIA H100, 80 GiB)``."""
@@ -314,7 +314,7 @@ class Hello(Message):
     limits: dict[str, int] = field(default_factory=dict)
     queue_length: int = 0
     workers: list[WorkerInfo] | None = None
-    """The backend's workers (since 1.3; None from older backends and in a client's hello)."""
+    """The backend's workers (since 1.4; None from older backends and in a client's hello)."""
 
     def body(self):
         out = {
@@ -669,7 +669,7 @@ class JobState(Message):
     seed: int | None = None
     message: str = ""
     workers: list[WorkerInfo] | None = None
-    """In the answer to ``status`` (since 1.3): the backend's workers; None otherwise."""
+    """In the answer to ``status`` (since 1.4): the backend's workers; None otherwise."""
 
     def body(self):
         out = {

@@ -295,7 +295,7 @@ def test_signature_covers_frame_boundaries():
 
 
 def test_workers_are_optional_and_checked():
-    """``workers`` (since 1.3): absent from older peers (None), every entry checked."""
+    """``workers`` (since 1.4): absent from older peers (None), every entry checked."""
     from stabledreamer_protocol.messages import Hello, JobState
 
     assert decode(encode(Hello(software="old"))).workers is None
