@@ -58,7 +58,6 @@ def test_slots_take_the_first_idle_worker_and_reuse_it_after_release():
     try:
         pool.fill()
         a, b = sorted(pool.workers, key=lambda w: w.slot.index)
-        assert pool.take("x") is None  # both still starting
         for w in (a, b):
             read_until(pool, w, pipe.WorkerReady)
         assert [e["state"] for e in pool.describe()] == ["idle", "idle"]
@@ -75,6 +74,19 @@ def test_slots_take_the_first_idle_worker_and_reuse_it_after_release():
     finally:
         pool.kill_all()
     assert pool.workers == []
+
+
+def test_a_starting_worker_takes_a_job_that_waits_in_its_pipe():
+    pool = WorkerPool(echo_worker, slots=plan_slots(1))
+    try:
+        pool.fill()
+        (w,) = pool.workers
+        assert pool.take("early") is w and w.state == "busy"  # not ready yet: queued in its pipe
+        assert pool.take("next") is None
+        pool.tell(w, pipe.RunJob(spec("early")))
+        read_until(pool, w, pipe.JobDone)
+    finally:
+        pool.kill_all()
 
 
 def test_a_gpu_slot_sees_only_its_gpu_from_its_first_line():

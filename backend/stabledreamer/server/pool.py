@@ -168,16 +168,18 @@ class WorkerPool:
         return [w for w in self.workers if w.state == "idle"]
 
     def take(self, job: str) -> WorkerHandle | None:
-        """A worker for ``job``: the first idle one (slot order), else a new process in an empty
-        slot, else None (every slot is busy or starting)."""
-        idle = sorted(self.idle(), key=lambda w: w.slot.index)
-        if idle:
-            w = idle[0]
+        """A worker for ``job``: the first idle one (slot order), else one still starting (the
+        job waits in its pipe until it is ready), else a new process in an empty slot, else
+        None (every worker is busy)."""
+        by_slot = sorted(self.workers, key=lambda w: w.slot.index)
+        idle = [w for w in by_slot if w.state == "idle"]
+        starting = [w for w in by_slot if w.state == "starting" and not w.retiring]
+        if idle or starting:
+            w = (idle or starting)[0]
         else:
-            starting = [w for w in self.workers if w.state == "starting"]
             free = self._free_slots()
-            if starting or not free:
-                return None  # a starting worker takes the job once it is ready
+            if not free:
+                return None
             w = self.spawn(free[0])  # raises OSError: the caller retries later
         w.job = job
         w.jobs_run += 1
