@@ -99,3 +99,15 @@ def test_a_kept_text_encoder_encodes_as_a_fresh_load_does(tiny_models):
     warm.cfg = StableDiffusionConfig(model=cfg.model, variant=None, negative_prompt="blurry")
     warm.set_prompt("a red chair")  # another negative prompt: encoded again
     assert warm.embeddings is not first and warm.embeddings.negative_prompt == "blurry"
+
+
+def test_memory_pressure_drops_the_cache(monkeypatch):
+    import stabledreamer.runs.warm as warm
+
+    cache = GuidanceCache()
+    cfg = text_cfg()
+    cache.get(cfg, cfg.stages[1], CPU, lambda: FakeGuidance(cfg.stable_diffusion, cfg.prompt))
+    monkeypatch.setattr(warm, "_host_short", lambda fraction: False)
+    assert not cache.trim() and cache.names() == ["stable_diffusion"]
+    monkeypatch.setattr(warm, "_host_short", lambda fraction: fraction == 0.10)
+    assert cache.trim() and cache.entries == {}
