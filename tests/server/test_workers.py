@@ -204,3 +204,24 @@ def test_one_clients_jobs_do_not_starve_anothers(tmp_path):
         if not pool.running():
             break
     assert started == ["a0", "b0", "a1", "a2", "a3"]
+
+
+def test_a_job_whose_worker_keeps_dying_fails_after_three_tries(tmp_path):
+    from stabledreamer.server.jobs import JobRecord
+    from stabledreamer.server.pool import Exited
+
+    service = Service(ServiceConfig(bind="tcp://127.0.0.1:1", state=tmp_path, prewarm=False))
+    pool = service.pool = OneWorker()
+    rec = JobRecord(job="j", seq=1, digest="d", kind="demo", preset="smoke", seed=1)
+    service.store.create(rec, {})
+    for attempt in range(3):
+        service._schedule()
+        (w,) = pool.running()
+        assert rec.state == "running" and rec.starts == attempt + 1
+        pool.workers.remove(w)  # its process died (the real pool reaps it)
+        service._on_exit(Exited(w, -9, []))
+        if attempt < 2:
+            assert rec.state == "queued" and "last checkpoint" in rec.message
+    assert rec.state == "failed" and "3 times" in rec.message
+    service._schedule()
+    assert pool.running() == []
