@@ -44,7 +44,7 @@ DEEPFLOYD_IF_LICENCE = Licence(
 )
 OPENRAIL_PP_M = Licence(
     name="CreativeML Open RAIL++-M",
-    url="https://huggingface.co/stabilityai/stable-diffusion-2/blob/main/LICENSE-MODEL",
+    url="https://github.com/Stability-AI/stablediffusion/blob/main/LICENSE-MODEL",
     output_use="commercial use allowed, within the licence's use restrictions (its Attachment A)",
     commercial=True,
 )

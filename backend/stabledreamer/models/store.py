@@ -127,11 +127,14 @@ def _files_under(root: Path) -> dict[str, int]:
     return out
 
 
-def _component_gaps(files: dict[str, int], ref: ModelRef) -> list[str]:
-    """Components of ``ref`` with no matching file (or no weights where weights belong)."""
+def _component_gaps(files: dict[str, int], ref: ModelRef, strict: bool = True) -> list[str]:
+    """Components of ``ref`` with no matching file (or no weights where weights belong).
+    ``strict=False`` (a local folder): any file counts, not only the patterns' (fp16) ones: the
+    loader falls back to a folder's default weight files."""
     gaps = []
     for comp in ref.components:
-        inside = [f for f in files if f.startswith(comp + "/") and matches(f, ref.allow_patterns)]
+        inside = [f for f in files if f.startswith(comp + "/")
+                  and (not strict or matches(f, ref.allow_patterns))]  # fmt: skip
         if comp in WEIGHT_COMPONENTS:
             inside = [f for f in inside if f.endswith(".safetensors")]
         if not inside:
@@ -148,8 +151,8 @@ def model_status(ref: ModelRef, cache: Path, folder: str | None = None) -> Model
     if folder:
         root = Path(folder).expanduser()
         files = _files_under(root) if root.is_dir() else {}
-        mine = {f: s for f, s in files.items() if matches(f, ref.allow_patterns)}
-        gaps = _component_gaps(files, ref) if files else [str(root)]
+        mine = {f: s for f, s in files.items() if f.split("/")[0] in ref.components}
+        gaps = _component_gaps(files, ref, strict=False) if files else [str(root)]
         return ModelStatus(
             **base, source="folder", location=str(root) if root.is_dir() else None,
             present=not gaps, bytes_present=sum(mine.values()),
@@ -276,3 +279,34 @@ def remove_set(model_set: ModelSet | str, cache_dir: str | os.PathLike | None = 
         if lock.is_dir():
             shutil.rmtree(lock, ignore_errors=True)
     return gone
+
+
+def require_run_models(cfg, cache_dir: str | os.PathLike | None = None) -> SetStatus | None:
+    """For a run's config (a ``RunConfig``): ``ModelsMissingError`` at once when a model its
+    stages load is a hub id of its set that is not in the cache, or a local folder that lacks a
+    part. Sources that are neither the set's ids nor folders (``--sd-model other/id``) are left
+    to the preflight. None when the run uses no set (reconstruction, the example prior)."""
+    if not getattr(cfg, "models", ""):
+        return None
+    s = get_set(cfg.models)
+    used = {st.guidance for st in cfg.stages} & {"deepfloyd_if", "stable_diffusion"}
+    folders, check = {}, set()
+    for guidance in used:
+        source = str(getattr(cfg, guidance).model)
+        if source == s.source_for(guidance):
+            check.add(guidance)
+        elif _is_folder(source):
+            folders[guidance] = source
+            check.add(guidance)
+    if not check:
+        return None
+    return require_set(s, cache_dir, folders, guidances=check)
+
+
+def _is_folder(source: str) -> bool:
+    return (
+        source.startswith(("/", "./", "../", "~", "."))
+        or source.count("/") != 1
+        or "\\" in source
+        or Path(source).expanduser().exists()
+    )

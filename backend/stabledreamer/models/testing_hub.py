@@ -9,6 +9,7 @@ the endpoints the pinned huggingface_hub client (2.4) calls, read from its sourc
   ``snapshot_download`` calls): one page of ``{"type": "file", "path", "size", "oid", "lfs"}``;
 - ``HEAD /{repo}/resolve/{rev}/{file}`` (``get_hf_file_metadata``): ``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``;
+- ``GET /api/models/{repo}/auth-check`` (``HfApi.auth_check``, ``models verify --online``);
 - ``GET /{repo}/resolve/{rev}/{file}`` with ``Range: bytes=N-`` answered ``206`` (``http_get``
   resumes an interrupted transfer that way).
 
@@ -203,6 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(repo_id, revision)
             if repo is not None:
                 self._api(repo_id, repo, kind)
+            return
+        if parts[:2] == ["api", "models"] and len(parts) == 5 and parts[4] == "auth-check":
+            if self._repo("/".join(parts[2:4]), self.owner.revision) is not None:
+                self._json({})  # ``HfApi.auth_check``: 200 when this token may read the repo
             return
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id, revision, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
