@@ -371,7 +371,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
             if spec.kind == "generate":
                 cfg = build_config(
                     spec.preset, spec.overrides, spec.seed, "", spec.prompt, spec.negative,
-                    spec.models, _init_path(spec),
+                    spec.models, _init_path(spec), model_set=spec.model_set or None,
                 )  # fmt: skip
             else:
                 cfg = build_config(spec.preset, spec.overrides, spec.seed, _target_path(spec))
