@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import textwrap
 
-import pytest
 from addon_helpers import ROOT, needs_bpy, run_blender
 
 sys.path.insert(0, str(ROOT / "tests" / "server"))
