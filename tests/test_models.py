@@ -40,6 +40,7 @@ def online(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", constants.DOWNLOAD_CHUNK_SIZE)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", constants.HF_HUB_DISABLE_XET)
 
 
 def _hub(tiny, monkeypatch, **kw):
@@ -95,6 +96,9 @@ def test_download_progress_resume_and_status(tiny_fp16, tmp_path, monkeypatch, o
     finally:
         h.stop()
     assert st.present and st.models[0].exact and not st.models[0].missing
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_DISABLE_XET  # plain HTTP: the cancel and resume tested here
     last = seen[-1]
     assert last.bytes_done == last.bytes_total == st.bytes_present > 0
     assert last.files_done == last.files_total
@@ -211,3 +215,31 @@ def test_token_is_stored_owner_only_and_never_shown(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_env")
     assert token.token_source() == ("hf_env", "HF_TOKEN")
     assert token.clear_token() and not path.exists()
+
+
+def test_background_download_for_the_service(tiny_fp16, tmp_path, monkeypatch, online):
+    from stabledreamer.models.background import CANCELLED, DONE, FAILED, Downloads
+
+    downloads = Downloads()
+    h = _hub(tiny_fp16, monkeypatch, slow_s_per_chunk=0.05)
+    try:
+        d = downloads.start("sd-only", cache_dir=tmp_path, chunk_bytes=16 * 1024, min_interval_s=0)
+        assert downloads.start("sd-only", cache_dir=tmp_path) is d  # one per set
+        deadline = time.monotonic() + 10
+        while d.state()["progress"] is None or d.state()["progress"]["bytes_done"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert downloads.cancel("sd-only") and d.join(10)
+        assert d.state()["state"] == CANCELLED
+        h.slow_s_per_chunk = 0
+        d2 = downloads.start("sd-only", cache_dir=tmp_path)
+        assert d2 is not d and d2.join(30)
+        s = d2.state()
+        assert s["state"] == DONE and s["status"]["present"] and s["error"] is None
+        d3 = downloads.start("if-sd", cache_dir=tmp_path)  # gated, no token
+        assert d3.join(30) and d3.state()["state"] == FAILED
+        assert d3.state()["error"]["code"] == "model_unavailable"
+        assert "accept its licence" in d3.state()["error"]["message"]
+        assert d3.state()["error"]["page"] == f"{h.url}/{sets.IF_I_XL}"
+    finally:
+        h.stop()

@@ -40,6 +40,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", constants.HF_HUB_DISABLE_XET)
     return tmp_path
 
 
@@ -81,6 +82,14 @@ def test_list_download_verify_remove(tiny_fp16, env, monkeypatch, capsys):
         assert "is gated and this token has no access" in out
     finally:
         h.stop()
+    # a damaged weight file (same size): only --hash notices
+    snap = next((env / "hub").glob("models--sd2-community*/snapshots/*"))
+    blob = (snap / "unet" / "diffusion_pytorch_model.fp16.safetensors").resolve()
+    blob.write_bytes(b"x" * blob.stat().st_size)
+    assert main(["models", "verify", "sd-only"]) == 0
+    assert main(["models", "verify", "sd-only", "--hash"]) == 1
+    out = capsys.readouterr().out
+    assert "SHA-256 does not match the hub's for unet/diffusion_pytorch_model.fp16" in out
     assert main(["models", "list", "sd-only", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["status"]["present"] and data[0]["commercial"]

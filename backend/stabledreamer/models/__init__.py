@@ -5,6 +5,7 @@
 - ``store``: which files of a set are on this machine (``SetStatus``, JSON for the wire),
   ``require_set`` (``ModelsMissingError``, code ``models_missing``), ``remove_set``;
 - ``download``: ``download_set`` with progress, cancel, a free-disk check and one-line errors;
+- ``background``: a download in a thread that a service polls (``Downloads``: one per set);
 - ``token``: the hub token, stored owner-only and never shown;
 - ``verify``: the files of a set, and (``--online``) whether its hub ids still resolve;
 - ``testing_hub``: a local stand-in for the hub on loopback (tests, benches).

@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
     vf.add_argument("set", nargs="?", choices=SET_IDS, help="one set (default: all)")
     online = "also ask the hub whether each id still resolves (nothing is downloaded)"
     vf.add_argument("--online", action="store_true", help=online)
+    digest = "also compare each weight file's SHA-256 with the hub's listing (reads them all)"
+    vf.add_argument("--hash", action="store_true", help=digest)
     vf.add_argument("--json", action="store_true", help="print JSON")
     rm = msub.add_parser("remove", help="delete a set's models from the Hugging Face cache")
     rm.add_argument("set", choices=SET_IDS)
@@ -157,7 +159,7 @@ def cmd_verify(args) -> int:
     from .verify import verify_set
 
     ids = [args.set] if args.set else list(SET_IDS)
-    results = [verify_set(i, online=args.online) for i in ids]
+    results = [verify_set(i, online=args.online, hashes=args.hash) for i in ids]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

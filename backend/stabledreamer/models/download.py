@@ -20,6 +20,12 @@ What the pinned huggingface_hub (2.4) does, read from its source (``file_downloa
   progress and cancel answer within a MiB).
 - **Progress** (``progress``, a callback): bytes done and total (the total from the hub's file
   listing, known before the first byte), rate, ETA, files; at most every ``min_interval_s``.
+- **Plain HTTP, not Xet.** The hub stores large files in Xet storage, which the pinned client
+  fetches through ``hf_xet`` when installed (it is: a dependency of huggingface_hub); its
+  transfers run in hf_xet's own threads and report progress from there, where raising from the
+  progress hook is not known to stop them, and the local test hub serves no Xet. So downloads
+  here set huggingface_hub's ``constants.HF_HUB_DISABLE_XET`` (process-wide; ``xet=True`` keeps
+  Xet): the hub then serves the same files over plain HTTP, with the cancel and resume above.
 - **Free disk** is checked before the first byte: ``DiskFullError`` (code ``disk_full``) with the
   bytes needed and free. (huggingface_hub itself only warns.)
 - **Errors** are one line each: no network (``NoNetworkError``), a gated repository without an
@@ -353,6 +359,7 @@ def download_set(
     chunk_bytes: int = MIB,
     max_workers: int = 4,
     min_interval_s: float = 0.25,
+    xet: bool = False,
 ) -> SetStatus:
     """Fetch every file of the set that is not in the cache; returns the set's status after.
 
@@ -384,6 +391,8 @@ def download_set(
     tracker = _Tracker(plan, progress, cancel, min_interval_s)
     tracker.emit(force=True)
     constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, max(int(chunk_bytes), 4096))
+    if not xet:  # plain HTTP transfers: the cancel, resume and progress described above
+        constants.HF_HUB_DISABLE_XET = True
     for repo_id, refs in s.repos().items():
         if all(f.cached for f in plan.files if f.repo_id == repo_id) and snapshot_of(
             cache, repo_id, refs[0].revision

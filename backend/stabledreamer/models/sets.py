@@ -249,8 +249,9 @@ MODEL_SETS: dict[str, ModelSet] = {
             "space, Stable Diffusion 2.1-base refines colour and detail",
             models=(*_if_refs(IF_I_XL, "DeepFloyd IF-I-XL", _IF_UNET_XL_BYTES), _sd_ref("stage2")),
             memory_tier_gb=12,
-            memory_note="24 GB: all resident; 12-16 GB: text encoders streamed; 8 GB: IF's UNet "
-            "streamed too (slower)",
+            memory_note="estimated peak 12.2 GiB with everything resident (16-24 GB tiers), 9.5 "
+            "GiB with the text encoders streamed (12 GB), 6.1 GiB with IF's UNet streamed too "
+            "(8 GB, slower); estimates from counted architectures, not measured",
             output_use=DEEPFLOYD_IF_LICENCE.output_use,
             stage1="deepfloyd_if",
         ),
@@ -262,7 +263,8 @@ MODEL_SETS: dict[str, ModelSet] = {
             models=(*_if_refs(IF_I_M, "DeepFloyd IF-I-M", _IF_UNET_M_BYTES), _sd_ref("stage2")),
             memory_tier_gb=8,
             memory_note="8 GB tier: IF-I-M's UNet is 0.8 GB in fp16; T5-XXL streams from CPU "
-            "memory while the prompt is encoded",
+            "memory while the prompt is encoded (the memory estimates count IF-I-XL's UNet, so "
+            "they overstate this set)",
             output_use=DEEPFLOYD_IF_LICENCE.output_use,
             stage1="deepfloyd_if",
             notes=("quality against IF-I-XL not measured here",),
@@ -274,7 +276,9 @@ MODEL_SETS: dict[str, ModelSet] = {
             "renders upsampled to the VAE's 512² input with high noise annealed down",
             models=(_sd_ref("stage1+2"),),
             memory_tier_gb=8,
-            memory_note="one 1.3 B-parameter model for both stages: about 2.6 GB of fp16 weights",
+            memory_note="one 1.3 B-parameter model for both stages (2.6 GB of fp16 weights): "
+            "estimated peak 6.1 GiB at the 8-16 GB tiers (VAE checkpointing on), 9.9 GiB at 24; "
+            "estimates from counted architectures, not measured",
             output_use=OPENRAIL_PP_M.output_use,
             stage1="stable_diffusion",
             notes=(

@@ -105,6 +105,16 @@ def cached_listing(cache: Path, repo_id: str, commit: str) -> dict[str, int] | N
         return None
 
 
+def cached_sha256(cache: Path, repo_id: str, commit: str) -> dict[str, str]:
+    """{path: sha256} of the commit's LFS files, from the cached listing (empty without one)."""
+    path = repo_folder(cache, repo_id) / "trees" / f"{commit}.json"
+    try:
+        files = json.loads(path.read_text())["files"]
+        return {n: i["lfs_sha256"] for n, i in files.items() if i.get("lfs_sha256")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def matches(path: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(path, p) for p in patterns)
 

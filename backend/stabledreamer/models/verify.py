@@ -1,7 +1,8 @@
 """Check a model set: its files on this machine, and (online) that its hub ids still resolve.
 
 Offline, ``verify_set`` is ``store.set_status`` read as checks: every part present, every file
-of the cached listing there with its size. Online (``online=True``) it also asks the hub, for
+of the cached listing there with its size; with ``hashes`` every weight file's SHA-256 against
+the listing's (the hub's LFS hashes). Online (``online=True``) it also asks the hub, for
 each repository, whether the id and revision resolve and whether this token may download it
 (``HfApi.model_info`` and ``auth_check``; nothing is downloaded): the way to find a withdrawn id
 (``sets`` says where and when each was last confirmed from here).
@@ -14,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import hub
-from .sets import ModelSet, get_set
-from .store import SetStatus, human_bytes, set_status
+from .sets import ModelRef, ModelSet, get_set
+from .store import ModelStatus, SetStatus, human_bytes, set_status
 
 OK, MISSING, FAIL = "ok", "missing", "fail"
 
@@ -48,17 +49,27 @@ def verify_set(
     token: str | None = None,
     endpoint: str | None = None,
     timeout_s: float = 15.0,
+    hashes: bool = False,
 ) -> Verification:
+    """``hashes``: also read every weight file and compare its SHA-256 with the hub's listing
+    (minutes for a real set: tens of GB read)."""
     s = get_set(model_set) if isinstance(model_set, str) else model_set
     cache = Path(cache_dir) if cache_dir else hub.cache_dir()
     st = set_status(s, cache, folders)
     checks = []
-    for m in st.models:
+    for m, ref in zip(st.models, s.models, strict=True):
         if m.present:
             where = "local folder" if m.source == "folder" else "cache"
             how = "sizes checked against the hub's listing" if m.exact else "no listing cached"
             detail = f"{m.title}: {human_bytes(m.bytes_present)} in the {where} ({how})"
-            checks.append(RepoCheck(m.repo_id, OK, detail))
+            bad = _bad_hashes(cache, m, ref) if hashes and m.source == "cache" else []
+            if bad:
+                detail = f"{m.title}: SHA-256 does not match the hub's for {', '.join(bad[:3])}"
+                checks.append(RepoCheck(m.repo_id, FAIL, detail + " (download it again)"))
+            else:
+                checks.append(
+                    RepoCheck(m.repo_id, OK, detail + (", SHA-256 checked" if hashes else ""))
+                )
         else:
             gaps = ", ".join(m.missing[:4]) + (" ..." if len(m.missing) > 4 else "")
             checks.append(RepoCheck(m.repo_id, MISSING, f"{m.title}: missing {gaps}"))
@@ -66,6 +77,26 @@ def verify_set(
         checks += check_online(s, token=token, endpoint=endpoint, timeout_s=timeout_s)
     ok = all(c.status == OK for c in checks)
     return Verification(s.id, ok, st, checks)
+
+
+def _bad_hashes(cache: Path, m: ModelStatus, ref: ModelRef) -> list[str]:
+    """Files of a present cached part whose SHA-256 differs from the cached listing's."""
+    import hashlib
+
+    from .store import cached_sha256, matches
+
+    snap = Path(str(m.location))
+    bad = []
+    for name, want in sorted(cached_sha256(cache, m.repo_id, snap.name).items()):
+        if not matches(name, ref.allow_patterns):
+            continue
+        h = hashlib.sha256()
+        with open(snap / name, "rb") as f:
+            while block := f.read(2**22):
+                h.update(block)
+        if h.hexdigest() != want:
+            bad.append(name)
+    return bad
 
 
 def check_online(
