@@ -87,6 +87,11 @@ SCRIPT = textwrap.dedent(
     out["blocked"] = link.blocked.text if link.blocked else None
     out["job_after_block"] = rt_mod.get().session.job is not None
     out["draw_blocked"] = draw()
+    dialog = []  # the confirm dialog the held-back Generate opens (drawn into a stub)
+    op = type("Op", (), {"layout": Layout(dialog), "set": "sd-only",
+                         "_set_id": lambda self, context: "sd-only"})()
+    mod.models_ops.STABLEDREAMER_OT_models_download.draw(op, bpy.context)
+    out["dialog"] = dialog
 
     # --- Download shows progress; Cancel stops it
     bpy.ops.stabledreamer.models_download(set="sd-only")
@@ -176,6 +181,10 @@ def test_models_panel_downloads_and_generates(addon_zip, tmp_path, monkeypatch):
     assert out["generate_blocked"] == ["CANCELLED"] and not out["job_after_block"]
     assert "Stable Diffusion 2.1-base" in out["blocked"] and "to download" in out["blocked"]
     assert "Generate needs these models first:" in texts(out["draw_blocked"])
+    dialog = " ".join(texts(out["dialog"]))
+    assert "Licence: CreativeML Open RAIL++-M" in dialog and "commercial use allowed" in dialog
+    assert "to download on the backend" in dialog and "wm.url_open" in ops(out["dialog"])
+    assert ["generate"] in [c[1] for c in out["dialog"] if c[0] == "prop"]
     # progress bar and cancel
     bars = [c for c in out["draw_running"] if c[0] == "progress"]
     assert bars and " of " in bars[0][2], out["draw_running"]
