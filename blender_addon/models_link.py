@@ -195,7 +195,7 @@ class ModelsLink:
             self._pending.discard(event.re)
             self.token = event
             out.append(Notice("INFO", self.token_text()))
-            self._refresh_quietly()
+            self.refresh_quietly()
             return True
         if isinstance(event, Error) and event.re in self._pending:
             self._pending.discard(event.re)
@@ -220,9 +220,9 @@ class ModelsLink:
             self.error = state.message + link
             out.append(Notice("ERROR", f"Download of model set {state.set} failed: "
                                        f"{state.message}.{link}"))  # fmt: skip
-        self._refresh_quietly()
+        self.refresh_quietly()
 
-    def _refresh_quietly(self) -> None:
+    def refresh_quietly(self) -> None:
         if self.supported:
             try:
                 self.refresh()

@@ -68,6 +68,7 @@ def hold_generate(op, context, req) -> bool:
         req.wait_for_models = True  # it starts when the download is done
         link.blocked = None
         return False
+    link.refresh_quietly()  # a list gone stale (downloaded meanwhile) is right next time
     op.report({"WARNING"}, f"{blocked.text}: download it first (Models panel).")
     if not bpy.app.background:
         bpy.ops.stabledreamer.models_download("INVOKE_DEFAULT", set=blocked.set_id, generate=True)
