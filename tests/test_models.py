@@ -135,14 +135,16 @@ def test_gated_repo_gives_the_page_to_accept(tiny_fp16, tmp_path, monkeypatch, o
     assert any(r.token for r in h.seen("GET", "/resolve/"))
 
 
-def test_cancel_stops_a_slow_download_promptly(tiny_fp16, tmp_path, monkeypatch, online):
+def test_cancel_stops_a_slow_download_promptly_and_the_next_resumes(
+    tiny_fp16, tmp_path, monkeypatch, online
+):
     h = _hub(tiny_fp16, monkeypatch, slow_s_per_chunk=0.05)
     cancel = threading.Event()
     seen = []
 
     def progress(p):
         seen.append(p)
-        if p.bytes_done > 64 * 1024:
+        if p.bytes_done > 300 * 1024:  # inside the UNet (the text encoder is the first 69 kB)
             cancel.set()
 
     start = time.monotonic()
@@ -151,14 +153,31 @@ def test_cancel_stops_a_slow_download_promptly(tiny_fp16, tmp_path, monkeypatch,
             download.download_set("sd-only", cache_dir=tmp_path, progress=progress, cancel=cancel,
                                   chunk_bytes=16 * 1024, min_interval_s=0)  # fmt: skip
         took = time.monotonic() - start
+        assert took < 5.0, took  # the whole set takes ~7 s at this pace (2.2 MB)
+        assert len(seen) >= 2
+        assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".incomplete")]
+        # What was fetched stays as a .partial: no blob, no snapshot link, not counted.
+        partials = list(tmp_path.rglob("*.partial"))
+        assert len(partials) == 1 and partials[0].stat().st_size > 0
+        kept = partials[0].stat().st_size
+        st = store.set_status("sd-only", tmp_path)
+        assert not st.present and st.bytes_partial == kept
+        assert not list(tmp_path.rglob("snapshots/*/unet/*"))
+        # The next download goes on from there with a Range request.
+        h.slow_s_per_chunk = 0
+        h.requests.clear()
+        got = []
+        st = download.download_set("sd-only", cache_dir=tmp_path, progress=got.append,
+                                   min_interval_s=0)  # fmt: skip
     finally:
         h.stop()
-    assert took < 5.0, took  # the whole set takes ~7 s at this pace
-    assert len(seen) >= 2
-    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".incomplete")]
-    assert not leftovers  # nothing half-written is kept
-    st = store.set_status("sd-only", tmp_path)
-    assert not st.present  # and nothing half-written counts as present
+    assert st.present and not list(tmp_path.rglob("*.partial"))
+    assert got[0].bytes_done == kept  # counted as done from the start
+    ranges = [r.range for r in h.seen("GET", UNET) if r.range]
+    assert ranges == [f"bytes={kept}-"]
+    from stabledreamer.models.verify import verify_set
+
+    assert verify_set("sd-only", cache_dir=tmp_path, hashes=True).ok  # the resumed file is whole
 
 
 def test_disk_full_and_no_network_and_unknown_repo(tiny_fp16, tmp_path, monkeypatch, online):
@@ -243,3 +262,47 @@ def test_background_download_for_the_service(tiny_fp16, tmp_path, monkeypatch, o
         assert d3.state()["error"]["page"] == f"{h.url}/{sets.IF_I_XL}"
     finally:
         h.stop()
+
+
+def test_two_downloads_of_one_set_at_once_share_the_work(tiny_fp16, tmp_path, monkeypatch, online):
+    """The CLI and the service may download the same set at the same time: one writer per
+    weight file (a lock), the other finds the finished blob; both end with the whole set."""
+    from stabledreamer.models.verify import verify_set
+
+    h = _hub(tiny_fp16, monkeypatch, slow_s_per_chunk=0.005)
+    errors = []
+
+    def one():
+        try:
+            download.download_set("sd-only", cache_dir=tmp_path, chunk_bytes=16 * 1024)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        h.stop()
+    assert not errors, errors
+    weights = [r for r in h.seen("GET", "/resolve/") if r.path.endswith(".safetensors")]
+    assert len(weights) == 3  # each weight file fetched once
+    assert verify_set("sd-only", cache_dir=tmp_path, hashes=True).ok
+
+
+def test_the_models_package_imports_no_torch():
+    """The service answers model questions at once: nothing here may pull torch in."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    mods = ["sets", "store", "download", "token", "verify", "background", "commands",
+            "testing_hub", "hub", "errors"]  # fmt: skip
+    code = "; ".join(f"import stabledreamer.models.{m}" for m in mods)
+    code += "; import sys; assert 'torch' not in sys.modules, 'torch imported'"
+    env = {"PYTHONPATH": f"{root / 'backend'}:{root / 'shared'}", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

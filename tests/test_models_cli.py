@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -100,30 +99,38 @@ def test_list_download_verify_remove(tiny_fp16, env, monkeypatch, capsys):
     assert main(["models", "verify", "sd-only"]) == 1
 
 
-def test_second_download_resumes_after_a_cancel(tiny_fp16, env, monkeypatch):
-    """A download stopped part-way keeps its completed files; the next one fetches the rest."""
+def test_second_download_resumes_after_a_cancel(tiny_fp16, env, monkeypatch, capsys):
+    """Ctrl-C stops ``models download`` part-way (cancel); the next ``models download`` keeps the
+    completed files and goes on with the interrupted one from where it stopped."""
     h = _hub(tiny_fp16, monkeypatch, slow_s_per_chunk=0.02)
-    cancel = threading.Event()
+    real = download.download_set
 
-    def progress(p):
-        if p.files_done >= 4:
-            cancel.set()
+    def interrupted(*a, progress=None, cancel=None, **kw):
+        def hook(p):
+            progress(p)
+            if p.files_done >= 1 and p.bytes_done > p.bytes_total // 2:
+                cancel.set()  # what Ctrl-C does in the command
+
+        return real(*a, progress=hook, cancel=cancel, **kw)
 
     try:
-        with pytest.raises(download.DownloadCancelled):
-            download.download_set("sd-only", progress=progress, cancel=cancel, max_workers=1,
-                                  chunk_bytes=16 * 1024, min_interval_s=0)  # fmt: skip
+        monkeypatch.setattr(download, "download_set", interrupted)
+        assert main(["models", "download", "sd-only"]) == 130
+        assert "cancelled; completed files are kept" in capsys.readouterr().err
+        monkeypatch.setattr(download, "download_set", real)
         first = {r.path for r in h.seen("GET", "/resolve/")}
+        kept = {p.name: p.stat().st_size for p in env.rglob("*.partial")}
         h.requests.clear()
-        seen = []
-        download.download_set("sd-only", progress=seen.append, min_interval_s=0)
-        second = {r.path.rsplit("/resolve/", 1)[1] for r in h.seen("GET", "/resolve/")}
+        h.slow_s_per_chunk = 0
+        assert main(["models", "download", "sd-only"]) == 0
+        second = h.seen("GET", "/resolve/")
     finally:
         h.stop()
-    done_before = seen[0].bytes_done
-    assert 0 < done_before < seen[0].bytes_total  # the completed files counted from the start
-    complete = {p.split("/", 4)[-1] for p in first} - second
-    assert len(complete) >= 4 and second  # only what was missing was fetched again
+    assert len(kept) == 1 and first
+    done = {p for p in first if p.endswith(".safetensors")} - {r.path for r in second}
+    assert done  # a completed weight file was not fetched again
+    ranged = [r.range for r in second if r.range]
+    assert ranged == [f"bytes={next(iter(kept.values()))}-"]
 
 
 def test_disk_full_no_network_gated_each_one_line(tiny_fp16, env, monkeypatch, capsys):

@@ -698,6 +698,13 @@ def _add_doctor_parser(sub) -> None:
         help="check what a real run needs (GPU and its memory, gsplat's CUDA build, models, "
         "hub token, disk) and say how to fix what is missing; exit code 1 if anything FAILs",
     )
+    from .models.sets import SET_IDS
+
+    p.add_argument(
+        "--models",
+        choices=SET_IDS,
+        help="check this model set's models (sd-only needs neither DeepFloyd IF nor a token)",
+    )
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
     p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
     _add_device_option(p, "; cpu: check for a CPU run (tiny models), a missing GPU is no FAIL")

@@ -61,6 +61,9 @@ class DoctorConfig:
     """On a GPU, build gsplat's CUDA kernels now (minutes the first time)."""
     hf_cache: str | None = None
     """The Hugging Face hub cache; None: huggingface_hub's (HF_HUB_CACHE / HF_HOME)."""
+    models: str = ""
+    """The model set checked (``models.sets``); a set without DeepFloyd IF (``sd-only``) needs
+    neither IF nor a hub token. Empty: both models are checked."""
     hub_timeout_s: float = 10.0
     progress: Callable[[str], None] = field(default=lambda msg: None, repr=False)
 
@@ -392,9 +395,19 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     checks += [cuda, check_gpu_memory(total, cfg.device)]
     checks.append(check_gsplat(total > 0, cfg))
     checks.append(check_native_rasterizer())
-    if_check, if_gib = check_model("if", cfg.if_model, cfg)
+    uses_if = True
+    if cfg.models:
+        from ..models.sets import get_set
+
+        uses_if = get_set(cfg.models).source_for("deepfloyd_if") is not None
+    if uses_if:
+        if_check, if_gib = check_model("if", cfg.if_model, cfg)
+        token = check_token(cfg.if_model, if_check)
+    else:
+        if_check, if_gib = Check("if model", OK, f"not used by model set {cfg.models}"), 0.0
+        token = Check("hub token", OK, f"not needed: model set {cfg.models} has no gated model")
     sd_check, sd_gib = check_model("sd", cfg.sd_model, cfg)
-    checks += [if_check, sd_check, check_token(cfg.if_model, if_check)]
+    checks += [if_check, sd_check, token]
     checks += check_disk(cfg.out, cfg.hf_cache, if_gib + sd_gib)
     return checks
 
@@ -420,10 +433,17 @@ def format_checks(checks: list[Check], device: str = "auto") -> str:
 def cmd_doctor(args) -> int:
     from ..guidance.deepfloyd_if import DeepFloydIFConfig
     from ..guidance.stable_diffusion import StableDiffusionConfig
+    from ..models.sets import get_set
 
+    chosen = get_set(args.models) if getattr(args, "models", None) else None
     cfg = DoctorConfig(
-        if_model=args.if_model or DeepFloydIFConfig().model,
-        sd_model=args.sd_model or StableDiffusionConfig().model,
+        if_model=args.if_model
+        or (chosen and chosen.source_for("deepfloyd_if"))
+        or DeepFloydIFConfig().model,
+        sd_model=args.sd_model
+        or (chosen and chosen.source_for("stable_diffusion"))
+        or StableDiffusionConfig().model,
+        models=chosen.id if chosen else "",
         device=args.device or "auto",
         out=args.out,
         build_gsplat=not args.no_build,

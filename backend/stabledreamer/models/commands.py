@@ -76,6 +76,8 @@ def cmd_list(args) -> int:
     for i in ids:
         s, st = MODEL_SETS[i], states[i]
         state = "downloaded" if st.present else f"missing {human_bytes(st.bytes_missing)}"
+        if st.bytes_partial and not st.present:
+            state += f", {human_bytes(st.bytes_partial)} of it resumable"
         default = " (default)" if i == DEFAULT_SET else ""
         print(f"{i}{default}: {s.title} [{state}]")
         print(f"  {s.summary}")
@@ -115,7 +117,7 @@ def _progress_bar(quiet: bool):
 
 
 def cmd_download(args) -> int:
-    from .download import download_set
+    from . import download
     from .errors import DownloadCancelled
 
     s = get_set(args.set)
@@ -129,7 +131,7 @@ def cmd_download(args) -> int:
 
     def work() -> None:
         try:
-            result["status"] = download_set(s, progress=update, cancel=cancel)
+            result["status"] = download.download_set(s, progress=update, cancel=cancel)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             result["error"] = e
 

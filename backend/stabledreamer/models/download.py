@@ -7,14 +7,20 @@ ref and the commit's file listing are written, and a later offline run finds the
 What the pinned huggingface_hub (2.4) does, read from its source (``file_download.http_get``,
 ``_download_to_tmp_and_move``), and what this module adds:
 
-- **Resume.** A transfer cut mid-file (connection dropped, timeout) is resumed within the same
-  download with a ``Range: bytes=N-`` request (up to 5 times). Files already complete are never
-  fetched again. A file interrupted by a *stopped* download (cancel, a killed process) is not
-  resumed across downloads: 2.4 writes each file to a per-process ``*.incomplete`` name and
-  deletes it when the transfer fails, so the next download fetches that one file from its start.
+- **Resume.** In 2.4 a transfer cut mid-file is resumed within the same download with a
+  ``Range: bytes=N-`` request (up to 5 times), but a file interrupted by a *stopped* download
+  (cancel, a killed process) starts again: each file goes to a per-process ``*.incomplete``
+  name that is deleted when its transfer fails. So the large (LFS) files, the weights, are
+  fetched here first, with huggingface_hub's own ``http_get``, into ``blobs/<sha256>.partial``
+  in the cache, which survives a stop: the next download resumes it with a ``Range`` request,
+  checks the SHA-256 against the hub's listing and renames it to ``blobs/<sha256>``, the name
+  huggingface_hub gives that blob. ``snapshot_download`` then registers it (snapshot link, ref,
+  listing) without a transfer and fetches the small files. A ``.partial`` is never a blob and
+  nothing links to it: a stop leaves nothing half-registered. Files already complete are never
+  fetched again.
 - **Cancel** (``cancel``, a ``threading.Event``): the progress hook raises ``DownloadCancelled``
-  inside the transfer; huggingface_hub deletes that file's temporary, nothing half-written is
-  registered (no blob, no snapshot link), completed files stay. Checked every ``chunk_bytes``
+  inside the transfer; a large file keeps its ``.partial`` (resumed next time), a small one's
+  temporary is deleted by huggingface_hub; completed files stay. Checked every ``chunk_bytes``
   (huggingface_hub reads 10 MiB per chunk by default; this module lowers its
   ``constants.DOWNLOAD_CHUNK_SIZE``, process-wide, to ``chunk_bytes``, 1 MiB by default, so
   progress and cancel answer within a MiB).
@@ -90,6 +96,10 @@ class PlannedFile:
     path: str
     size: int
     cached: bool
+    sha256: str | None = None
+    """The hub's LFS hash (large files), checked before the file enters the cache."""
+    partial: int = 0
+    """Bytes already in this file's ``.partial`` from an earlier, stopped download."""
 
 
 @dataclass
@@ -105,7 +115,11 @@ class DownloadPlan:
 
     @property
     def to_fetch_bytes(self) -> int:
-        return sum(f.size for f in self.files if not f.cached)
+        return sum(f.size - f.partial for f in self.files if not f.cached)
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(f.size if f.cached else f.partial for f in self.files)
 
 
 def free_space(path: str | os.PathLike) -> int:
@@ -202,10 +216,12 @@ class _Tracker:
         self.plan, self.progress, self.cancel = plan, progress, cancel
         self.min_interval_s = min_interval_s
         self.lock = threading.Lock()
-        self.base = plan.total_bytes - plan.to_fetch_bytes  # already in the cache
-        self.files_before = 0  # files of the repositories finished or skipped
+        self.base = plan.done_bytes  # already in the cache, or in a resumable .partial
+        self.done: dict[str, int] = {}  # repo -> its files complete in the cache
+        for f in plan.files:
+            self.done[f.repo_id] = self.done.get(f.repo_id, 0) + int(f.cached)
+        self.phase_start = 0  # the repo's complete files when its snapshot_download began
         self.written = 0
-        self.files = 0  # finished files of the repository being fetched (its cached ones too)
         self.repo_id = ""
         self.start = time.monotonic()
         self.last_emit = 0.0
@@ -224,16 +240,26 @@ class _Tracker:
             self.written += int(n)
         self.emit()
 
+    def file_done(self, repo_id: str) -> None:
+        """A large file fetched into the blob store ahead of its repository's snapshot."""
+        with self.lock:
+            self.done[repo_id] = self.done.get(repo_id, 0) + 1
+        self.emit()
+
+    def begin_repo(self, repo_id: str) -> None:
+        with self.lock:
+            self.repo_id, self.phase_start = repo_id, self.done.get(repo_id, 0)
+
     def set_files(self, n: int) -> None:
+        """snapshot_download's file count for the repository (its complete files included)."""
         self.check()
         with self.lock:
-            self.files = n
+            self.done[self.repo_id] = max(self.phase_start, n)
         self.emit()
 
     def repo_done(self, repo_id: str) -> None:
         with self.lock:
-            self.files_before += sum(f.repo_id == repo_id for f in self.plan.files)
-            self.files = 0
+            self.done[repo_id] = sum(f.repo_id == repo_id for f in self.plan.files)
 
     def snapshot(self) -> DownloadProgress:
         now = time.monotonic()
@@ -243,7 +269,7 @@ class _Tracker:
             while len(self.window) > 2 and now - self.window[0][0] > 5.0:
                 self.window.pop(0)
             (t0, d0), (t1, d1) = self.window[0], self.window[-1]
-            files_done = self.files_before + self.files
+            files_done = sum(self.done.values())
         rate = (d1 - d0) / (t1 - t0) if t1 - t0 > 0.05 else 0.0
         left = self.plan.total_bytes - done
         return DownloadProgress(
@@ -262,6 +288,31 @@ class _Tracker:
             return
         self.last_emit = now
         self.progress(self.snapshot())
+
+    def file_bar_class(self):
+        """The bar ``http_get`` reports one file's bytes to (``initial``: the resumed bytes,
+        already counted in ``base``)."""
+        tracker = self
+
+        class FileBar:
+            def __init__(self, *args, **kwargs) -> None:
+                self.n = kwargs.get("initial") or 0
+                self.total = kwargs.get("total")
+
+            def update(self, n: float | None = 1) -> None:
+                self.n += n or 0
+                tracker.add(n or 0)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+        return FileBar
 
     def bar_class(self):
         """A tqdm look-alike for ``snapshot_download(tqdm_class=...)``: it is called for the
@@ -311,6 +362,90 @@ class _Tracker:
         return Bar
 
 
+# -- large files: resumable across downloads -------------------------------------------------------
+
+PARTIAL = ".partial"
+
+
+def _partials(cache: Path, repo_id: str) -> dict[str, int]:
+    """sha256 -> bytes of the ``blobs/<sha256>.partial`` files a stopped download left."""
+    from .store import repo_folder
+
+    out = {}
+    for p in (repo_folder(cache, repo_id) / "blobs").glob("*" + PARTIAL):
+        out[p.name[: -len(PARTIAL)]] = p.stat().st_size
+    return out
+
+
+def _fetch_resumable(
+    f: PlannedFile, commit: str, cache: Path, endpoint: str, token: str | None, tracker
+) -> None:
+    """Fetch one large (LFS) file into the cache's blob store, resuming a ``.partial`` left by a
+    stopped download with a ``Range`` request; the SHA-256 is checked before the blob takes its
+    final name (``blobs/<sha256>``, the name huggingface_hub gives it: an LFS file's ETag is its
+    SHA-256). No snapshot link or ref is made here: ``snapshot_download`` then finds the blob and
+    registers it without a transfer. A partial is never a blob: a stop leaves nothing half-
+    registered, and ``store`` does not count it."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    from .store import repo_folder
+
+    url = hf_hub_url(f.repo_id, f.path, revision=commit, endpoint=endpoint)
+    try:
+        meta = get_hf_file_metadata(url, token=token or False, endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - every hub failure gets its one line
+        raise explain(e, f.repo_id, commit, endpoint) from e
+    if meta.etag != f.sha256:  # not a content-addressed LFS blob: leave it to huggingface_hub
+        return
+    from huggingface_hub.utils import WeakFileLock
+
+    blobs = repo_folder(cache, f.repo_id) / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    locks = cache / ".locks" / repo_folder(cache, f.repo_id).name
+    locks.mkdir(parents=True, exist_ok=True)
+    # One writer per partial (the CLI and the service may download the same set at once); a
+    # second waits, then finds the blob there.
+    with WeakFileLock(locks / (f.sha256 + PARTIAL + ".lock")):
+        _fetch_locked(f, url, meta, blobs, token, tracker, commit, endpoint)
+
+
+def _fetch_locked(f, url, meta, blobs: Path, token, tracker, commit: str, endpoint: str) -> None:
+    import hashlib
+
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    blob, part = blobs / f.sha256, blobs / (f.sha256 + PARTIAL)
+    if blob.is_file() and blob.stat().st_size == f.size:
+        return
+    have = part.stat().st_size if part.is_file() else 0
+    if have > f.size:
+        part.unlink()
+        have = 0
+    source = url if meta.xet_file_data is not None else meta.location
+    headers = build_hf_headers(token=token or False)
+    headers["Accept-Encoding"] = "identity"
+    if have < f.size:
+        with open(part, "ab") as out:
+            try:
+                bar = tracker.file_bar_class()
+                http_get(source, out, resume_size=have, headers=headers, expected_size=f.size,
+                         displayed_filename=f.path, tqdm_class=bar)  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - cancel or a hub failure: the partial stays
+                raise explain(e, f.repo_id, commit, endpoint) from e
+    h = hashlib.sha256()
+    with open(part, "rb") as src:
+        while block := src.read(4 * MIB):
+            h.update(block)
+    if h.hexdigest() != f.sha256:
+        part.unlink()
+        raise ModelError(
+            f"{f.repo_id}: {f.path} arrived damaged (its SHA-256 is not the hub's); it was "
+            "deleted: download again"
+        )
+    os.replace(part, blob)
+
+
 # -- the download ---------------------------------------------------------------------------------
 
 
@@ -339,12 +474,15 @@ def plan_download(
             raise explain(e, repo_id, revision, endpoint) from e
         commits[repo_id] = info.sha
         snap = snapshot_of(cache, repo_id, info.sha)
+        partials = _partials(cache, repo_id)
         for sib in info.siblings or []:
             if matches(sib.rfilename, tuple(patterns_of(refs))):
                 size = int(sib.size or 0)
                 got = snap / sib.rfilename if snap else None
                 cached = bool(got and got.is_file() and got.stat().st_size == size)
-                files.append(PlannedFile(repo_id, sib.rfilename, size, cached))
+                sha = sib.lfs.sha256 if sib.lfs is not None else None
+                part = 0 if cached or not sha else min(partials.get(sha, 0), size)
+                files.append(PlannedFile(repo_id, sib.rfilename, size, cached, sha, part))
     return DownloadPlan(s.id, commits, files)
 
 
@@ -388,18 +526,24 @@ def download_set(
             "free space there or point HF_HOME at a larger disk",
             folder=cache, free=free, needed=need + DISK_MARGIN_BYTES,
         )  # fmt: skip
-    tracker = _Tracker(plan, progress, cancel, min_interval_s)
-    tracker.emit(force=True)
     constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, max(int(chunk_bytes), 4096))
     if not xet:  # plain HTTP transfers: the cancel, resume and progress described above
         constants.HF_HUB_DISABLE_XET = True
+    tracker = _Tracker(plan, progress, cancel, min_interval_s)
+    tracker.emit(force=True)
+    for f in plan.files:  # large files first, each into a .partial that survives a stop
+        if not f.cached and f.sha256:
+            tracker.repo_id = f.repo_id
+            tracker.check()
+            _fetch_resumable(f, plan.commits[f.repo_id], cache, endpoint, token, tracker)
+            tracker.file_done(f.repo_id)
     for repo_id, refs in s.repos().items():
         if all(f.cached for f in plan.files if f.repo_id == repo_id) and snapshot_of(
             cache, repo_id, refs[0].revision
         ):
             tracker.repo_done(repo_id)
             continue
-        tracker.repo_id = repo_id
+        tracker.begin_repo(repo_id)
         tracker.check()
         try:
             snapshot_download(

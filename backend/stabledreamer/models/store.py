@@ -58,6 +58,9 @@ class SetStatus:
     bytes_present: int
     bytes_missing: int
     """Bytes still to download (estimate unless every part's listing is cached)."""
+    bytes_partial: int
+    """Bytes of weight files a stopped download left (``blobs/*.partial``): the next download
+    resumes them (counted in ``bytes_missing`` too)."""
     output_use: str
     commercial: bool
     cache_dir: str
@@ -209,9 +212,12 @@ def set_status(
     folders = folders or {}
     models = [model_status(m, cache, folders.get(m.guidance)) for m in s.models]
     missing = sum(max(m.bytes_expected - m.bytes_present, 0) for m in models if not m.present)
+    partial = sum(p.stat().st_size for repo in s.repos()
+                  for p in (repo_folder(cache, repo) / "blobs").glob("*.partial"))  # fmt: skip
     return SetStatus(
         set_id=s.id, title=s.title, present=all(m.present for m in models),
         bytes_present=sum(m.bytes_present for m in models), bytes_missing=missing,
+        bytes_partial=partial,
         output_use=s.output_use, commercial=s.commercial, cache_dir=str(cache), models=models,
     )  # fmt: skip
 

@@ -14,7 +14,8 @@ the endpoints the pinned huggingface_hub client (2.4) calls, read from its sourc
   resumes an interrupted transfer that way).
 
 Errors carry the hub's ``X-Error-Code`` header, from which the client picks its exception:
-``GatedRepo`` (401 without a token, 403 with a token that was not granted access),
+``GatedRepo`` (a gated repository's files and auth-check: 401 without a token, 403 with a token
+that was not granted access; its metadata and file list stay public, as on the hub),
 ``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``. Behaviours for tests: a repository
 can be gated (``gated={repo: {allowed tokens}}``), a file can be cut off mid-transfer once
 (``drop_once``: the connection closes after half the bytes), and transfers can be slowed
@@ -44,11 +45,18 @@ class Seen:
     token: bool
 
 
+LFS_SUFFIXES = (".safetensors", ".bin", ".model", ".ckpt")
+"""Files stored with Git LFS, as the hub's repositories' ``.gitattributes`` say (weights,
+sentencepiece models); the rest are plain git blobs."""
+
+
 @dataclass
 class _Repo:
     files: dict[str, bytes]
     commit: str
     etags: dict[str, str] = field(default_factory=dict)
+    """LFS files: their SHA-256 (the hub's ETag for them); git blobs: the blob's SHA-1."""
+    lfs: set[str] = field(default_factory=set)
 
 
 def _commit_of(files: dict[str, bytes]) -> str:
@@ -77,7 +85,13 @@ class LocalHub:
             files = {p.relative_to(root).as_posix(): p.read_bytes()
                      for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
             r = _Repo(files, _commit_of(files))
-            r.etags = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+            r.lfs = {n for n in files if n.endswith(LFS_SUFFIXES)}
+            r.etags = {
+                n: hashlib.sha256(b).hexdigest()
+                if n in r.lfs
+                else hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest()
+                for n, b in files.items()
+            }
             self.repos[repo_id] = r
         self.gated = gated or {}
         self.drop_once = set(drop_once or ())
@@ -166,14 +180,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _repo(self, repo_id: str, revision: str) -> _Repo | None:
-        """The repository when this request may see it, else an error was sent (None)."""
+    def _repo(self, repo_id: str, revision: str, files: bool = True) -> _Repo | None:
+        """The repository when this request may see it, else an error was sent (None). As on
+        the hub, a gated repository's metadata and file list are public (``files=False``); its
+        files and ``auth-check`` need a token that was granted access."""
         hub = self.owner
         repo = hub.repos.get(repo_id)
         if repo is None:
             self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
             return None
-        if repo_id in hub.gated:
+        if files and repo_id in hub.gated:
             auth = self.headers.get("Authorization", "")
             token = auth[7:] if auth.startswith("Bearer ") else ""
             if not token:
@@ -201,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = unquote(urlsplit(self.path).path).strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo_id, kind, revision = "/".join(parts[2:4]), parts[4], parts[5]
-            repo = self._repo(repo_id, revision)
+            repo = self._repo(repo_id, revision, files=False)
             if repo is not None:
                 self._api(repo_id, repo, kind)
             return
@@ -223,7 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
             siblings = [
                 {
                     "rfilename": n,
-                    **({"size": len(b), "blobId": repo.etags[n][:40]} if blobs else {}),
+                    **(
+                        {"size": len(b), "blobId": repo.etags[n][:40], **self._lfs(repo, n)}
+                        if blobs
+                        else {}
+                    ),
                 }
                 for n, b in repo.files.items()
             ]
@@ -233,9 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json([
             {"type": "file", "path": n, "size": len(b), "oid": repo.etags[n][:40],
-             "lfs": {"oid": repo.etags[n], "size": len(b), "pointerSize": 134}}
+             **({"lfs": {"oid": repo.etags[n], "size": len(b), "pointerSize": 134}}
+                if n in repo.lfs else {})}
             for n, b in repo.files.items()
         ])  # fmt: skip
+
+    @staticmethod
+    def _lfs(repo: _Repo, name: str) -> dict:
+        if name not in repo.lfs:
+            return {}
+        size = len(repo.files[name])
+        return {"lfs": {"size": size, "sha256": repo.etags[name], "pointerSize": 134}}
 
     def _file(self, repo: _Repo, name: str) -> None:
         data = repo.files.get(name)
@@ -252,8 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("X-Repo-Commit", repo.commit)
         self.send_header("ETag", f'"{etag}"')
-        self.send_header("X-Linked-Etag", f'"{etag}"')
-        self.send_header("X-Linked-Size", str(len(data)))
+        if name in repo.lfs:  # the hub names an LFS file's content by its SHA-256
+            self.send_header("X-Linked-Etag", f'"{etag}"')
+            self.send_header("X-Linked-Size", str(len(data)))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
