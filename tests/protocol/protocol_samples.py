@@ -164,11 +164,22 @@ def samples_1_3() -> list[m.Message]:
         mm.SetToken(token=""),
         mm.Models(sets=[info], default="if-sd", token_set=True, token_source="file"),
         mm.DownloadState(
-            set="sd-only", state="running", bytes_done=10, bytes_total=100, files_done=1,
-            files_total=9, rate_bps=5e6, eta_s=18.0, elapsed_s=2.0, model="sd2-community/sd",
+            set="sd-only",
+            state="running",
+            bytes_done=10,
+            bytes_total=100,
+            files_done=1,
+            files_total=9,
+            rate_bps=5e6,
+            eta_s=18.0,
+            elapsed_s=2.0,
+            model="sd2-community/sd",
         ),  # fmt: skip
         mm.DownloadState(
-            set="if-sd", state="failed", code="gated", message="DeepFloyd/IF-I-XL-v1.0 is gated",
+            set="if-sd",
+            state="failed",
+            code="gated",
+            message="DeepFloyd/IF-I-XL-v1.0 is gated",
             link="https://huggingface.co/DeepFloyd/IF-I-XL-v1.0",
         ),  # fmt: skip
         mm.TokenState(set=True, source="file"),
