@@ -4,9 +4,10 @@ loopback (``HF_ENDPOINT``) through the real huggingface_hub client, real DEALER 
 One session in order (a server start and the tiny models are the costs): the sets listed with
 their licences; a text job whose set is missing refused at once with ``models_missing``; a gated
 set's download failing with the page to accept its licence; a slow download cancelled, keeping
-nothing half-made; a text job that waits for its set, reports the download as its stage, then
-runs; the token given over CURVE (stored owner-only, never sent back, never logged) opening the
-gated set, whose download reports progress. A backend without CURVE refuses the token.
+nothing half-made; the token given over CURVE (stored owner-only, never sent back, never
+logged); a download to the end with progress; a text job that waits for its gated set (the token
+opens it), reports the download as its stage, then runs. A backend without CURVE refuses the
+token.
 """
 
 from __future__ import annotations
@@ -129,27 +130,7 @@ def test_models_over_the_wire(tiny_fp16, tmp_path, make_server, monkeypatch):
             assert end.state == "cancelled" and end.code == "cancelled", end
             assert not reply_to(c, c.send(ListModels())).get("sd-only").present
             assert not list(cache.rglob("*.incomplete"))
-            hub.slow_s_per_chunk = 0.0
-
-            # --- a text job that waits: the download is its stage, then it runs
-            job = c.submit("a lamp", preset="preview", seed=1, overrides=fast,
-                           wait_for_models=True)  # fmt: skip
-            waiting = wait_state(c, job, "queued", 10)
-            if waiting.stage != "waiting_models":
-                waiting = c.wait_for(lambda e: isinstance(e, JobState) and e.job == job
-                                     and e.stage == "waiting_models", 10)  # fmt: skip
-            assert waiting is not None and "sd-only" in waiting.message
-            staged = c.wait_for(
-                lambda e: isinstance(e, Progress) and e.job == job and e.stage == "waiting_models",
-                30,
-            )
-            assert staged is not None and staged.total > 0 and staged.step <= staged.total
-            done = c.wait_for(lambda e: isinstance(e, ResultDownloaded | Error)
-                              and e.job == job, 240)  # fmt: skip
-            assert isinstance(done, ResultDownloaded), (done, s.log())
-            assert done.manifest.metrics["model_set"]["id"] == "sd-only"
-            listing = reply_to(c, c.send(ListJobs()))
-            assert [j.models for j in listing.jobs if j.job == job] == ["sd-only"]
+            hub.slow_s_per_chunk = 0.01
 
             # --- the token over CURVE: stored owner-only, never sent back
             reply = reply_to(c, c.send(SetToken(token=TOKEN)))
@@ -163,18 +144,40 @@ def test_models_over_the_wire(tiny_fp16, tmp_path, make_server, monkeypatch):
             assert listed.token_set and listed.token_source == "file"
             assert TOKEN not in str(listed.body())
 
-            # --- now the gated set downloads, with progress
-            state = reply_to(c, c.send(DownloadModels(set="if-sd")))
+            # --- a download to the end, with progress
+            state = reply_to(c, c.send(DownloadModels(set="sd-only")))
             assert state.state == "running"
-            seen = downloads(c, "if-sd", ("done", "failed"))
+            seen = downloads(c, "sd-only", ("done", "failed"))
             assert seen[-1].state == "done", seen[-1]
             running = [x for x in seen if x.state == "running" and x.bytes_total]
             assert running and all(x.bytes_done <= x.bytes_total for x in running)
-            assert any(x.model == sets.IF_I_XL for x in running)
-            assert reply_to(c, c.send(ListModels())).get("if-sd").present
-            # an already complete set answers done at once
-            again = reply_to(c, c.send(DownloadModels(set="if-sd")))
+            assert any(x.model == sets.SD_21_BASE and x.bytes_done > 0 for x in running)
+            assert reply_to(c, c.send(ListModels())).get("sd-only").present
+            again = reply_to(c, c.send(DownloadModels(set="sd-only")))  # complete: done at once
             assert again.state == "done" and "already" in again.message
+            hub.slow_s_per_chunk = 0.0
+
+            # --- a text job that waits for its (gated) set: the download is its stage, then it
+            # runs, stage 1 loading IF from the cache
+            job = c.submit("a lamp", preset="preview", seed=1, overrides=fast, models="if-sd",
+                           wait_for_models=True)  # fmt: skip
+            waiting = wait_state(c, job, "queued", 10)
+            if waiting.stage != "waiting_models":
+                waiting = c.wait_for(lambda e: isinstance(e, JobState) and e.job == job
+                                     and e.stage == "waiting_models", 10)  # fmt: skip
+            assert waiting is not None and "if-sd" in waiting.message
+            staged = c.wait_for(
+                lambda e: isinstance(e, Progress) and e.job == job and e.stage == "waiting_models",
+                30,
+            )
+            assert staged is not None and staged.total > 0 and staged.step <= staged.total
+            done = c.wait_for(lambda e: isinstance(e, ResultDownloaded | Error)
+                              and e.job == job, 240)  # fmt: skip
+            assert isinstance(done, ResultDownloaded), (done, s.log())
+            assert done.manifest.metrics["model_set"]["id"] == "if-sd"
+            assert reply_to(c, c.send(ListModels())).get("if-sd").present
+            listing = reply_to(c, c.send(ListJobs()))
+            assert [j.models for j in listing.jobs if j.job == job] == ["if-sd"]
 
             # --- clearing the token
             cleared = reply_to(c, c.send(SetToken(token="")))
