@@ -22,13 +22,9 @@ from stabledreamer.models.testing_hub import LocalHub
 UNET = "unet/diffusion_pytorch_model.fp16.safetensors"
 
 
-@pytest.fixture(scope="module")
-def tiny_fp16(tmp_path_factory):
-    from stabledreamer.guidance.tiny_models import save_tiny_models
-
-    d = tmp_path_factory.mktemp("tiny-fp16")
-    save_tiny_models(d, variant="fp16")  # the fp16 files the sets' patterns select
-    return d
+@pytest.fixture
+def tiny_fp16(tiny_models_fp16):
+    return tiny_models_fp16
 
 
 @pytest.fixture

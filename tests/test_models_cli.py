@@ -18,13 +18,9 @@ from stabledreamer.models.testing_hub import LocalHub
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_fp16(tmp_path_factory):
-    from stabledreamer.guidance.tiny_models import save_tiny_models
-
-    d = tmp_path_factory.mktemp("tiny-fp16-cli")
-    save_tiny_models(d, variant="fp16")
-    return d
+@pytest.fixture
+def tiny_fp16(tiny_models_fp16):
+    return tiny_models_fp16
 
 
 @pytest.fixture

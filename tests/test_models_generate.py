@@ -95,7 +95,7 @@ def test_models_missing_carries_its_code_for_the_service(tmp_path, monkeypatch):
     assert failed.code == "models_missing"
 
 
-def test_generate_download_then_load_from_the_cache_by_hub_id(tiny_fp16_models, tmp_path):
+def test_generate_download_then_load_from_the_cache_by_hub_id(tiny_models_fp16, tmp_path):
     """``generate --models sd-only --download`` in a fresh process against the local hub: the
     set is fetched (progress on stderr) and both stages load SD by its hub id from the cache."""
     import os
@@ -107,7 +107,7 @@ def test_generate_download_then_load_from_the_cache_by_hub_id(tiny_fp16_models, 
     from stabledreamer.models.testing_hub import LocalHub
 
     root = Path(__file__).resolve().parents[1]
-    with LocalHub({sets.SD_21_BASE: tiny_fp16_models / "sd"}, chunk_bytes=16 * 1024) as hub:
+    with LocalHub({sets.SD_21_BASE: tiny_models_fp16 / "sd"}, chunk_bytes=16 * 1024) as hub:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
         env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
                    PYTHONPATH=f"{root / 'backend'}:{root / 'shared'}")  # fmt: skip
@@ -126,23 +126,3 @@ def test_generate_download_then_load_from_the_cache_by_hub_id(tiny_fp16_models, 
     assert {s["model"] for s in metrics["model_set"]["stages"].values()} == {sets.SD_21_BASE}
     weights = [r for r in hub.seen("GET", "/resolve/") if r.path.endswith(".safetensors")]
     assert len(weights) == 3  # UNet, VAE, text encoder: fetched once, then read from the cache
-
-
-@pytest.fixture(scope="module")
-def tiny_fp16_models(tmp_path_factory):
-    from stabledreamer.guidance.tiny_models import save_tiny_models
-
-    d = tmp_path_factory.mktemp("tiny-fp16-gen")
-    save_tiny_models(d, variant="fp16")
-    return d
-
-
-def test_each_set_fits_its_memory_tier_hint():
-    """The set's memory tier hint against the estimate (``doctor.gpu_memory``, from counted
-    architectures) of the standard preset under that tier."""
-    from stabledreamer.doctor.gpu_memory import tier_estimate
-    from stabledreamer.models.sets import MODEL_SETS
-
-    for s in MODEL_SETS.values():
-        cfg = resolve("standard", models=s.id)
-        assert tier_estimate(cfg, s.memory_tier_gb) < s.memory_tier_gb, s.id
