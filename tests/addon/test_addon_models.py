@@ -135,11 +135,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_models_panel_downloads_and_generates(addon_zip, tmp_path, monkeypatch):
-    from stabledreamer.guidance.tiny_models import save_tiny_models
-
-    tiny = tmp_path / "tiny"
-    save_tiny_models(tiny, variant="fp16")
+def test_models_panel_downloads_and_generates(addon_zip, tiny_models_fp16, tmp_path, monkeypatch):
+    tiny = tiny_models_fp16
     hub = LocalHub({sets.SD_21_BASE: tiny / "sd"}, chunk_bytes=16 * 1024,
                    slow_s_per_chunk=0.05).start()  # fmt: skip
     token_file = tmp_path / "cfg" / "hf_token"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import stat
 
-import pytest
 from server_helpers import FAST_TEXT, make_keys, reply_to, wait_state
 
 from stabledreamer.models import sets
@@ -37,15 +36,6 @@ from stabledreamer_protocol.client import ResultDownloaded
 TOKEN = "hf_good_token_123"
 
 
-@pytest.fixture(scope="module")
-def tiny_fp16(tmp_path_factory):
-    from stabledreamer.guidance.tiny_models import save_tiny_models
-
-    d = tmp_path_factory.mktemp("tiny-fp16")
-    save_tiny_models(d, variant="fp16")  # the fp16 files the sets' patterns select
-    return d
-
-
 def downloads(client, set_id, until, timeout_s=60.0) -> list[DownloadState]:
     """``download_state`` events of ``set_id`` up to the first whose state is in ``until``."""
     seen = []
@@ -61,9 +51,9 @@ def downloads(client, set_id, until, timeout_s=60.0) -> list[DownloadState]:
     return seen
 
 
-def test_models_over_the_wire(tiny_fp16, tmp_path, make_server, monkeypatch):
+def test_models_over_the_wire(tiny_models_fp16, tmp_path, make_server, monkeypatch):
     hub = LocalHub(
-        {sets.SD_21_BASE: tiny_fp16 / "sd", sets.IF_I_XL: tiny_fp16 / "if"},
+        {sets.SD_21_BASE: tiny_models_fp16 / "sd", sets.IF_I_XL: tiny_models_fp16 / "if"},
         gated={sets.IF_I_XL: {TOKEN}},
         chunk_bytes=16 * 1024,
     ).start()
