@@ -13,6 +13,7 @@ for var, sub in [
     ("TORCH_EXTENSIONS_DIR", "torch_extensions"),
     ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
     ("BLENDER_USER_RESOURCES", "blender"),
+    ("STABLEDREAMER_HF_TOKEN_FILE", "cfg/hf_token"),  # a backend told a token stores it here
 ]:
     os.environ.setdefault(var, os.path.join(_cache, sub))
 

@@ -529,6 +529,15 @@ def _add_service_parsers(sub) -> None:
     )
     srv.add_argument("--if-model", help="DeepFloyd IF stage I weights (hub id or folder)")
     srv.add_argument("--sd-model", help="Stable Diffusion weights (hub id or folder)")
+    from .models.sets import DEFAULT_SET, SET_IDS
+
+    srv.add_argument(
+        "--models",
+        choices=SET_IDS,
+        default=DEFAULT_SET,
+        help=f"model set of text jobs whose submit names none (default {DEFAULT_SET}); "
+        "`stabledreamer models list` shows the sets and their licences",
+    )
     srv.add_argument(
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
@@ -643,6 +652,7 @@ def cmd_serve(args) -> int:
         limits=limits,
         preview_points=args.preview_points,
         models=models,
+        model_set=args.models,
         retention=retention,
         handshake_s=args.handshake_s,
         stall_s=args.stall_s,

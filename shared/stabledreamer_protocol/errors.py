@@ -47,6 +47,8 @@ class ErrorCode:
     """The job belongs to another client key (since 1.2)."""
     DISK_FULL = "disk_full"
     """The backend's disk is full (since 1.2); the message names the folder and the space."""
+    CURVE_REQUIRED = "curve_required"
+    """A secret (the hub token) refused on a link without CURVE encryption (since 1.3)."""
     # Failures while running a job.
     OUT_OF_MEMORY = "out_of_memory"
     MODEL_UNAVAILABLE = "model_unavailable"
@@ -82,6 +84,8 @@ DEFAULT_HINTS: dict[str, str] = {
     "see or change it.",
     ErrorCode.DISK_FULL: "Free space on the backend's disk (or delete old jobs); the job goes on "
     "by itself once there is room.",
+    ErrorCode.CURVE_REQUIRED: "Run the backend with CURVE (its default: leave out --no-curve), "
+    "or give the token on the backend machine: `stabledreamer models token set`.",
     ErrorCode.INSECURE_KEY_FILE: "Make the secret key file readable by you only (chmod 600).",
     ErrorCode.TIMEOUT: "Is the backend running, at this address, with matching keys?",
 }

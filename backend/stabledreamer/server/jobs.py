@@ -92,6 +92,10 @@ class JobRecord:
     before ownership: then only operators see it)."""
     fetched: bool = False
     """A client fetched a chunk of its result (the retention policy spares unfetched results)."""
+    model_set: str = ""
+    """Text jobs: the model set that makes it (``models.sets``), so its licence can be told."""
+    wait_models: bool = False
+    """Text jobs: wait for the set's download instead of failing when it is missing."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

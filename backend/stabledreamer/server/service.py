@@ -52,6 +52,7 @@ from .access import Access
 from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
+from .models_service import ModelsService
 from .pool import Exited, WorkerHandle, WorkerPool, plan_slots
 from .queue import FairQueue
 from .retention import apply_retention
@@ -80,7 +81,7 @@ class Service:
         slots = plan_slots(cfg.workers, cfg.gpus)
         self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm, slots=slots)
         self.fair = FairQueue()
-        self.submits = SubmitCheck(cfg.limits, self.store)
+        self.submits = SubmitCheck(cfg.limits, self.store, cfg.model_ids(), cfg.model_set)
         self.uploads = Uploads(self.submits, self.store, cfg.upload_offload_bytes)
         self.device = "cpu"
         self.stopping = False
@@ -88,6 +89,7 @@ class Service:
         self.space = SpaceWait(self.store.root)
         self.access = Access(cfg.curve)
         self.logbuffer = LogBuffer()
+        self.models = ModelsService(self)
         self._last_housekeeping = 0.0
         self._last_retention = -RETENTION_INTERVAL_S
         self._progress_dirty: set[str] = set()
@@ -144,6 +146,7 @@ class Service:
     def close(self) -> None:
         self.pool.kill_all()
         self.uploads.close()
+        self.models.close()
         if self.socket is not None:
             self.socket.close(0)
             self.socket = None
@@ -170,6 +173,7 @@ class Service:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.uploads.fileno(), zmq.POLLIN)
+        poller.register(self.models.fileno(), zmq.POLLIN)
         for fd in self.pool.fileno_list():
             poller.register(fd, zmq.POLLIN)
         if timeout_ms is None:
@@ -179,6 +183,7 @@ class Service:
             self._read_clients()
         for done in self.uploads.finished():
             self._on_uploaded(done)
+        self.models.pump()
         for w in list(self.pool.workers):
             for msg in self.pool.read(w):
                 self._on_worker(w, msg)
@@ -282,7 +287,8 @@ class Service:
         if self.stopping:
             return
         self.pool.fill()
-        queued = [r for r in self.store.queued() if not self.space.holds(r.job)]
+        held = self.space.holds
+        queued = [r for r in self.store.queued() if not held(r.job) and not self.models.holds(r)]
         started = False
         cap = self.cfg.max_running
         for rec in self.fair.order(queued):
@@ -320,6 +326,7 @@ class Service:
             prompt=rec.prompt,
             negative=rec.negative,
             models=self.cfg.model_ids(),
+            model_set=rec.model_set,
             target_file=rec.target_file,
             init_file=rec.init_file,
             preview_points=self.delivery.preview_cap(rec.job),
@@ -491,7 +498,7 @@ class Service:
             Fetch: self._on_fetch,
             Delete: self._on_delete,
             GetLogs: self._on_get_logs,
-        }.get(type(msg))
+        }.get(type(msg)) or self.models.handlers.get(type(msg))
         if handler is None:
             raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, f"{msg.TYPE!r} is not a command")
         handler(peer, msg)
@@ -500,6 +507,7 @@ class Service:
         features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
         features.append("workers")
         features += ["list_pages", "curve"] if self.cfg.curve else ["list_pages"]
+        features.append("models")
         reply = views.hello(msg.id, self.device, self.cfg.models, features, self.limits)
         reply.queue_length = self.store.active_count()
         reply.workers = self._workers(peer)
@@ -569,6 +577,7 @@ class Service:
         try:
             if staged.error is not None:
                 raise staged.error
+            self.models.admit(msg, staged.prepared)  # models_missing, unless it waits
             rec = self.submits.record(msg, staged.digest, staged.prepared)
             rec.owner = peer.owner
             self.store.adopt(rec, staged.folder)

@@ -32,6 +32,8 @@ class ServiceConfig:
     """On SIGTERM: how long a running job may take to checkpoint and exit before it is killed."""
     models: list[str] = field(default_factory=list)
     """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
+    model_set: str = "if-sd"
+    """The model set of a text job whose submit names none (``serve --models``)."""
     prewarm: bool = True
     """Start every worker (torch imported) before a job needs it, so a job starts at once."""
     cancel_grace_s: float = 5.0

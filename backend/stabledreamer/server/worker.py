@@ -389,6 +389,34 @@ def _preflight(conn, run_dir: Path):
     return check
 
 
+def _hub_token(conn) -> None:
+    """Give this worker's model loads the backend's stored hub token (``models.token``: from
+    ``set_token`` or ``stabledreamer models token set``) unless ``HF_TOKEN`` is set: a gated
+    repository (DeepFloyd IF) is checked against the hub even when its files are in the cache,
+    and huggingface_hub reads ``HF_TOKEN`` at every call. The token is never logged. A
+    long-lived worker reads the store again for every job (a token given meanwhile is used)."""
+    global _token_from_store
+    if os.environ.get("HF_TOKEN") and not _token_from_store:
+        return
+    from ..models.token import TokenError, load_token
+
+    try:
+        token = load_token()
+    except TokenError as e:  # a token file readable by others: not used, and said why
+        conn.send(pipe.LogLine(logging.WARNING, f"the stored hub token is not used: {e}"))
+        return
+    if token:
+        os.environ["HF_TOKEN"] = token
+        _token_from_store = True
+    elif _token_from_store:  # removed from the store since
+        os.environ.pop("HF_TOKEN", None)
+        _token_from_store = False
+
+
+_token_from_store = False
+"""Whether ``HF_TOKEN`` in this process came from the store (then each job reads it again)."""
+
+
 def run_job(conn, spec: pipe.JobSpec, guidances=None):
     """Run (or resume) one job, reporting on ``conn``; returns its final message (one of
     ``pipe.FINAL``) for the caller to send. ``guidances``: the process's model cache."""
@@ -413,7 +441,7 @@ def run_job(conn, spec: pipe.JobSpec, guidances=None):
             if spec.kind == "generate":
                 cfg = build_config(
                     spec.preset, spec.overrides, spec.seed, "", spec.prompt, spec.negative,
-                    spec.models, _init_path(spec),
+                    spec.models, _init_path(spec), model_set=spec.model_set or None,
                 )  # fmt: skip
             else:
                 cfg = build_config(spec.preset, spec.overrides, spec.seed, _target_path(spec))
@@ -425,6 +453,7 @@ def run_job(conn, spec: pipe.JobSpec, guidances=None):
 
             cfg = load_run_config(run_dir)
         if spec.kind == "generate":  # checked before any model loads
+            _hub_token(conn)
             metrics = run_generation(cfg, run_dir, resume=resume, callback=reporter,
                                      preflight=_preflight(conn, run_dir),
                                      guidances=guidances)  # fmt: skip
