@@ -56,9 +56,12 @@ class Exited:
 
 
 class WorkerPool:
-    def __init__(self, target: Callable, prewarm: bool = True) -> None:
+    def __init__(self, target: Callable, prewarm: bool = True, launcher: Any = None) -> None:
         self.target = target
         """``target(conn, parent_pid)``: the worker's entry point."""
+        self.launcher = launcher
+        """farm seam: ``launcher.start() -> (process, conn)`` starts workers elsewhere (Ray
+        actors, ``farm/launcher.py``) in place of local processes; None: local processes."""
         self.prewarm = prewarm
         self.workers: list[WorkerHandle] = []
         self.spare: WorkerHandle | None = None
@@ -66,6 +69,10 @@ class WorkerPool:
         self._spare_retry_at = 0.0
 
     def spawn(self) -> WorkerHandle:
+        if self.launcher is not None:  # farm seam: a Ray actor, seen as a process and a pipe
+            w = WorkerHandle(*self.launcher.start())
+            self.workers.append(w)
+            return w
         parent, child = self._mp.Pipe(duplex=True)
         proc = self._mp.Process(
             target=self.target, args=(child, os.getpid()), name="stabledreamer-worker"

@@ -98,6 +98,11 @@ class Service:
         from .security import check_bind, enable_curve
 
         check_bind(self.cfg.bind, self.cfg.curve)
+        if self.cfg.farm is not None:  # farm seam: workers are Ray actors (server/farm)
+            from .farm import start_launcher
+
+            self.pool.launcher = start_launcher(self.cfg.farm)
+            self.cfg.max_running = self.pool.launcher.capacity
         self.context = zmq.Context()
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -138,6 +143,8 @@ class Service:
 
     def close(self) -> None:
         self.pool.kill_all()
+        if self.pool.launcher is not None:  # farm seam
+            self.pool.launcher.close()
         self.uploads.close()
         if self.socket is not None:
             self.socket.close(0)
@@ -236,17 +243,15 @@ class Service:
             return
         if rec is None or rec.state != "running" or w.finished:
             return
+        # farm seam: a lost Ray node is not the job's fault; it does not count as a crash
+        lost = self.pool.launcher.lost(w) if self.pool.launcher is not None else None
         if w.stopping:
             self._set_state(rec, "queued", "interrupted by a shutdown; resumes on restart")
-        elif rec.crashes < MAX_CRASHES:
-            rec.crashes += 1
-            log.warning("job %s: worker died (exit code %s); resuming", job, code)
-            self._set_state(
-                rec,
-                "queued",
-                f"the worker process ended unexpectedly (exit code {code}); "
-                "resuming from the last checkpoint",
-            )
+        elif lost or rec.crashes < MAX_CRASHES:
+            rec.crashes += not lost
+            why = lost or f"the worker process ended unexpectedly (exit code {code})"
+            log.warning("job %s: %s; resuming", job, why, extra={"job": job})
+            self._set_state(rec, "queued", f"{why}; resuming from the last checkpoint")
         else:
             self._fail(
                 rec,
