@@ -4,9 +4,13 @@ through an ordinary pipe, and a worker that cannot see the job's folder fails th
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import subprocess
+import sys
 import threading
 from multiprocessing import connection as mpc
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +121,20 @@ def test_without_ray_serve_says_how_to_install_it(monkeypatch):
 def test_bad_settings_are_refused(kw):
     with pytest.raises(ConfigError):
         FarmConfig(**kw)
+
+
+def test_ray_is_imported_only_by_the_launcher_and_only_when_asked_for():
+    backend = Path(__file__).resolve().parents[2] / "backend" / "stabledreamer"
+    importers = set()
+    for path in backend.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.add(path.relative_to(backend).as_posix())
+    assert importers == {"server/farm/launcher.py"}
+    code = (
+        "import sys, stabledreamer.cli, stabledreamer.server.service; print('ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
