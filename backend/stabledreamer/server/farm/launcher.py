@@ -24,7 +24,7 @@ from collections import Counter
 import ray
 
 from ...errors import ConfigError, StableDreamerError
-from .relay import Link, Rendezvous
+from .relay import VERDICT_WAIT_S, Link, Rendezvous
 from .settings import FarmConfig
 
 log = logging.getLogger("stabledreamer.farm")
@@ -50,8 +50,10 @@ class FarmWorker:
 class ActorProcess:
     """A Ray actor, seen by the pool as a process."""
 
-    def __init__(self, actor, ref, link: Link) -> None:
+    def __init__(self, actor, ref, link: Link, forget=None) -> None:
         self.actor, self.ref, self.link = actor, ref, link
+        self._forget = forget or (lambda link: link.close())
+        """Drops a link whose worker never connected (``Rendezvous.forget``)."""
         self.exitcode: int | None = None
         self.lost_node = ""
         """Why the job was lost with its node ("" when it was not)."""
@@ -93,6 +95,17 @@ class ActorProcess:
             self._done.set()
         self.link.verdict.set()
 
+    def _drained(self) -> None:
+        """Wait until the relay has passed on everything the worker said (its connection ended)
+        before the pool may see it gone: its last words (``JobDone``) must not be lost. A
+        connection that does not end (a node cut off without a reset) is closed after
+        ``VERDICT_WAIT_S``."""
+        if not self.link.connected.is_set():
+            self._forget(self.link)
+        elif not self.link.remote_closed.wait(VERDICT_WAIT_S):
+            self.link.close()
+            self.link.remote_closed.wait(VERDICT_WAIT_S)
+
     def _watch(self) -> None:
         try:
             code = ray.get(self.ref)
@@ -101,12 +114,18 @@ class ActorProcess:
         except ray.exceptions.RayActorError as e:
             code = DIED
             text = str(e)
-            self.died = next((ln for ln in text.splitlines() if "dead" in ln or "died" in ln),
-                             text.splitlines()[0] if text else "")  # fmt: skip
+            lines = text.splitlines() or [""]
+            why = [ln for ln in lines if "dead because" in ln or "died because" in ln]
+            self.died = (why or lines)[0].strip()
             self.lost_node = self._node_lost(text)
         except Exception as e:  # Ray itself failed (a shutdown): the worker is gone to us
             code = DIED
             self.died = f"{type(e).__name__}: {e}".splitlines()[0]
+        if code != 0 and not self._done.is_set():  # (not one the pool killed)
+            hello = self.link.hello
+            where = f"on {hello.host} (pid {hello.pid})" if hello else "(not connected yet)"
+            log.warning("Ray worker %s ended: %s", where, self.lost_node or self.died)
+        self._drained()
         self._finish(code)
 
     def _node_lost(self, text: str) -> str:
@@ -191,7 +210,7 @@ class RayLauncher:
             num_gpus=self.cfg.gpus_per_job, num_cpus=self.cfg.cpus_per_job
         ).remote()
         ref = actor.run.remote(self.rendezvous.address, self.rendezvous.authkey, link.token)
-        return ActorProcess(actor, ref, link), link.local
+        return ActorProcess(actor, ref, link, self.rendezvous.forget), link.local
 
     def lost(self, w) -> str | None:
         """Why ``w``'s job is not to blame for its end (its node was lost), or None."""

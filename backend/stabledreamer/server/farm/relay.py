@@ -151,6 +151,7 @@ class Rendezvous:
         return link
 
     def forget(self, link: Link) -> None:
+        """A worker that will never connect (its actor ended first): drop its link."""
         with self._lock:
             self._links.pop(link.token, None)
         link.close()
@@ -195,8 +196,8 @@ class Rendezvous:
             return
         finally:
             timer.cancel()
-        with self._lock:
-            link = self._links.get(getattr(hello, "token", None))
+        with self._lock:  # a token is good for one connection
+            link = self._links.pop(getattr(hello, "token", None), None)
         if not isinstance(hello, Hello) or link is None:
             log.warning("a Ray worker named no worker this service started; dropped")
             c.close()
