@@ -114,7 +114,7 @@ def failover(c: Client, kill) -> tuple[float, int]:
     job = submit(c, 60, seed=2)
     wait(c, lambda e: isinstance(e, Progress) and e.job == job and e.step >= 6)
     t0 = time.perf_counter()
-    kill()
+    kill(job)
     seen = []
 
     def pred(e) -> bool:
@@ -129,10 +129,10 @@ def failover(c: Client, kill) -> tuple[float, int]:
     return dt, first.step
 
 
-def last_ray_worker(serve: Serve) -> tuple[int, str]:
-    hits = re.findall(r"Ray worker connected from \S+ \(node (\w+), pid \d+, actor pid (\d+)\)",
-                      serve.log())  # fmt: skip
-    node, actor_pid = hits[-1]
+def ray_worker_of(serve: Serve, job: str) -> tuple[int, str]:
+    """(actor pid, node id prefix) of the Ray worker running ``job`` (from its log line)."""
+    pattern = rf"job {job}: runs on Ray node \S+ \((\w+)\), pid \d+, actor pid (\d+)"
+    node, actor_pid = re.findall(pattern, serve.log())[-1]
     return int(actor_pid), node
 
 
@@ -168,20 +168,20 @@ def run_mode(mode: str, repeats: int, idle_s: float, tmp: Path) -> dict:
                 time.sleep(idle_s)
                 if ray_cluster is None:
 
-                    def kill() -> None:
+                    def kill(job: str) -> None:
                         (pid,) = workers_of(serve.proc.pid)
                         os.kill(pid, signal.SIGKILL)
                 else:
 
-                    def kill() -> None:
-                        os.kill(last_ray_worker(serve)[0], signal.SIGKILL)
+                    def kill(job: str) -> None:
+                        os.kill(ray_worker_of(serve, job)[0], signal.SIGKILL)
 
                 out["failover"].append(failover(c, kill))
             if ray_cluster is not None:
                 time.sleep(idle_s)
 
-                def lose_node() -> None:
-                    _, node = last_ray_worker(serve)
+                def lose_node(job: str) -> None:
+                    _, node = ray_worker_of(serve, job)
                     (victim,) = [n for n in ray_cluster.gpu_nodes if n.node_id.startswith(node)]
                     ray_cluster.remove_node(victim, allow_graceful=False)
 

@@ -540,6 +540,13 @@ def _add_service_parsers(sub) -> None:
         help="jobs at once (default: as many as the cluster's GPUs allow)",
     )
     farm.add_argument(
+        "--ray-standby",
+        type=int,
+        default=1,
+        help="workers kept started beyond the idle one, each holding its GPU, so a failover or "
+        "the next queued job starts at once (default %(default)s)",
+    )
+    farm.add_argument(
         "--ray-listen",
         default="",
         metavar="HOST:PORT",
@@ -578,7 +585,7 @@ def cmd_serve(args) -> int:
 
         require_ray()
         farm = FarmConfig(args.ray.strip(), args.ray_gpus_per_job, listen=args.ray_listen,
-                          jobs=args.ray_jobs)  # fmt: skip
+                          jobs=args.ray_jobs, standby=args.ray_standby)  # fmt: skip
     from .server.service import ServiceConfig, serve
 
     limits = DEFAULT_LIMITS

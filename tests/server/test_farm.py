@@ -122,10 +122,10 @@ def log_all(server) -> str:
     return server.log_path.read_text(errors="replace")
 
 
-def job_actor(server) -> tuple[int, int, str]:
-    """(worker pid, actor pid, node id prefix) of the Ray worker that connected last (the service
-    logs each): the one running the job (while a job runs, the pool keeps no spare)."""
-    pattern = r"Ray worker connected from \S+ \(node (\w+), pid (\d+), actor pid (\d+)\)"
+def job_actor(server, job: str) -> tuple[int, int, str]:
+    """(worker pid, actor pid, node id prefix) of the Ray worker running ``job`` (the worker logs
+    where it runs when it gets the job)."""
+    pattern = rf"job {job}: runs on Ray node \S+ \((\w+)\), pid (\d+), actor pid (\d+)"
     hits = re.findall(pattern, log_all(server))
     assert hits, server.log()
     node, pid, actor_pid = hits[-1]
@@ -152,7 +152,7 @@ def test_a_killed_actor_loses_nothing(farm):
         reference = result(c, plain, farm)
         job = submit(c, seed=11)
         progress_at_least(c, job, 6)
-        pid, actor_pid, _ = job_actor(farm)
+        pid, actor_pid, _ = job_actor(farm, job)
         os.kill(actor_pid, signal.SIGKILL)  # the actor: its worker process dies with it
         t0 = time.monotonic()
         again, first = requeued_then_resumed(c, job)
@@ -173,7 +173,7 @@ def test_a_lost_node_loses_nothing_and_is_not_counted_as_a_crash(farm, cluster):
         reference = result(c, plain, farm)
         job = submit(c, seed=12)
         progress_at_least(c, job, 6)
-        _, _, node = job_actor(farm)
+        _, _, node = job_actor(farm, job)
         (victim,) = [x for x in cluster.gpu_nodes if x.node_id.startswith(node)]
         t0 = time.monotonic()
         cluster.remove_node(victim, allow_graceful=False)

@@ -35,8 +35,10 @@ class CheckedConn:
     """The worker's connection: sends one at a time (the job and the heartbeat thread share it)
     and a ``RunJob`` whose folder this node cannot see is failed here, never run."""
 
-    def __init__(self, conn: mpc.Connection, exit=None) -> None:
+    def __init__(self, conn: mpc.Connection, exit=None, where: str = "") -> None:
         self._conn = conn
+        self.where = where
+        """Where the job runs, for its log (node, process ids)."""
         self._lock = threading.Lock()
         self._exit = exit or _exit
         """Called after a job is refused: the worker ends, as after any failed job."""
@@ -55,6 +57,8 @@ class CheckedConn:
             self.send(pipe.LogLine(logging.ERROR, text))
             self.send(pipe.JobFailed("job_failed", text))
             self._exit(0)
+        if isinstance(msg, pipe.RunJob) and self.where:
+            self.send(pipe.LogLine(logging.INFO, f"runs on {self.where}"))
         return msg
 
 
@@ -89,7 +93,8 @@ def run_worker(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         hello = Hello(token, code_digest(), node_id, socket.gethostname(), os.getpid(), actor_pid)
         conn.send(hello)
-        worker_main(CheckedConn(conn), actor_pid)
+        where = f"Ray node {hello.host} ({node_id[:8]}), pid {hello.pid}, actor pid {actor_pid}"
+        worker_main(CheckedConn(conn, where=where), actor_pid)
     except Exception as e:  # the service is unreachable or went away: nothing to report to
         print(f"stabledreamer Ray worker: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         _exit(1)

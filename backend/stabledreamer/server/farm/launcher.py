@@ -168,6 +168,7 @@ class RayLauncher:
         except OSError as e:
             raise ConfigError(f"--ray-listen {host}:{port}: cannot listen there ({e})") from None
         self._losses: Counter[str] = Counter()
+        self._standby: list[tuple[ActorProcess, object]] = []
         res = ray.cluster_resources()
         log.info(
             "Ray cluster: %d node(s), %g GPU(s), %g CPU(s); up to %d job(s) at once, %g GPU "
@@ -204,7 +205,25 @@ class RayLauncher:
         return ("127.0.0.1" if not others else here), 0
 
     def start(self, *_slot) -> tuple[ActorProcess, object]:
-        """A new worker: ``(process, conn)``, like ``multiprocessing`` gives a local one."""
+        """A worker: ``(process, conn)``, like ``multiprocessing`` gives a local one. A standby
+        (started earlier, torch imported by now) when there is one alive, then another standby
+        is started: a job that lost its worker, or one queued behind a job, starts at once
+        instead of waiting seconds for a new actor and its imports."""
+        while self._standby:
+            proc, conn = self._standby.pop(0)
+            if proc.is_alive():
+                break
+            conn.close()  # it died waiting (its node was lost): never hand out a dead one
+        else:
+            proc, conn = self._new()
+        self._refill()
+        return proc, conn
+
+    def _refill(self) -> None:
+        while len(self._standby) < self.cfg.standby:
+            self._standby.append(self._new())
+
+    def _new(self) -> tuple[ActorProcess, object]:
         link = self.rendezvous.expect()
         actor = FarmWorker.options(
             num_gpus=self.cfg.gpus_per_job, num_cpus=self.cfg.cpus_per_job
@@ -223,6 +242,10 @@ class RayLauncher:
         return why
 
     def close(self) -> None:
+        for proc, conn in self._standby:
+            proc.kill()
+            conn.close()
+        self._standby = []
         self.rendezvous.close()
         if self._started_ray:
             ray.shutdown()

@@ -22,12 +22,15 @@ class FarmConfig:
     free port."""
     jobs: int = 0
     """Jobs at once (0: as many as the cluster's GPUs allow, counted at start)."""
+    standby: int = 1
+    """Workers kept started beyond the pool's own (``--ray-standby``): each holds its GPU(s)
+    while it waits, and makes a failover or the next queued job start at once."""
 
     def __post_init__(self) -> None:
         if not self.address.strip():
             raise ConfigError("--ray needs auto, local or a cluster address (HOST:PORT)")
-        if self.gpus_per_job < 0 or self.cpus_per_job < 0 or self.jobs < 0:
-            raise ConfigError("--ray-gpus-per-job, --ray-cpus-per-job and --ray-jobs are >= 0")
+        if min(self.gpus_per_job, self.cpus_per_job, self.jobs, self.standby) < 0:
+            raise ConfigError("--ray-gpus-per-job, --ray-jobs and --ray-standby are >= 0")
         if self.listen:
             _, sep, port = self.listen.rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
