@@ -65,7 +65,8 @@ class ActorProcess:
 
     @property
     def pid(self) -> int | None:
-        """The actor's process id on its node (None until it connected)."""
+        """The worker process's id on its node (None until it connected; ``link.hello`` also
+        has its actor's)."""
         return self.link.hello.pid if self.link.hello else None
 
     def is_alive(self) -> bool:
