@@ -16,7 +16,10 @@ Modules, one job each:
 - ``selection.py``: points from the selected mesh ("Start from Selected Mesh");
 - ``result_import.py``: the finished mesh, debug image and log into Blender data;
 - ``gaussian_ply.py``: 3D Gaussian Splatting .ply files as Gaussian objects;
-- ``history.py``: runs, kept in a file that outlives the .blend;
+- ``history.py``: runs, kept in a file that outlives the .blend (with the model set that made
+  each, so its licence can be told);
+- ``models_link.py`` (no bpy), ``models_ops.py``, ``models_panel.py``: the backend's model sets,
+  their licences and downloads, the hub token (the Models sub-panel);
 - ``backend_process.py``: starting a local backend.
 
 The add-on imports no torch: the heavy work happens in the backend process. This file imports
@@ -28,13 +31,15 @@ from __future__ import annotations
 
 
 def _classes():
-    from . import operators, panel, prefs
+    from . import models_ops, models_panel, operators, panel, prefs
 
     return (
         prefs.StableDreamerPreferences,
         prefs.StableDreamerSettings,
         *operators.CLASSES,
         *panel.CLASSES,
+        *models_ops.CLASSES,
+        *models_panel.CLASSES,
     )
 
 
@@ -42,22 +47,26 @@ def register():
     import bpy
     from bpy.props import PointerProperty
 
-    from . import operators, prefs, runtime
+    from . import models_ops, operators, prefs, runtime, splat_nodes
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     bpy.types.Scene.stabledreamer = PointerProperty(type=prefs.StableDreamerSettings)
+    models_ops.register_props()
     bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
     runtime.register()
+    splat_nodes.register()
 
 
 def unregister():
     import bpy
 
-    from . import operators, runtime
+    from . import models_ops, operators, runtime, splat_nodes
 
+    splat_nodes.unregister()
     runtime.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
+    models_ops.unregister_props()
     del bpy.types.Scene.stabledreamer
     for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

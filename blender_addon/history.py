@@ -40,6 +40,8 @@ class Entry:
     object_name: str = ""
     """The imported object's name (renamed objects are simply not found again)."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    models: str = ""
+    """The model set that made it (the backend's answer once done; what was asked before)."""
 
     @property
     def active(self) -> bool:
@@ -48,7 +50,13 @@ class Entry:
 
     def label(self) -> str:
         when = time.strftime("%m-%d %H:%M", time.localtime(self.created))
-        return f"{when}  {self.prompt[:48]}"
+        models = self.metrics.get("model_set") or self.models
+        return f"{when}  {self.prompt[:48]}" + (f"  [{models}]" if models else "")
+
+    @property
+    def licence(self) -> str:
+        """What the licence of the set that made it allows ("" when not known)."""
+        return str(self.metrics.get("licence", ""))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Entry:

@@ -113,8 +113,12 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
         if rt.session is None or not rt.session.connected:
             self.report({"ERROR"}, "Not connected to a backend: press Connect first.")
             return {"CANCELLED"}
+        from .models_ops import hold_generate
+
         try:
             req, placement = job_request(context)
+            if hold_generate(self, context, req):  # its model set is missing: offer the download
+                return {"CANCELLED"}
             job = rt.session.submit(req)
         except (_session_error(), SelectionError) as e:
             self.report({"ERROR"}, str(e))
@@ -130,6 +134,7 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
                 placement=placement.to_list() if placement is not None else None,
                 source_object=context.active_object.name if placement is not None else "",
                 preview_points=req.preview_points,
+                models=req.models or "",
             )
         )
         runtime.ensure_timer()

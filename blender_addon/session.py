@@ -94,6 +94,9 @@ class JobRequest:
     init_points: np.ndarray | None = None
     init_colors: np.ndarray | None = None
     preview_points: int | None = None
+    models: str | None = None
+    """The model set (None: the backend's default); sent to backends with the feature."""
+    wait_for_models: bool = False
 
 
 @dataclass
@@ -131,6 +134,9 @@ class JobView:
         return min(max(self.step / self.total, 0.0), 1.0) if self.total else 0.0
 
     def progress_text(self) -> str:
+        if self.state == "queued" and self.stage == "waiting_models":
+            done = f"{self.step / self.total:.0%}" if self.total else "starting"
+            return f"Waiting for its models: downloading, {done}"
         if self.state == "queued":
             pos = self.queue_position
             return "Queued" + (f" ({pos} ahead)" if pos else "")
@@ -226,6 +232,9 @@ class Session:
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._logs_id: str | None = None
+        self.handlers: list = []
+        """``handler(event, out) -> bool`` called first for every event; True consumes it
+        (``models_link``)."""
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -321,6 +330,8 @@ class Session:
             overrides=req.overrides,
             preview_points=req.preview_points,
         )
+        if "models" in features and (req.models or req.wait_for_models):
+            fields.update(models=req.models, wait_for_models=req.wait_for_models)
         if req.init_points is not None:
             fields["init_points"] = np.ascontiguousarray(req.init_points, dtype="<f4")
             if req.init_colors is not None:
@@ -455,6 +466,8 @@ class Session:
     # --- events -------------------------------------------------------------------------------
 
     def _handle(self, event, out: list) -> None:
+        if any(handler(event, out) for handler in self.handlers):
+            return
         if isinstance(event, Hello):
             if event.re == self._hello_id and self.state in ("connecting", "lost"):
                 self._on_hello(event, out)

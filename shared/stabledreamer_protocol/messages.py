@@ -354,6 +354,12 @@ class Submit(Message):
     target_name: str = ""
     preview_points: int | None = None
     """Most Gaussians per preview for this client; 0 = no previews; None = backend default."""
+    models: str | None = None
+    """Text jobs: the model set (``list_models``); None = the backend's default set. Since 1.3
+    (feature ``models``)."""
+    wait_for_models: bool = False
+    """Text jobs whose set is not downloaded: wait for its download (started if none runs)
+    instead of failing at once with ``models_missing``. Since 1.3 (feature ``models``)."""
     init_points: np.ndarray | None = None  # [N, 3] f32
     init_colors: np.ndarray | None = None  # [N, 3] f32
     target_file: np.ndarray | None = None  # [n] u8
@@ -365,7 +371,7 @@ class Submit(Message):
         target = None
         if self.target_format is not None:
             target = {"format": self.target_format, "name": self.target_name}
-        return {
+        body = {
             "prompt": self.prompt,
             "negative": self.negative,
             "preset": self.preset,
@@ -374,6 +380,12 @@ class Submit(Message):
             "target": target,
             "preview_points": self.preview_points,
         }
+        # Since 1.3; only when given, so the digest of a submit without them is unchanged.
+        if self.models is not None:
+            body["models"] = self.models
+        if self.wait_for_models:
+            body["wait_for_models"] = True
+        return body
 
     def arrays(self):
         return {k: getattr(self, k) for k in self.BUFFERS if getattr(self, k) is not None}
@@ -391,6 +403,8 @@ class Submit(Message):
             preview_points=f.integer(
                 "preview_points", None, nullable=True, hi=lim.max_preview_points
             ),
+            models=f.string("models", None, nullable=True),
+            wait_for_models=f.boolean("wait_for_models"),
         )
         target = f.mapping("target")
         kw["target_format"] = None
@@ -659,6 +673,8 @@ class JobInfo:
     prompt: str = ""
     created: float | None = None
     """Unix time the job was submitted."""
+    models: str = ""
+    """Text jobs: the model set that makes it (since 1.3), so its licence can be told later."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -700,6 +716,7 @@ class Jobs(Message):
                     total=e.integer("total"),
                     prompt=e.string("prompt", max_chars=f.limits.max_prompt_chars),
                     created=e.number("created"),
+                    models=e.string("models"),
                 )
             )
         return dict(
@@ -1062,3 +1079,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     )
 }
 """Every message type by its wire name."""
+
+# The model messages (since 1.3) live in their own module, which builds on this one.
+from .model_messages import MODEL_MESSAGE_TYPES  # noqa: E402
+
+MESSAGE_TYPES.update({cls.TYPE: cls for cls in MODEL_MESSAGE_TYPES})

@@ -114,6 +114,7 @@ def job_info(rec: JobRecord) -> JobInfo:
         total=rec.total,
         prompt=what[:2000],
         created=rec.created,
+        models=rec.model_set,
     )
 
 
