@@ -12,7 +12,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
 export BLENDER_USER_RESOURCES := $(CURDIR)/build/cache/blender
 
-.PHONY: setup native demo demo-text test lint format bench lock clean gpu-check
+.PHONY: setup setup-farm native demo demo-text test lint format bench lock clean gpu-check
 
 PKG_STAMP := $(VENV)/.package
 PKG_SRC := setup.py backend/stabledreamer/render/native_build.py \
@@ -34,6 +34,14 @@ $(STAMP): requirements.lock.txt pyproject.toml tools/gltf-validator/package-lock
 $(PKG_STAMP): $(STAMP) $(PKG_SRC)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(PKG_STAMP)
+
+# The optional farm extra (Ray, for `serve --ray` and its tests), pinned in its own lock file.
+FARM_STAMP := $(VENV)/.farm
+setup-farm: setup $(FARM_STAMP)
+
+$(FARM_STAMP): $(STAMP) requirements-farm.lock.txt
+	$(PY) -m pip install --quiet -r requirements-farm.lock.txt
+	touch $(FARM_STAMP)
 
 # The native CPU rasteriser compiled in place, without reinstalling: for a checkout that is used
 # through PYTHONPATH rather than installed (a git worktree sharing another checkout's .venv).
@@ -64,8 +72,11 @@ format: setup
 bench: setup
 	$(PY) bench/render.py
 
+# The farm extra's packages (requirements-farm.lock.txt) stay out of the main lock.
+FARM_NAMES := $(shell grep -o '^[A-Za-z0-9_.-]*' requirements-farm.lock.txt | paste -sd'|')
 lock: setup
-	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock.txt.new
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' \
+		| grep -viE '^($(FARM_NAMES))( @|==)' > requirements.lock.txt.new
 	echo 'torch==2.13.0' >> requirements.lock.txt.new
 	mv requirements.lock.txt.new requirements.lock.txt
 

@@ -87,6 +87,28 @@ def test_a_missing_newest_after_a_crash_mid_rotation(tmp_path):
     assert C.has_checkpoint(tmp_path) and C.load_checkpoint(tmp_path)["step"] == 1
 
 
+@pytest.mark.parametrize("at", range(5))
+def test_killed_at_any_point_of_the_rotation_a_checkpoint_is_left(tmp_path, monkeypatch, at):
+    """A SIGKILL between any two renames of ``save_checkpoint`` (seen when a node was lost)."""
+    two_saves(tmp_path)
+    calls = {"n": 0}
+    real = os.replace
+
+    def dies(src, dst):
+        if calls["n"] == at:
+            raise KeyboardInterrupt  # stands for the kill: nothing after it runs
+        calls["n"] += 1
+        real(src, dst)
+
+    monkeypatch.setattr(C.os, "replace", dies)
+    with pytest.raises(KeyboardInterrupt):
+        C.save_checkpoint(tmp_path, state(3))
+    monkeypatch.undo()
+    # os.replace calls: 0 stages the new one, 1 moves last.pt to previous.pt, 2 its sidecar,
+    # 3 puts the new one in place, 4 writes its sidecar.
+    assert C.load_checkpoint(tmp_path)["step"] == (3 if at == 4 else 2)
+
+
 def test_a_checkpoint_without_sidecar_still_loads(tmp_path):
     last, _ = two_saves(tmp_path)
     last.with_suffix(".json").unlink()  # an older release's checkpoint

@@ -588,6 +588,40 @@ def _add_service_parsers(sub) -> None:
         help="most Gaussians per preview (default %(default)s)",
     )
 
+    farm = srv.add_argument_group("Ray cluster (the farm extra: pip install '.[farm]')")
+    farm.add_argument(
+        "--ray",
+        metavar="auto|local|ADDRESS",
+        help="run each job in a Ray actor: auto (this machine's cluster, else a new local one), "
+        "local (a new local one) or a cluster's HOST:PORT; see docs/farm.md",
+    )
+    farm.add_argument(
+        "--ray-gpus-per-job",
+        type=float,
+        default=1.0,
+        help="GPUs each job asks Ray for (0: CPU jobs; default %(default)s)",
+    )
+    farm.add_argument(
+        "--ray-jobs",
+        type=int,
+        default=0,
+        help="jobs at once (default: as many as the cluster's GPUs allow)",
+    )
+    farm.add_argument(
+        "--ray-standby",
+        type=int,
+        default=1,
+        help="workers kept started beyond the idle one, each holding its GPU, so a failover or "
+        "the next queued job starts at once (default %(default)s)",
+    )
+    farm.add_argument(
+        "--ray-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="where workers connect back to the service (default: loopback on one machine, "
+        "else this machine's address on a free port)",
+    )
+
     keys = sub.add_parser(
         "keys",
         help="make CURVE keys: the server keypair, a client keypair, authorised client keys",
@@ -613,6 +647,13 @@ def cmd_serve(args) -> int:
         check_bind(args.bind, curve=not args.no_curve)
     except SecurityError as e:
         raise ConfigError(str(e)) from None
+    farm = None
+    if args.ray:  # Ray is imported only when asked for, and only once the service starts
+        from .server.farm import FarmConfig, require_ray
+
+        require_ray()
+        farm = FarmConfig(args.ray.strip(), args.ray_gpus_per_job, listen=args.ray_listen,
+                          jobs=args.ray_jobs, standby=args.ray_standby)  # fmt: skip
     from .server.service import ServiceConfig, serve
 
     limits = DEFAULT_LIMITS
@@ -659,6 +700,7 @@ def cmd_serve(args) -> int:
         workers=args.workers,
         cancel_grace_s=args.cancel_grace_s,
         gpus=gpus,
+        farm=farm,
     )
     import zmq
 

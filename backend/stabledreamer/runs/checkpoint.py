@@ -92,11 +92,14 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
         torch.save({"format_version": FORMAT_VERSION, **state}, out)
     size, sha = out.size, out.sha.hexdigest()
     if path.is_file():
+        # Killed at any point of the rotation, every checkpoint left has its own sidecar or
+        # none (then torch's reader checks it): the older sidecar goes before its file is
+        # replaced, never after (a SIGKILL in between left previous.pt with a stale sidecar,
+        # unreadable as corrupt, and no last.pt: nothing to resume from).
+        _sidecar(previous).unlink(missing_ok=True)
         os.replace(path, previous)
         if _sidecar(path).is_file():
             os.replace(_sidecar(path), _sidecar(previous))
-        else:
-            _sidecar(previous).unlink(missing_ok=True)
     os.replace(staged, path)
     write_json(_sidecar(path), {"size": size, "sha256": sha})
     return path

@@ -105,10 +105,17 @@ def plan_slots(workers: int = 1, gpus: list[str] | None = None, cpus: int | None
 
 class WorkerPool:
     def __init__(
-        self, target: Callable, prewarm: bool = True, slots: list[Slot] | None = None
+        self,
+        target: Callable,
+        prewarm: bool = True,
+        slots: list[Slot] | None = None,
+        launcher: Any = None,
     ) -> None:
         self.target = target
         """``target(conn, parent_pid, slot)``: the worker's entry point."""
+        self.launcher = launcher
+        """farm seam: ``launcher.start(slot) -> (process, conn)`` starts workers elsewhere (Ray
+        actors, ``farm/launcher.py``) in place of local processes; None: local processes."""
         self.prewarm = prewarm
         """Keep every slot's worker started while idle (off: start one when a job needs it)."""
         self.slots = slots or [Slot(0)]
@@ -119,6 +126,10 @@ class WorkerPool:
     # --- processes ---------------------------------------------------------------------------
 
     def spawn(self, slot: Slot) -> WorkerHandle:
+        if self.launcher is not None:  # farm seam: a Ray actor, seen as a process and a pipe
+            w = WorkerHandle(*self.launcher.start(slot), slot)
+            self.workers.append(w)
+            return w
         parent, child = self._mp.Pipe(duplex=True)
         proc = self._mp.Process(
             target=self.target,

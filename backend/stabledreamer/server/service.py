@@ -53,7 +53,7 @@ from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .models_service import ModelsService
-from .pool import Exited, WorkerHandle, WorkerPool, plan_slots
+from .pool import Exited, Slot, WorkerHandle, WorkerPool, plan_slots
 from .queue import FairQueue
 from .retention import apply_retention
 from .settings import ServiceConfig
@@ -105,6 +105,12 @@ class Service:
         from .security import check_bind, enable_curve
 
         check_bind(self.cfg.bind, self.cfg.curve)
+        if self.cfg.farm is not None:  # farm seam: workers are Ray actors (server/farm)
+            from .farm import start_launcher
+
+            self.pool.launcher = start_launcher(self.cfg.farm)
+            # one slot per job the cluster runs at once (each actor brings its own GPU)
+            self.pool.slots = [Slot(i) for i in range(self.pool.launcher.capacity)]
         self.context = zmq.Context()
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -145,6 +151,8 @@ class Service:
 
     def close(self) -> None:
         self.pool.kill_all()
+        if self.pool.launcher is not None:  # farm seam
+            self.pool.launcher.close()
         self.uploads.close()
         self.models.close()
         if self.socket is not None:
@@ -243,19 +251,16 @@ class Service:
             return
         if rec is None or rec.state != "running":
             return
+        # farm seam: a lost Ray node is not the job's fault; it does not count as a crash
+        lost = self.pool.launcher.lost(w) if self.pool.launcher is not None else None
         if w.stopping:
             self._set_state(rec, "queued", "interrupted by a shutdown; resumes on restart")
-        elif rec.crashes < MAX_CRASHES:
-            rec.crashes += 1
-            where = f"worker {w.slot.index}"
-            log.warning("job %s: %s died (exit code %s); it resumes from its last checkpoint",
-                        job, where, code, extra={"job": job})  # fmt: skip
-            self._set_state(
-                rec,
-                "queued",
-                f"the worker process ended unexpectedly (exit code {code}); "
-                "resuming from the last checkpoint",
-            )
+        elif lost or rec.crashes < MAX_CRASHES:
+            rec.crashes += not lost
+            why = lost or (f"worker {w.slot.index}'s process ended unexpectedly (exit code {code})")
+            log.warning("job %s: %s; it resumes from its last checkpoint", job, why,
+                        extra={"job": job})  # fmt: skip
+            self._set_state(rec, "queued", f"{why}; resuming from the last checkpoint")
         else:
             self._fail(
                 rec,

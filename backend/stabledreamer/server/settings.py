@@ -7,6 +7,7 @@ from pathlib import Path
 
 from stabledreamer_protocol import DEFAULT_LIMITS, Limits
 
+from .farm.settings import FarmConfig
 from .retention import RetentionPolicy
 from .uploads import OFFLOAD_BYTES
 
@@ -50,6 +51,8 @@ class ServiceConfig:
     so they never stall the loop that answers other clients (``uploads.py``)."""
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     """Which finished jobs are deleted (``retention.py``)."""
+    farm: FarmConfig | None = None
+    """farm seam: run jobs on a Ray cluster (``serve --ray``; ``farm/``); None: local workers."""
 
     def model_ids(self) -> dict[str, str]:
         """{"if": ..., "sd": ...} from ``serve --if-model/--sd-model`` (listed as "if:X")."""
