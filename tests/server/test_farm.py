@@ -169,9 +169,11 @@ def test_a_killed_actor_loses_nothing(farm):
 def test_a_lost_node_loses_nothing_and_is_not_counted_as_a_crash(farm, cluster):
     with farm.client() as c:
         c.handshake(timeout_s=10)
-        plain = submit(c, seed=12)
+        # long enough that the resumed job reports progress before it ends: the idle worker on
+        # the other node takes it at once (warm), and a short job is done within a progress tick
+        plain = submit(c, seed=12, steps=4 * STEPS)
         reference = result(c, plain, farm)
-        job = submit(c, seed=12)
+        job = submit(c, seed=12, steps=4 * STEPS)
         progress_at_least(c, job, 6)
         _, _, node = job_actor(farm, job)
         (victim,) = [x for x in cluster.gpu_nodes if x.node_id.startswith(node)]
