@@ -151,7 +151,7 @@ class Service:
 
     def close(self) -> None:
         self.pool.kill_all()
-        if self.pool.launcher is not None:  # farm seam
+        if getattr(self.pool, "launcher", None) is not None:  # farm seam
             self.pool.launcher.close()
         self.uploads.close()
         self.models.close()
@@ -252,7 +252,8 @@ class Service:
         if rec is None or rec.state != "running":
             return
         # farm seam: a lost Ray node is not the job's fault; it does not count as a crash
-        lost = self.pool.launcher.lost(w) if self.pool.launcher is not None else None
+        launcher = getattr(self.pool, "launcher", None)
+        lost = launcher.lost(w) if launcher is not None else None
         if w.stopping:
             self._set_state(rec, "queued", "interrupted by a shutdown; resumes on restart")
         elif lost or rec.crashes < MAX_CRASHES:
