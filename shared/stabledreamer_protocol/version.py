@@ -9,7 +9,7 @@ meaning is a major bump. ``hello`` exchanges the full ``"major.minor"`` string f
 from __future__ import annotations
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 2
+PROTOCOL_MINOR = 3
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 """The string sent in ``hello`` bodies."""
 

@@ -204,6 +204,12 @@ def is_followup(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / FOLLOWUP_FILE).is_file()
 
 
+def followup_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A follow-up's mode and parent (``followup.json``); {} for any other run."""
+    path = Path(run_dir) / FOLLOWUP_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def run_followup(
     f: FollowUp | None,
     out: str | os.PathLike,
@@ -230,10 +236,7 @@ def run_followup(
         )  # fmt: skip
     elif not is_followup(out):
         raise InputError(f"{out}: not a refine or continue run (no {FOLLOWUP_FILE})")
-    metrics = run_generation(
+    return run_generation(
         None, out, resume=True, callback=callback, device=device, cpu_offload=cpu_offload,
         memory_tier=memory_tier, preflight=preflight,
     )  # fmt: skip
-    metrics.update(json.loads((out / FOLLOWUP_FILE).read_text()))
-    write_json(out / "metrics.json", metrics)
-    return metrics

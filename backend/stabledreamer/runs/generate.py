@@ -231,6 +231,9 @@ def run_generation(
         "device": str(device),
         "render_backend": trainer.render_backend,
     }
+    from .followup import followup_info
+
+    metrics.update(followup_info(out))  # a refine or continue: its mode and parent
     mesh = None
     if cfg.mesh.enabled:
         from ..mesh import MeshError, gaussians_to_mesh

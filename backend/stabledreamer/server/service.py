@@ -47,6 +47,7 @@ from ..atomic import DiskFullError
 from . import pipe, views
 from .access import Access
 from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
+from .followups import resolve_parent
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .pool import Exited, WorkerHandle, WorkerPool
@@ -73,7 +74,7 @@ class Service:
         self.store = JobStore(cfg.state)
         self.delivery = Delivery(self._send, cfg.limits, cfg.preview_points)
         self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm)
-        self.submits = SubmitCheck(cfg.limits, self.store)
+        self.submits = SubmitCheck(cfg.limits, self.store, cfg.model_ids())
         self.device = "cpu"
         self.stopping = False
         self.pending_delete: set[str] = set()
@@ -287,6 +288,9 @@ class Service:
             init_file=rec.init_file,
             preview_points=self.delivery.preview_cap(rec.job),
             preview_interval_s=self.cfg.preview_interval_s,
+            parent=rec.parent,
+            mode=rec.mode,
+            steps=rec.steps,
         )
 
     def _on_worker(self, w: WorkerHandle, msg: object) -> None:
@@ -406,7 +410,9 @@ class Service:
             Submit: self._on_submit,
             Cancel: self._on_cancel,
             Status: self._on_status,
-            ListJobs: lambda p, m: self.delivery.reply(p, self._jobs(p, m.id, m.offset, m.limit)),
+            ListJobs: lambda p, m: self.delivery.reply(
+                p, self._jobs(p, m.id, m.offset, m.limit, m.active)
+            ),
             Attach: self._on_attach,
             Detach: self._on_detach,
             PreviewAck: lambda p, m: self.delivery.ack(p, m.job),
@@ -420,6 +426,7 @@ class Service:
 
     def _on_hello(self, peer: Peer, msg: Hello) -> None:
         features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
+        features += ["followups"]  # submit.parent/mode (refine, continue), since 1.3
         features += ["list_pages", "curve"] if self.cfg.curve else ["list_pages"]
         reply = views.hello(msg.id, self.device, self.cfg.models, features, self.limits)
         reply.queue_length = self.store.active_count()
@@ -452,7 +459,7 @@ class Service:
             if rec.state == "done":
                 self.delivery.reply(peer, views.result(rec))
             return
-        new = self.submits.check(msg, digest)
+        new = self.submits.check(msg, digest, resolve_parent(self.store, self.access, peer, msg))
         rec = new.record
         rec.owner = peer.owner
         try:
@@ -537,9 +544,11 @@ class Service:
         lines, cursor = self.logbuffer.since(msg.since, msg.max_lines, msg.job, budget, mine)
         self.delivery.reply(peer, Logs(re=msg.id, job=msg.job, lines=lines, cursor=cursor))
 
-    def _jobs(self, peer: Peer, re: str | None, offset: int = 0, limit: int | None = None) -> Jobs:
-        recs = [r for r in self.store.records.values() if self.access.may(peer, r)]
-        return views.jobs_page(recs, offset, limit, self.limits, re)
+    def _jobs(
+        self, peer: Peer, re: str | None, offset: int = 0, limit: int | None = None,
+        active: bool = False,
+    ) -> Jobs:  # fmt: skip
+        return views.listing(self.store, self.access, peer, re, offset, limit, active, self.limits)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

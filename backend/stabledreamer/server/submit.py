@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from stabledreamer_protocol import ErrorCode, Limits, ProtocolError, Submit
 
 from ..presets import TEXT_PRESETS
+from .followups import ParentRef, followup_job
 from .jobs import DEFAULT_PRESET, INIT_FILE, ConfigError, JobRecord, JobStore, build_config
 
 TEXT_DEFAULT_PRESET = "standard"
@@ -24,24 +26,30 @@ TEXT_DEFAULT_PRESET = "standard"
 @dataclass(frozen=True)
 class NewJob:
     record: JobRecord
-    files: dict[str, bytes]
-    """File name (in the job folder) -> bytes: the uploaded target, the initial points."""
+    files: dict[str, bytes | Path]
+    """File name (in the job folder) -> bytes: the uploaded target, the initial points; or a
+    path: a file of the parent job, linked (``followups``)."""
 
 
 class SubmitCheck:
     """Turns accepted ``submit`` messages into new jobs (``check``)."""
 
-    def __init__(self, limits: Limits, store: JobStore) -> None:
+    def __init__(self, limits: Limits, store: JobStore, models: dict[str, str] | None = None):
         self.limits = limits
         self.store = store
+        self.models = models or {}
+        """The service's models (``{"if": ..., "sd": ...}``): follow-ups are checked with them."""
 
-    def check(self, msg: Submit, digest: str) -> NewJob:
+    def check(self, msg: Submit, digest: str, parent: ParentRef | None = None) -> NewJob:
+        """``parent``: the resolved parent of a refine or continue (``followups``)."""
         self._check_fields(msg)
         if self.store.active_count() >= self.limits.max_queue:
             raise ProtocolError(
                 ErrorCode.QUEUE_FULL,
                 f"{self.limits.max_queue} jobs are already queued or running",
             )
+        if parent is not None:
+            return followup_job(msg, digest, parent, self.store.next_seq(), self.models)
         kind = {None: "generate", "demo": "demo"}.get(msg.target_format, "reconstruct")
         preset = msg.preset or (TEXT_DEFAULT_PRESET if kind == "generate" else DEFAULT_PRESET)
         if (kind == "generate") != (preset in TEXT_PRESETS):
@@ -88,7 +96,7 @@ class SubmitCheck:
         return NewJob(rec, files)
 
     def _check_fields(self, msg: Submit) -> None:
-        if msg.target_format is None and not msg.prompt.strip():
+        if msg.target_format is None and not msg.prompt.strip() and msg.parent is None:
             raise ProtocolError(
                 ErrorCode.BAD_FIELD,
                 "the prompt is empty",

@@ -363,6 +363,10 @@ def _run(conn, spec: pipe.JobSpec) -> None:
     run_dir = Path(spec.run_dir)
     reporter = Reporter(conn, spec)
     try:
+        if spec.mode:  # refine / continue: a run folder prepared from the parent's state
+            from .followups import prepare_job_followup
+
+            prepare_job_followup(spec, run_dir)
         resume = (run_dir / "config.json").is_file() and has_checkpoint(run_dir)
         cfg = None
         if not resume:
