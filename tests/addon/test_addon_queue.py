@@ -7,7 +7,6 @@ placed beside its parent and remembered in the history. One Blender process, dri
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from stabledreamer.guidance.tiny_models import save_tiny_models  # noqa: E402
 
 pytestmark = needs_bpy
 
-FAST = {**FAST_TEXT, "geometry.steps": 2, "detail.steps": 2, "debug_every": 2}
+FAST = {**FAST_TEXT, "geometry.steps": 1, "detail.steps": 1, "debug_every": 1,
+        "camera.batch_size": 1, "init.num_points": 300}  # fmt: skip
 
 SCRIPT = textwrap.dedent(
     r"""
