@@ -46,6 +46,8 @@ class Runtime:
         """Name of the image holding the newest debug strip (for the Image Editor)."""
         self.debug_tiles: list[tuple[str, int]] = []
         """(label, icon id) of its tiles, drawn in the panel."""
+        self.shown_job: str | None = None
+        """The job whose preview the scene shows (the session's selected one, once drawn)."""
 
     @property
     def status(self) -> str:
@@ -204,6 +206,9 @@ def poll() -> float:
                 if rt.pending_imports and _can_import():
                     _import_pending(rt)
         _watch_backend_start(rt)
+        if session.selected != rt.shown_job and session.selected is not None:
+            rt.shown_job = session.selected  # the queue moved on: draw what arrived for it
+            select_job(session.selected)
     except Exception as e:  # never let the timer die: it would silently stop all updates
         traceback.print_exc()
         rt.notify("ERROR", f"Internal error while updating: {type(e).__name__}: {e}")
@@ -327,18 +332,32 @@ def select_job(job: str) -> None:
     rt = get()
     if rt.session is None:
         return
-    update = rt.session.select(job)
+    update, debug = rt.session.select(job)
+    rt.shown_job = job
     rt.debug_tiles = []
     settings = getattr(bpy.context.scene, "stabledreamer", None)
     if update is not None and (settings is None or settings.live_preview):
         show_preview(rt, update)
     elif rt.session.job is not None and rt.session.job.state != "running":
         preview.set_visible(False)
+    if debug is not None:
+        rt.debug_image = result_import.show_debug_image(debug.image).name
+        rt.debug_tiles = result_import.debug_tiles(debug.image, debug.labels)
 
 
 def _on_result(rt: Runtime, update, scene) -> None:
     folder = rt.folder / "results" / update.job
     result_import.write_files(folder, update.files)
+    view = rt.session.jobs.get(update.job) if rt.session is not None else None
+    if rt.history.get(update.job) is None and view is not None:
+        # a job of this key found on the backend without an entry here (another Blender's):
+        # remembered, so its result is named and placed like any other
+        rt.history.add(
+            Entry(
+                job=view.job, prompt=view.prompt, seed=view.seed, parent=view.parent or "",
+                mode=view.mode or "", endpoint=rt.session.settings.endpoint,
+            )
+        )  # fmt: skip
     rt.history.update(
         update.job, state="done", result_dir=str(folder), metrics=_small(update.metrics)
     )

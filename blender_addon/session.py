@@ -261,6 +261,8 @@ class Session:
         """Jobs queued or running on the backend for other client keys (counted, not shown)."""
         self.latest_preview: dict[str, PreviewUpdate] = {}
         """The newest preview of each running job (shown at once when it is selected)."""
+        self.latest_debug: dict[str, DebugUpdate] = {}
+        """The same for the debug strips."""
         self.log_lines: list[str] = []
         self._hello_id: str | None = None
         self._deadline = 0.0
@@ -305,12 +307,13 @@ class Session:
         for old in settled[: max(0, len(settled) - MAX_SETTLED)]:
             del self.jobs[old.job]
 
-    def select(self, job: str) -> PreviewUpdate | None:
-        """Show ``job`` (its newest preview, when one arrived, is returned to draw at once)."""
+    def select(self, job: str) -> tuple[PreviewUpdate | None, DebugUpdate | None]:
+        """Show ``job``: its newest preview and debug strip, when they arrived, are returned
+        to draw at once."""
         if job not in self.jobs:
             raise SessionError("That job is no longer in the list.")
         self.selected = job
-        return self.latest_preview.get(job)
+        return self.latest_preview.get(job), self.latest_debug.get(job)
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -625,8 +628,9 @@ class Session:
             self.latest_preview[job.job] = update
             out.append(update)
         elif isinstance(event, DebugImage):
-            out.append(DebugUpdate(job.job, event.image, list(event.labels), event.stage,
-                                   event.step))  # fmt: skip
+            update = DebugUpdate(job.job, event.image, list(event.labels), event.stage, event.step)
+            self.latest_debug[job.job] = update
+            out.append(update)
         elif isinstance(event, Result):
             job.download = 0.0
         elif isinstance(event, ResultDownloaded):
@@ -672,6 +676,7 @@ class Session:
             return
         if msg.terminal:
             self.latest_preview.pop(job.job, None)
+            self.latest_debug.pop(job.job, None)
         what = f"{job.prompt[:40]!r}" if len(self.jobs) > 1 else "The job"
         if msg.state == "failed":
             out.append(Notice("ERROR", f"{what} failed: {msg.message or 'no reason given'}"))

@@ -135,10 +135,11 @@ def model_keys(models: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def prepare_job_followup(spec, run_dir: Path) -> None:
+def prepare_job_followup(spec, run_dir: Path) -> bool:
     """In the worker, before a follow-up job's first step: its run folder from the parent's
     snapshot in the job folder (config, ``followup.json``, the first checkpoint). A folder left
-    by a worker killed before that checkpoint is started again."""
+    by a worker killed before that checkpoint is started again. Returns whether it prepared the
+    folder now (False: it was prepared before and the job resumes)."""
     import shutil
 
     from ..runs.checkpoint import has_checkpoint
@@ -146,7 +147,7 @@ def prepare_job_followup(spec, run_dir: Path) -> None:
     from .jobs import FORBIDDEN_OVERRIDES
 
     if (run_dir / "config.json").is_file() and has_checkpoint(run_dir):
-        return  # prepared before: the job resumes from its newest checkpoint
+        return False  # prepared before: the job resumes from its newest checkpoint
     if run_dir.exists():
         shutil.rmtree(run_dir)
     f = FollowUp(
@@ -162,3 +163,4 @@ def prepare_job_followup(spec, run_dir: Path) -> None:
         f, run_dir, overrides=spec.overrides, forbidden=FORBIDDEN_OVERRIDES,
         fixed=model_keys(spec.models),
     )  # fmt: skip
+    return True
