@@ -8,7 +8,7 @@ import json
 from server_helpers import FAST_TEXT, make_keys, reply_to, wait_state
 
 from stabledreamer.guidance.tiny_models import save_tiny_models
-from stabledreamer_protocol import Error, Jobs
+from stabledreamer_protocol import Delete, Error, Jobs
 from stabledreamer_protocol.client import ResultDownloaded
 
 FAST = {**FAST_TEXT, "geometry.steps": 2, "detail.steps": 2, "mesh.enabled": False}
@@ -47,9 +47,15 @@ def test_refine_continue_and_bad_parents(tmp_path, make_server):
         assert error_of(alice, theirs).code == "forbidden"
         hit = c.wait_for(lambda e: isinstance(e, ResultDownloaded) and e.job == parent, 120)
         assert hit is not None, s.log()
+        first = {j.job: j for j in reply_to(c, c.list_jobs()).jobs}[parent]
+        assert first.parent is None and first.mode is None and first.mine is True
         # refine with a new prompt: only the detail stage, from the parent's Gaussians
         refine = c.submit("a blue chair", negative="blurry", parent=parent, mode="refine", seed=5)
         cont = c.submit(parent=parent, mode="continue", steps=3)
+        wait_state(c, cont, "queued")
+        # the parent deleted before they run: its state was linked into them when accepted
+        assert isinstance(reply_to(c, c.send(Delete(job=parent))), Jobs)
+        assert not (jobs / f"j-{parent}").exists()
         for job in (refine, cont):
             hit = c.wait_for(lambda e, j=job: isinstance(e, ResultDownloaded) and e.job == j, 120)
             assert hit is not None, s.log()
@@ -65,7 +71,6 @@ def test_refine_continue_and_bad_parents(tmp_path, make_server):
         metrics = json.loads((jobs / f"j-{cont}" / "run" / "metrics.json").read_text())
         assert metrics["mode"] == "continue" and metrics["parent"] == parent
         assert metrics["steps"] == 3
-        # the parent's state is linked into the job, so deleting the parent loses nothing
         assert (jobs / f"j-{refine}" / "parent" / "checkpoints" / "last.pt").is_file()
         listing = reply_to(c, c.list_jobs())
         assert isinstance(listing, Jobs)
@@ -73,10 +78,11 @@ def test_refine_continue_and_bad_parents(tmp_path, make_server):
         assert (by_id[refine].parent, by_id[refine].mode) == (parent, "refine")
         assert (by_id[cont].parent, by_id[cont].mode) == (parent, "continue")
         assert by_id[cont].seed is not None
-        assert by_id[parent].parent is None and by_id[parent].mine is True
-        # a bad override of a follow-up is refused at submit
-        bad = c.submit(parent=parent, mode="continue", steps=1, overrides={"geometry.steps": 1})
+        # a bad override of a follow-up is refused at submit; a deleted parent is unknown
+        bad = c.submit(parent=refine, mode="continue", steps=1, overrides={"geometry.steps": 1})
         assert error_of(c, bad).code == "bad_override"
+        gone = c.submit(parent=parent, mode="continue", steps=1)
+        assert error_of(c, gone).code == "unknown_parent"
         # the listing of active jobs: mine, with queue positions; other keys' jobs counted
         slow = {**FAST, "geometry.steps": 2000}
         mine = [c.submit("a slow chair", preset="preview", overrides=slow) for _ in range(2)]
