@@ -3,6 +3,8 @@ selected job's progress, refine and continue, history."""
 
 from __future__ import annotations
 
+import math
+
 import bpy
 
 from . import runtime, viewport_look
@@ -116,19 +118,26 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
                     cell.label(text=label)
 
 
+def format_duration(seconds: float) -> str:
+    from .session import format_duration as fmt
+
+    return fmt(seconds)
+
+
 def job_label(job) -> str:
     what = {"refine": "refine: ", "continue": "continue: "}.get(job.mode or "", "")
     seed = f" ({job.seed})" if job.group and job.seed is not None else ""
     return f"{what}{job.prompt[:32]}{seed}"
 
 
-def short_state(job) -> str:
+def short_state(job, session) -> str:
+    eta = session.eta(job)
+    left = f", ~{format_duration(eta)}" if eta is not None and math.isfinite(eta) else ""
     if job.state == "queued":
-        return f"#{job.queue_position + 1}" if job.queue_position is not None else "queued"
+        where = f"#{job.queue_position + 1}" if job.queue_position is not None else "queued"
+        return where + left
     if job.state == "running":
-        text = f"{job.fraction:.0%}" if job.total else "starting"
-        eta = job.eta_text()
-        return f"{text}, {eta}" if eta else text
+        return (f"{job.fraction:.0%}" if job.total else "starting") + left
     if job.state == "done" and not job.imported:
         return "downloading" if not job.download_failed else "download failed"
     return job.state
@@ -150,7 +159,7 @@ def draw_queue(layout, session) -> None:
         op = row.operator("stabledreamer.select_job", text="", icon=mark, emboss=False)
         op.job = job.job
         row.label(text=job_label(job), icon=STATE_ICONS.get(job.state, "DOT"))
-        row.label(text=short_state(job))
+        row.label(text=short_state(job, session))
         sub = row.row(align=True)
         sub.enabled = not job.terminal
         sub.operator("stabledreamer.cancel", text="", icon="X").job = job.job

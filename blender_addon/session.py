@@ -142,6 +142,9 @@ class JobView:
     parent: str | None = None
     mode: str | None = None
     group: str = ""
+    started: float | None = None
+    """Session clock when it was seen running first, and when it was seen done."""
+    ended: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -151,11 +154,6 @@ class JobView:
     def settled(self) -> bool:
         """Nothing more to wait for: finished, and a done job's result imported (or failed)."""
         return self.terminal and (self.state != "done" or self.imported or self.download_failed)
-
-    def eta_text(self) -> str:
-        if self.state == "running" and self.eta_s is not None and math.isfinite(self.eta_s):
-            return format_duration(self.eta_s)
-        return ""
 
     @property
     def fraction(self) -> float:
@@ -306,6 +304,22 @@ class Session:
         settled = [j for j in self.jobs.values() if j.settled and j.job != self.selected]
         for old in settled[: max(0, len(settled) - MAX_SETTLED)]:
             del self.jobs[old.job]
+
+    def eta(self, view: JobView) -> float | None:
+        """Seconds until ``view`` is done, roughly: the backend's estimate while it runs; while
+        queued, the estimates of this client's running jobs plus, for it and every job ahead of
+        it, the mean duration of the jobs this session saw from start to end (None until one
+        did)."""
+        if view.state == "running":
+            return view.eta_s
+        if view.state != "queued" or view.queue_position is None:
+            return None
+        seen = [v.ended - v.started for v in self.jobs.values()
+                if v.started is not None and v.ended is not None]  # fmt: skip
+        if not seen:
+            return None
+        running = sum(v.eta_s or 0.0 for v in self.jobs.values() if v.state == "running")
+        return running + (view.queue_position + 1) * sum(seen) / len(seen)
 
     def select(self, job: str) -> tuple[PreviewUpdate | None, DebugUpdate | None]:
         """Show ``job``: its newest preview and debug strip, when they arrived, are returned
@@ -671,6 +685,10 @@ class Session:
         job.queue_position, job.message = msg.queue_position, msg.message
         if msg.seed is not None:
             job.seed = msg.seed
+        if msg.state == "running" and job.started is None:
+            job.started = self.clock()
+        elif msg.state == "done" and before == "running" and job.started is not None:
+            job.ended = self.clock()
         out.append(JobUpdate(job))
         if before == msg.state:
             return

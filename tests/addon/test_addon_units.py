@@ -207,6 +207,14 @@ def test_the_queue_lists_selects_and_cancels():
     s._handle(JobState(job="b", state="running"), out)
     s._advance()
     assert s.selected == "b"  # the shown job ended: the one that runs now is shown
+    # ETA: the backend's while it runs; while queued, from the durations this session saw
+    s.jobs["b"].eta_s = 30.0
+    d = session.JobView(job="d", prompt="p", acknowledged=True)
+    s._add(d)
+    s._handle(JobState(job="d", state="queued", queue_position=1), out)
+    assert s.eta(s.jobs["b"]) == 30.0 and s.eta(d) is None  # nothing seen from start to end
+    s.jobs["x"].started, s.jobs["x"].ended = 100.0, 150.0  # one job took 50 s
+    assert s.eta(d) == pytest.approx(30.0 + 2 * 50.0)  # the running one, one ahead, itself
     assert any("'prompt a' failed: boom" in n.text for n in out if hasattr(n, "text"))
     with pytest.raises(session.SessionError, match="No job is running"):
         s.cancel("c")
