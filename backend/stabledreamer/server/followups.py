@@ -20,7 +20,7 @@ from stabledreamer_protocol import ErrorCode, ProtocolError, Submit
 from .jobs import ConfigError, JobRecord, JobStore
 
 if TYPE_CHECKING:
-    from .submit import NewJob
+    from .submit import Prepared
 
 PARENT_DIR = "parent"
 PARENT_FILES = (
@@ -72,15 +72,29 @@ def resolve_parent(store: JobStore, access, peer, msg: Submit) -> ParentRef | No
     return ParentRef(rec, files)
 
 
-def followup_job(
-    msg: Submit, digest: str, parent: ParentRef, seq: int, models: dict[str, str]
-) -> NewJob:
-    """The new job's record and the parent files to link, its config checked now (from the
-    parent's config, the client's overrides and the service's models) so the submitter gets
-    a clear reply."""
+@dataclass(frozen=True)
+class FollowUpJob:
+    """What a follow-up's record holds beyond a text job's."""
+
+    parent: str
+    mode: str
+    steps: int
+    prompt: str
+    negative: str
+
+    def record_fields(self) -> dict:
+        p = self.prompt
+        return dict(prompt=p, negative=self.negative, target_name=p[:80], parent=self.parent,
+                    mode=self.mode, steps=self.steps)  # fmt: skip
+
+
+def followup_prepared(msg: Submit, parent: ParentRef, models: dict[str, str]) -> Prepared:
+    """The checked follow-up (``SubmitCheck.prepare``): the parent files to link, its config
+    checked now (from the parent's config, the client's overrides and the service's models) so
+    the submitter gets a clear reply."""
     from ..runs.folder import load_run_config
     from ..runs.followup import FollowUpError
-    from .submit import NewJob  # noqa: F811 (submit imports this module)
+    from .submit import Prepared  # noqa: F811 (submit imports this module)
 
     p = parent.record
     refine = msg.mode == "refine"
@@ -97,23 +111,8 @@ def followup_job(
         raise ProtocolError(
             ErrorCode.UNKNOWN_PARENT, f"the parent job's config cannot be read ({e})"
         ) from None
-    rec = JobRecord(
-        job=msg.job,
-        seq=seq,
-        digest=digest,
-        kind="generate",
-        preset=p.preset,
-        seed=seed,
-        overrides=msg.overrides,
-        prompt=prompt,
-        negative=negative,
-        target_name=prompt[:80],
-        preview_points=msg.preview_points,
-        parent=p.job,
-        mode=msg.mode,
-        steps=msg.steps or 0,
-    )
-    return NewJob(rec, dict(parent.files))
+    followup = FollowUpJob(p.job, msg.mode, msg.steps or 0, prompt, negative)
+    return Prepared("generate", p.preset, seed, dict(parent.files), "", "", followup)
 
 
 def followup_config_of(mode, parent_cfg, prompt, negative, steps, seed, overrides, models):

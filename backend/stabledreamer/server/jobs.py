@@ -6,9 +6,11 @@ Layout of ``STATE/jobs/j-<id>/`` (the ``j-`` prefix keeps ids such as ``..`` har
     target.<ext>    the uploaded target mesh (``.npz`` for vertex/face arrays)
     run/            the run folder (config, checkpoints, outputs) of ``run_reconstruction``
 
-A folder without ``job.json`` is a submission that was interrupted before it was recorded; it is
-removed on load. A record found ``running`` on load belonged to a killed service: it goes back to
-``queued`` and resumes from its last checkpoint.
+Uploaded files are first written into ``STATE/jobs/.upload-<random>/`` (off the service loop for
+large uploads), which becomes the job's folder by a rename once the job is accepted. A folder
+without ``job.json``, or a staging folder, is a submission that was interrupted before it was
+recorded; it is removed on load. A record found ``running`` on load belonged to a killed
+service: it goes back to ``queued`` and resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ log = logging.getLogger("stabledreamer.service")
 RECORD = "job.json"
 RUN = "run"
 INIT_FILE = "init.npz"
+STAGING_PREFIX = ".upload-"
+"""Folders of uploads being written (``JobStore.stage``); removed on load if left over."""
 ACTIVE_STATES = ("queued", "running")
 DEFAULT_PRESET = "reconstruct"
 FORBIDDEN_OVERRIDES = {
@@ -132,6 +137,10 @@ class JobStore:
         interrupted = []
         bad: list[tuple[Path, str]] = []
         for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(STAGING_PREFIX):
+                log.warning("removing %s: an upload interrupted before it was accepted", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
             if not folder.is_dir() or not folder.name.startswith("j-"):
                 continue
             path = folder / RECORD
@@ -201,24 +210,48 @@ class JobStore:
     def get(self, job: str) -> JobRecord | None:
         return self.records.get(job)
 
-    def create(self, rec: JobRecord, files: dict[str, bytes]) -> None:
+    def create(self, rec: JobRecord, files: dict[str, bytes | memoryview]) -> None:
         """Write the uploaded files, then the record (the record last: see the module doc).
         On a full disk nothing is left behind and :class:`DiskFullError` says so."""
-        folder = self.dir(rec.job)
-        if folder.exists():
-            shutil.rmtree(folder)
+        self.adopt(rec, self.stage(files))
+
+    def stage(self, files: dict[str, bytes | memoryview]) -> Path | None:
+        """Write a submission's files into a fresh staging folder (``STATE/jobs/.upload-*``) and
+        return it (None when there are no files). Touches nothing else of the store, so it may
+        run on an upload thread while the service loop serves. On failure nothing is left."""
+        if not files:
+            return None
+        folder = self.root / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
             folder.mkdir(parents=True)
             for name, data in files.items():
                 if isinstance(data, Path):  # a file of another job (a parent's state): linked
                     link_or_copy(data, folder / name)
                     continue
-                with atomic_path(folder / name, needed=len(data)) as tmp:
+                with atomic_path(folder / name, needed=memoryview(data).nbytes) as tmp:
                     tmp.write_bytes(data)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+    def adopt(self, rec: JobRecord, staged: Path | None) -> None:
+        """Make a staged folder (``stage``) the job's folder and write its record, last. On a
+        full disk nothing is left behind (the staged files neither) and the error says so."""
+        folder = self.dir(rec.job)
+        try:
+            if folder.exists():
+                shutil.rmtree(folder)
+            if staged is None:
+                folder.mkdir(parents=True)
+            else:
+                os.replace(staged, folder)  # the same file system: a rename
             rec.updated = time.time()
             write_json(folder / RECORD, rec.to_dict())
         except (DiskFullError, OSError):
             shutil.rmtree(folder, ignore_errors=True)
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             raise
         self.records[rec.job] = rec
 

@@ -3,7 +3,8 @@ running job, events to every client that follows a job.
 
 The parts: :class:`~.delivery.Delivery` (what is sent to each client, flow control),
 :class:`~.pool.WorkerPool` (the worker processes), :class:`~.submit.SubmitCheck` (a ``submit``
-to a job record), :class:`~.jobs.JobStore` (records on disk). The service ties them together:
+to a job record), :class:`~.uploads.Uploads` (large submits checked and written on threads, off
+this loop), :class:`~.jobs.JobStore` (records on disk). The service ties them together:
 it reads commands and worker messages and decides what they mean for each job.
 """
 
@@ -55,6 +56,7 @@ from .retention import apply_retention
 from .settings import ServiceConfig
 from .space import SpaceWait
 from .submit import SubmitCheck
+from .uploads import Finished, Staged, Uploads, stage
 from .worker import worker_main
 
 log = logging.getLogger("stabledreamer.service")
@@ -75,6 +77,7 @@ class Service:
         self.delivery = Delivery(self._send, cfg.limits, cfg.preview_points)
         self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm)
         self.submits = SubmitCheck(cfg.limits, self.store, cfg.model_ids())
+        self.uploads = Uploads(self.submits, self.store, cfg.upload_offload_bytes)
         self.device = "cpu"
         self.stopping = False
         self.pending_delete: set[str] = set()
@@ -136,6 +139,7 @@ class Service:
 
     def close(self) -> None:
         self.pool.kill_all()
+        self.uploads.close()
         if self.socket is not None:
             self.socket.close(0)
             self.socket = None
@@ -161,6 +165,7 @@ class Service:
     def step(self, timeout_ms: int | None = None) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.uploads.fileno(), zmq.POLLIN)
         for fd in self.pool.fileno_list():
             poller.register(fd, zmq.POLLIN)
         if timeout_ms is None:
@@ -168,6 +173,8 @@ class Service:
         ready = dict(poller.poll(timeout_ms))
         if self.socket in ready:
             self._read_clients()
+        for done in self.uploads.finished():
+            self._on_uploaded(done)
         for w in list(self.pool.workers):
             for msg in self.pool.read(w):
                 self._on_worker(w, msg)
@@ -378,6 +385,10 @@ class Service:
                 msg = e
             peer = self.delivery.peer(frames[0].bytes)
             self.access.identify(peer, frames[1] if len(frames) > 1 else None)
+            if self.uploads.holds(peer) and not isinstance(msg, (Hello, Ping, ProtocolError)):
+                if not self.uploads.wait(peer, msg):  # behind its own upload, in order
+                    self.delivery.reply(peer, self._too_many_waiting(msg))
+                continue
             self._read_one(peer, msg)
 
     def _read_one(self, peer: Peer, msg: Message | ProtocolError) -> None:
@@ -387,8 +398,12 @@ class Service:
             log.debug("bad message: %s", msg)
             self.delivery.reply(peer, Error.from_exception(msg))
             return
+        self._answering(peer, msg, self._dispatch, peer, msg)
+
+    def _answering(self, peer: Peer, msg: Message, handler, *args) -> None:
+        """Run a message's handler; its error (or a bug) becomes the error reply."""
         try:
-            self._dispatch(peer, msg)
+            handler(*args)
         except ProtocolError as e:
             self.delivery.reply(peer, Error.from_exception(e, re=msg.id, job=msg.job))
         except Exception as e:  # a bug must not take the service down
@@ -402,6 +417,15 @@ class Service:
                     message=f"{type(e).__name__}: {e}"[:4000],
                 ),
             )
+
+    def _too_many_waiting(self, msg: Message) -> Error:
+        return Error(
+            re=msg.id,
+            job=msg.job,
+            code=ErrorCode.BUSY,
+            message=f"{self.uploads.max_waiting} messages already wait behind this client's upload",
+            hint="Wait for the submit's reply before sending more.",
+        )
 
     def _dispatch(self, peer: Peer, msg: Message) -> None:
         handler = {
@@ -442,32 +466,71 @@ class Service:
             self.pool.tell(w, pipe.PreviewPoints(self.delivery.preview_cap(job)))
 
     def _on_submit(self, peer: Peer, msg: Submit) -> None:
-        digest = msg.digest()
         rec = self.store.get(msg.job)
         if rec is not None and not self.access.may(peer, rec):
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"job {msg.job!r} belongs to another client key"
             )
-        if rec is not None or msg.job in self.pending_delete:
-            if rec is None or rec.digest != digest:
-                raise ProtocolError(
-                    ErrorCode.JOB_CONFLICT,
-                    f"job {msg.job!r} exists with a different request",
-                )
-            self._follow(peer, rec.job, msg.preview_points)
-            self.delivery.reply(peer, self._job_state(rec, re=msg.id))
-            if rec.state == "done":
-                self.delivery.reply(peer, views.result(rec))
+        if msg.parent is None and self.uploads.offloads(msg):  # checks and files on a thread
+            self.uploads.start(peer, msg)
             return
-        new = self.submits.check(msg, digest, resolve_parent(self.store, self.access, peer, msg))
-        rec = new.record
-        rec.owner = peer.owner
+        digest = msg.digest()
+        if not self._resubmitted(peer, msg, digest):
+            parent = resolve_parent(self.store, self.access, peer, msg)  # refine / continue
+            self._accept(peer, msg, stage(msg, self.submits, self.store, parent))
+
+    def _on_uploaded(self, done: Finished) -> None:
+        """An upload thread finished a submit: accept it (or say why not), then answer what
+        the client sent after it."""
+        peer, msg, staged = done.peer, done.msg, done.staged
+
+        def finish() -> None:
+            try:
+                if not (staged.digest and self._resubmitted(peer, msg, staged.digest)):
+                    self._accept(peer, msg, staged)
+            finally:
+                staged.discard()  # unless adopted: a resubmission's, or a refused one's
+
+        self._answering(peer, msg, finish)
+        while (item := self.uploads.next_waiting(peer)) is not None:
+            self._read_one(*item)
+
+    def _resubmitted(self, peer: Peer, msg: Submit, digest: str) -> bool:
+        """A submit of a known job id: harmless when identical (answered with its state),
+        ``job_conflict`` otherwise. False for a new job."""
+        rec = self.store.get(msg.job)
+        if rec is not None and not self.access.may(peer, rec):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"job {msg.job!r} belongs to another client key"
+            )
+        if rec is None and msg.job not in self.pending_delete:
+            return False
+        if rec is None or rec.digest != digest:
+            raise ProtocolError(
+                ErrorCode.JOB_CONFLICT,
+                f"job {msg.job!r} exists with a different request",
+            )
+        self._follow(peer, rec.job, msg.preview_points)
+        self.delivery.reply(peer, self._job_state(rec, re=msg.id))
+        if rec.state == "done":
+            self.delivery.reply(peer, views.result(rec))
+        return True
+
+    def _accept(self, peer: Peer, msg: Submit, staged: Staged) -> None:
+        """A new job from a checked submit whose files are staged: record it, queue it, answer."""
         try:
-            self.store.create(rec, new.files)
+            if staged.error is not None:
+                raise staged.error
+            rec = self.submits.record(msg, staged.digest, staged.prepared)
+            rec.owner = peer.owner
+            self.store.adopt(rec, staged.folder)
+            staged.folder = None
         except (DiskFullError, OSError) as e:
-            log.error("job %s not accepted: %s", rec.job, e, extra={"job": rec.job})
+            log.error("job %s not accepted: %s", msg.job, e, extra={"job": msg.job})
             code = ErrorCode.DISK_FULL if isinstance(e, DiskFullError) else ErrorCode.INTERNAL
             raise ProtocolError(code, str(e)[:4000]) from None
+        finally:
+            staged.discard()
         log.info(
             "job %s queued: %s of %s, preset %s, seed %d",
             rec.job,

@@ -8,6 +8,7 @@ from pathlib import Path
 from stabledreamer_protocol import DEFAULT_LIMITS, Limits
 
 from .retention import RetentionPolicy
+from .uploads import OFFLOAD_BYTES
 
 
 @dataclass
@@ -34,6 +35,9 @@ class ServiceConfig:
     handshake_s: float = 5.0
     """A connection must finish its handshake within this (libzmq's default is 30 s). A CURVE
     handshake takes milliseconds on loopback or a LAN; 5 s leaves room for a slow link."""
+    upload_offload_bytes: int = OFFLOAD_BYTES
+    """Submits with this many buffer bytes or more are checked and written on an upload thread,
+    so they never stall the loop that answers other clients (``uploads.py``)."""
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     """Which finished jobs are deleted (``retention.py``)."""
 

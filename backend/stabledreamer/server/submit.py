@@ -17,7 +17,7 @@ import numpy as np
 from stabledreamer_protocol import ErrorCode, Limits, ProtocolError, Submit
 
 from ..presets import TEXT_PRESETS
-from .followups import ParentRef, followup_job
+from .followups import FollowUpJob, ParentRef, followup_prepared
 from .jobs import DEFAULT_PRESET, INIT_FILE, ConfigError, JobRecord, JobStore, build_config
 
 TEXT_DEFAULT_PRESET = "standard"
@@ -26,13 +26,29 @@ TEXT_DEFAULT_PRESET = "standard"
 @dataclass(frozen=True)
 class NewJob:
     record: JobRecord
-    files: dict[str, bytes | Path]
+    files: dict[str, bytes | memoryview | Path]
     """File name (in the job folder) -> bytes: the uploaded target, the initial points; or a
     path: a file of the parent job, linked (``followups``)."""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a submit asks for, checked, before it becomes a record (``SubmitCheck.prepare``)."""
+
+    kind: str
+    preset: str
+    seed: int
+    files: dict[str, bytes | memoryview | Path]
+    target_file: str
+    init_file: str
+    followup: FollowUpJob | None = None
+    """A refine or continue: its parent, mode, steps and effective prompts (``followups``)."""
+
+
 class SubmitCheck:
-    """Turns accepted ``submit`` messages into new jobs (``check``)."""
+    """Turns accepted ``submit`` messages into new jobs: ``prepare`` checks the request and
+    builds its files (it reads nothing of the store's state, so it may run on an upload thread),
+    ``record`` makes the job record (queue limit, submission order: on the service loop)."""
 
     def __init__(self, limits: Limits, store: JobStore, models: dict[str, str] | None = None):
         self.limits = limits
@@ -42,14 +58,15 @@ class SubmitCheck:
 
     def check(self, msg: Submit, digest: str, parent: ParentRef | None = None) -> NewJob:
         """``parent``: the resolved parent of a refine or continue (``followups``)."""
+        prepared = self.prepare(msg, parent)
+        return NewJob(self.record(msg, digest, prepared), prepared.files)
+
+    def prepare(self, msg: Submit, parent: ParentRef | None = None) -> Prepared:
         self._check_fields(msg)
-        if self.store.active_count() >= self.limits.max_queue:
-            raise ProtocolError(
-                ErrorCode.QUEUE_FULL,
-                f"{self.limits.max_queue} jobs are already queued or running",
-            )
-        if parent is not None:
-            return followup_job(msg, digest, parent, self.store.next_seq(), self.models)
+        if msg.parent is not None:  # a refine or continue: from the parent's config and state
+            if parent is None:  # resolved by the service loop (it needs the client's key)
+                raise ProtocolError(ErrorCode.INTERNAL, "a follow-up reached prepare unresolved")
+            return followup_prepared(msg, parent, self.models)
         kind = {None: "generate", "demo": "demo"}.get(msg.target_format, "reconstruct")
         preset = msg.preset or (TEXT_DEFAULT_PRESET if kind == "generate" else DEFAULT_PRESET)
         if (kind == "generate") != (preset in TEXT_PRESETS):
@@ -59,14 +76,15 @@ class SubmitCheck:
                 f"preset {preset!r} does not fit a {kind} job; use {want}",
             )
         seed = msg.seed if msg.seed is not None else random.randrange(2**31)
-        files: dict[str, bytes] = {}
+        files: dict[str, bytes | memoryview] = {}
         target_file = ""
         if msg.target_format == "arrays":
             target_file = "target.npz"
             files[target_file] = target_npz(msg)
         elif kind == "reconstruct":
             target_file = f"target.{msg.target_format}"
-            files[target_file] = self_contained(msg.target_format, msg.target_file.tobytes())
+            upload = memoryview(np.ascontiguousarray(msg.target_file)).cast("B")  # no copy
+            files[target_file] = self_contained(msg.target_format, upload)
         init_file = ""
         if msg.init_points is not None:
             init_file = INIT_FILE
@@ -77,23 +95,31 @@ class SubmitCheck:
             raise ProtocolError(e.code, str(e)) from None
         if msg.init_points is not None:
             check_init_points(len(msg.init_points), cfg)
-        rec = JobRecord(
+        return Prepared(kind, preset, seed, files, target_file, init_file)
+
+    def record(self, msg: Submit, digest: str, p: Prepared) -> JobRecord:
+        if self.store.active_count() >= self.limits.max_queue:
+            raise ProtocolError(
+                ErrorCode.QUEUE_FULL,
+                f"{self.limits.max_queue} jobs are already queued or running",
+            )
+        return JobRecord(
             job=msg.job,
             seq=self.store.next_seq(),
             digest=digest,
-            kind=kind,
-            preset=preset,
-            seed=seed,
+            kind=p.kind,
+            preset=p.preset,
+            seed=p.seed,
             overrides=msg.overrides,
-            prompt=msg.prompt if kind == "generate" else "",
-            negative=msg.negative if kind == "generate" else "",
+            prompt=msg.prompt if p.kind == "generate" else "",
+            negative=msg.negative if p.kind == "generate" else "",
             target_name=msg.target_name
-            or {"demo": "demo", "generate": msg.prompt[:80]}.get(kind, msg.target_format),
-            target_file=target_file,
-            init_file=init_file,
+            or {"demo": "demo", "generate": msg.prompt[:80]}.get(p.kind, msg.target_format),
+            target_file=p.target_file,
+            init_file=p.init_file,
             preview_points=msg.preview_points,
+            **(p.followup.record_fields() if p.followup is not None else {}),
         )
-        return NewJob(rec, files)
 
     def _check_fields(self, msg: Submit) -> None:
         if msg.target_format is None and not msg.prompt.strip() and msg.parent is None:
@@ -124,7 +150,7 @@ class SubmitCheck:
             )
 
 
-def self_contained(fmt: str, data: bytes) -> bytes:
+def self_contained(fmt: str, data: bytes | memoryview) -> bytes | memoryview:
     """An uploaded mesh that names no other file: only its own bytes reach the backend, so a
     reference could only point at the backend's disk (``../../etc/passwd``). glTF buffers and
     images must be ``data:`` URIs (refused otherwise); an OBJ's ``mtllib`` lines are dropped
@@ -138,14 +164,14 @@ def self_contained(fmt: str, data: bytes) -> bytes:
                     "Export as .glb (binary glTF with everything embedded).",
                 )
     if fmt == "obj":
-        lines = data.split(b"\n")
+        lines = bytes(data).split(b"\n")
         kept = [ln for ln in lines if not ln.lstrip().lower().startswith(b"mtllib")]
         if len(kept) != len(lines):
             data = b"\n".join(kept)
     return data
 
 
-def _gltf_uris(fmt: str, data: bytes) -> list[str]:
+def _gltf_uris(fmt: str, data: bytes | memoryview) -> list[str]:
     import json
     import struct
 
@@ -155,7 +181,7 @@ def _gltf_uris(fmt: str, data: bytes) -> list[str]:
                 return []  # not a GLB: the loader refuses it with its own message
             (length,) = struct.unpack_from("<I", data, 12)
             data = data[20 : 20 + length]
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(bytes(data).decode("utf-8"))
     except (ValueError, struct.error):
         return []  # not JSON: no references; the loader refuses it
     uris = []
