@@ -84,7 +84,10 @@ def main() -> None:
     import bpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    from blender_addon import preview
+    from blender_addon import preview, splat_nodes
+
+    if hasattr(splat_nodes, "register"):  # its render handler, as the installed add-on has it
+        splat_nodes.register()
 
     scene = bpy.context.scene
     scene.render.resolution_x = scene.render.resolution_y = job["size"]

@@ -43,20 +43,22 @@ def register():
     import bpy
     from bpy.props import PointerProperty
 
-    from . import operators, prefs, runtime
+    from . import operators, prefs, runtime, splat_nodes
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     bpy.types.Scene.stabledreamer = PointerProperty(type=prefs.StableDreamerSettings)
     bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
     runtime.register()
+    splat_nodes.register()
 
 
 def unregister():
     import bpy
 
-    from . import operators, runtime
+    from . import operators, runtime, splat_nodes
 
+    splat_nodes.unregister()
     runtime.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
     del bpy.types.Scene.stabledreamer

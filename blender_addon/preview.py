@@ -213,7 +213,7 @@ def update_preview(
         splat_look.cell_colors(rgb[shown], cell[shown]),
         limit=None if keep_all else splat_nodes.PALETTE_WRITES,
     )
-    splat_nodes.set_pixel_angle(bpy.context.scene)
+    splat_nodes.sync_scene(bpy.context.scene)
     _apply_look(mod, look, points_only=n > point_cap or look == "POINTS")
     _set_input(mod, "Keep All", bool(keep_all))
     if size is not None:
@@ -256,7 +256,7 @@ def restyle(
     mesh.attributes["extent"].data.foreach_set("value", splat_look.extents(opacity, shell_alpha))
     mesh.update()
     _apply_look(_modifier(obj), look, points_only=n > point_cap or look == "POINTS")
-    splat_nodes.set_pixel_angle(bpy.context.scene)
+    splat_nodes.sync_scene(bpy.context.scene)
     obj.update_tag()
 
 

@@ -28,6 +28,7 @@ import math
 import bmesh
 import bpy
 import numpy as np
+from bpy.app.handlers import persistent
 
 from . import splat_look
 
@@ -91,6 +92,7 @@ without a perspective camera."""
 
 
 PIXEL_ANGLE_LABEL = "Pixel Angle"
+FINAL_SHELLS_LABEL = "Final Shells"
 
 
 def pixel_angle(scene) -> float:
@@ -103,17 +105,35 @@ def pixel_angle(scene) -> float:
     return 2.0 * math.tan(cam.data.angle_y / 2.0) / rows
 
 
-def set_pixel_angle(scene) -> None:
-    """Tell the splat shader a pixel's size (the scene camera's, written on every update: the
-    shader has no way to know it; a driver reading the camera goes invalid in a scene without
-    one and stays so)."""
-    tree = bpy.data.node_groups.get(SHADER_NAME)
-    node = tree.nodes.get(PIXEL_ANGLE_LABEL) if tree is not None else None
-    if node is None:
-        return
-    value = pixel_angle(scene)
-    if abs(node.outputs[0].default_value - value) > 1e-9:
-        node.outputs[0].default_value = value
+def sync_scene(scene) -> None:
+    """Tell the node trees what they cannot read themselves: a pixel's size (the scene camera's;
+    a driver reading the camera goes invalid in a scene without one and stays so) and whether
+    the final render draws splats (Cycles, EEVEE) or Solid mode's shells (Workbench). Written on
+    every preview update and before every render (``render_pre``); a node is only touched when
+    its value changes."""
+    values = {PIXEL_ANGLE_LABEL: pixel_angle(scene)}
+    values[FINAL_SHELLS_LABEL] = 0.0 if scene.render.engine == "BLENDER_WORKBENCH" else 1.0
+    for name in (SHADER_NAME, GROUP_NAME):
+        tree = bpy.data.node_groups.get(name)
+        for label, value in values.items():
+            node = tree.nodes.get(label) if tree is not None else None
+            if node is not None and abs(node.outputs[0].default_value - value) > 1e-9:
+                node.outputs[0].default_value = value
+
+
+@persistent
+def _before_render(scene, _depsgraph=None) -> None:
+    sync_scene(scene)
+
+
+def register() -> None:
+    if _before_render not in bpy.app.handlers.render_pre:
+        bpy.app.handlers.render_pre.append(_before_render)
+
+
+def unregister() -> None:
+    if _before_render in bpy.app.handlers.render_pre:
+        bpy.app.handlers.render_pre.remove(_before_render)
 
 
 def _screen_blur(nt):
@@ -121,7 +141,7 @@ def _screen_blur(nt):
     standard deviation ``s`` (the mean of its axes) as the rasteriser's blur does, where ``w`` is
     a pixel's width at the shaded point (its view depth times the pixel angle)."""
     pixel = nt.nodes.new("ShaderNodeValue")
-    pixel.name = pixel.label = PIXEL_ANGLE_LABEL  # set_pixel_angle writes it
+    pixel.name = pixel.label = PIXEL_ANGLE_LABEL  # sync_scene writes it
     pixel.outputs[0].default_value = DEFAULT_PIXEL_ANGLE
     camera = nt.nodes.new("ShaderNodeCameraData")
     width = _math(nt, "MULTIPLY", camera.outputs["View Z Depth"], pixel.outputs[0])
@@ -161,7 +181,13 @@ def splat_shader() -> bpy.types.ShaderNodeTree:
     perp = _vmath(nt, "SUBTRACT", p, foot.outputs[0])
     dist = _vmath(nt, "LENGTH", perp.outputs[0]).outputs["Value"]
     r = _math(nt, "MULTIPLY", dist, extent)
-    r2 = _math(nt, "MULTIPLY", _math(nt, "MULTIPLY", r, r), _screen_blur(nt))
+    # the final render's shells are widened already (``widened`` 1): no blur on top
+    blur = nt.nodes.new("ShaderNodeMix")
+    blur.data_type = "FLOAT"
+    link(_attr(nt, "widened").outputs["Fac"], blur.inputs["Factor"])
+    link(_screen_blur(nt), blur.inputs["A"])
+    blur.inputs["B"].default_value = 1.0
+    r2 = _math(nt, "MULTIPLY", _math(nt, "MULTIPLY", r, r), blur.outputs["Result"])
     gauss = _math(nt, "EXPONENT", _math(nt, "MULTIPLY", r2, -0.5))
     splat_alpha = _math(nt, "MULTIPLY", _math(nt, "MULTIPLY", gauss, opacity),
                         _math(nt, "SUBTRACT", 1.0, geo.outputs["Backfacing"]))  # fmt: skip
@@ -342,6 +368,82 @@ def _store(nt, geometry, name: str, data_type: str, value):
     return node.outputs["Geometry"]
 
 
+def _switch(nt, kind: str, condition, if_true, if_false):
+    node = nt.nodes.new("GeometryNodeSwitch")
+    node.input_type = kind
+    nt.links.new(condition, node.inputs["Switch"])
+    for name, value in (("True", if_true), ("False", if_false)):
+        if isinstance(value, bpy.types.NodeSocket):
+            nt.links.new(value, node.inputs[name])
+        else:
+            node.inputs[name].default_value = value
+    return node.outputs["Output"]
+
+
+RENDER_SHELL = 1.258
+"""The final render's shell scale: the 20-face ico sphere's faces lie inside its unit vertices
+(their centres at 0.795), so a shell of vertices at 1.258 encloses the whole k-sigma sphere and
+the splat shader's falloff is not cut at the facets (``bench/preview_fidelity.py``: Cycles 24.5
+against 23.1 dB with the inscribed shell; Solid mode prefers the inscribed one, 25.4 against
+21.3, so the viewport keeps it)."""
+
+
+def _or(nt, a, b):
+    node = nt.nodes.new("FunctionNodeBooleanMath")
+    node.operation = "OR"
+    nt.links.new(a, node.inputs[0])
+    nt.links.new(b, node.inputs[1])
+    return node.outputs[0]
+
+
+def _plain_renders(nt):
+    """True when the scene renders with Workbench: its final render then draws the viewport's
+    opaque shells, as Solid mode does (the Final Shells node, written by ``sync_scene``)."""
+    value = nt.nodes.new("ShaderNodeValue")
+    value.name = value.label = FINAL_SHELLS_LABEL
+    value.outputs[0].default_value = 1.0
+    below = nt.nodes.new("FunctionNodeCompare")
+    below.data_type, below.operation = "FLOAT", "LESS_THAN"
+    nt.links.new(value.outputs[0], below.inputs["A"])
+    below.inputs["B"].default_value = 0.5
+    return below.outputs["Result"]
+
+
+def _render_shells(nt, scale, factor):
+    """Each Gaussian's shell in the final render: its axes widened as ``render()`` widens every
+    projected Gaussian (``SCREEN_BLUR`` pixels squared added to its covariance; adding it to
+    every axis in 3D adds it on screen), with a pixel's width at the Gaussian's depth from the
+    scene camera (its Pixel Angle node, written by ``sync_scene``), and enclosing its k-sigma
+    sphere (``RENDER_SHELL``). Returns (instance scale, the extent the shader reads)."""
+    camera = nt.nodes.new("GeometryNodeObjectInfo")
+    camera.transform_space = "RELATIVE"  # the camera in this object's space
+    nt.links.new(nt.nodes.new("GeometryNodeInputActiveCamera").outputs[0], camera.inputs[0])
+    forward = nt.nodes.new("FunctionNodeRotateVector")
+    forward.inputs["Vector"].default_value = (0.0, 0.0, -1.0)
+    nt.links.new(camera.outputs["Rotation"], forward.inputs["Rotation"])
+    position = nt.nodes.new("GeometryNodeInputPosition").outputs[0]
+    offset = _vmath(nt, "SUBTRACT", position, camera.outputs["Location"]).outputs[0]
+    depth = _vmath(nt, "DOT_PRODUCT", offset, forward.outputs[0]).outputs["Value"]
+    pixel = nt.nodes.new("ShaderNodeValue")
+    pixel.name = pixel.label = PIXEL_ANGLE_LABEL  # sync_scene writes it
+    pixel.outputs[0].default_value = DEFAULT_PIXEL_ANGLE
+    width = _math(nt, "MULTIPLY", depth, pixel.outputs[0])
+    blur = _math(nt, "MULTIPLY", _math(nt, "MULTIPLY", width, width), SCREEN_BLUR)
+    var = _vmath(nt, "MULTIPLY", scale, scale).outputs[0]
+    blurred = nt.nodes.new("ShaderNodeVectorMath")
+    blurred.operation = "ADD"
+    nt.links.new(var, blurred.inputs[0])
+    combine = nt.nodes.new("ShaderNodeCombineXYZ")
+    for axis in "XYZ":
+        nt.links.new(blur, combine.inputs[axis])
+    nt.links.new(combine.outputs[0], blurred.inputs[1])
+    sigma = _vmath(nt, "POWER", blurred.outputs[0], (0.5, 0.5, 0.5)).outputs[0]
+    extent = _math(nt, "MULTIPLY", factor, RENDER_SHELL)
+    shell = _vmath(nt, "SCALE", sigma, (0, 0, 0))
+    nt.links.new(extent, shell.inputs["Scale"])
+    return shell.outputs[0], extent
+
+
 def gaussian_group() -> bpy.types.NodeTree:
     """The geometry-nodes group (built once per file, then reused)."""
     group = bpy.data.node_groups.get(GROUP_NAME)
@@ -366,8 +468,20 @@ def gaussian_group() -> bpy.types.NodeTree:
 
     extent = _named(nt, "extent", "FLOAT")
     factor = _math(nt, "MULTIPLY", extent, gin.outputs["Extent Scale"])
-    sized = _vmath(nt, "SCALE", _named(nt, "scale", "FLOAT_VECTOR"), (0, 0, 0))
+    scale = _named(nt, "scale", "FLOAT_VECTOR")
+    sized = _vmath(nt, "SCALE", scale, (0, 0, 0))
     link(factor, sized.inputs["Scale"])
+    # the final render (F12) draws each Gaussian as render() does (see _render_shells); the
+    # viewport keeps the plain shells, which Solid mode shows best and which cost less
+    opaque = nt.nodes.new("FunctionNodeBooleanMath")  # the Ellipsoids look: opaque shells
+    opaque.operation = "NOT"
+    link(gin.outputs["Splat Shading"], opaque.inputs[0])
+    plain = _or(nt, _plain_renders(nt), opaque.outputs[0])
+    viewport = _or(nt, nt.nodes.new("GeometryNodeIsViewport").outputs[0], plain)
+    final_scale, final_extent = _render_shells(nt, scale, factor)
+    shell = _switch(nt, "VECTOR", viewport, sized.outputs[0], final_scale)
+    stored_extent = _switch(nt, "FLOAT", viewport, factor, final_extent)
+    widened = _switch(nt, "FLOAT", viewport, 0.0, 1.0)
 
     # the palette (one instance per material), picked by the point's cell
     info = nt.nodes.new("GeometryNodeObjectInfo")
@@ -390,10 +504,11 @@ def gaussian_group() -> bpy.types.NodeTree:
     inst.inputs["Pick Instance"].default_value = True
     link(_named(nt, "cell", "INT"), inst.inputs["Instance Index"])
     link(_named(nt, "rot", "QUATERNION"), inst.inputs["Rotation"])
-    link(sized.outputs[0], inst.inputs["Scale"])
+    link(shell, inst.inputs["Scale"])
     geo = inst.outputs["Instances"]  # the point attributes (color, opacity) carry over
-    geo = _store(nt, geo, "extent", "FLOAT", factor)
+    geo = _store(nt, geo, "extent", "FLOAT", stored_extent)
     geo = _store(nt, geo, "falloff", "FLOAT", gin.outputs["Splat Shading"])
+    geo = _store(nt, geo, "widened", "FLOAT", widened)
 
     # plain points: radius = the mean of the sized axes
     mean = _vmath(nt, "DOT_PRODUCT", sized.outputs[0], (1 / 3, 1 / 3, 1 / 3))

@@ -140,6 +140,28 @@ bpy.context.scene.cycles.transparent_max_bounces = 8
 out["bounces_short"] = mod.viewport_look.bounces_short(bpy.context.scene)
 bpy.ops.stabledreamer.splat_render_settings()
 out["bounces"] = bpy.context.scene.cycles.transparent_max_bounces
+
+# what the node trees cannot read themselves, written before every render (render_pre)
+N, scene = mod.splat_nodes, bpy.context.scene
+hooks = [h for h in bpy.app.handlers.render_pre if getattr(h, "__name__", "") == "_before_render"]
+out["render_hooks"] = len(hooks)
+group = bpy.data.node_groups[N.GROUP_NAME]
+out["final_shells"] = {}
+for engine in ("BLENDER_WORKBENCH", "CYCLES", "BLENDER_EEVEE"):
+    scene.render.engine = engine
+    for h in hooks:
+        h(scene)
+    out["final_shells"][engine] = group.nodes[N.FINAL_SHELLS_LABEL].outputs[0].default_value
+cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+scene.collection.objects.link(cam)
+scene.camera = cam
+scene.render.resolution_y, scene.render.resolution_percentage = 540, 100
+for h in hooks:
+    h(scene)
+shader = bpy.data.node_groups[N.SHADER_NAME]
+out["pixel_angle"] = [t.nodes[N.PIXEL_ANGLE_LABEL].outputs[0].default_value
+                      for t in (group, shader)]
+out["pixel_angle_expected"] = 2 * __import__("math").tan(cam.data.angle_y / 2) / 540
 save()
 """
 
@@ -164,13 +186,19 @@ def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
     assert r["hidden_before"] is True and r["show_colors"] == ["FINISHED"]
     assert r["color_type"] == "MATERIAL"
     assert r["bounces_short"] is True and r["bounces"] == 64
+    assert r["render_hooks"] == 1  # registered with the add-on
+    # Workbench renders draw Solid mode's shells; Cycles and EEVEE the splats' own
+    assert r["final_shells"] == {"BLENDER_WORKBENCH": 0.0, "CYCLES": 1.0, "BLENDER_EEVEE": 1.0}
+    np.testing.assert_allclose(r["pixel_angle"], [r["pixel_angle_expected"]] * 2, rtol=1e-6)
 
 
 # PSNR (dB) measured on this synthetic set (bench.preview_fidelity.synthetic_gaussians) at 96 px,
-# 2 cameras, Workbench Flat | Cycles 8 samples: today's look (an opaque 2-sigma ellipsoid per
-# Gaussian, grey in Solid mode) 6.4 | 4.7, the splat look 19.3 | 21.9 (the demo's 16k Gaussians:
-# see the README). The floors sit between: they fail on today's look and on a clear regression.
-WORKBENCH_FLOOR, CYCLES_FLOOR = 15.0, 17.0
+# 2 cameras, Workbench Flat | Cycles 8 samples: the look before the splats (an opaque 2-sigma
+# ellipsoid per Gaussian, grey in Solid mode) 6.4 | 4.7; the splat look with the viewport's shells
+# in the final render 19.3 | 23.7; with the final render's own shells (widened by the pixel blur,
+# enclosing the k-sigma sphere) 19.3 | 24.9 (the demo's 16k Gaussians: see the README). The floors
+# fail on each earlier look and on a clear regression.
+WORKBENCH_FLOOR, CYCLES_FLOOR = 15.0, 24.0
 
 
 @needs_bpy
