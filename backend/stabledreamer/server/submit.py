@@ -103,7 +103,7 @@ class SubmitCheck:
                 ErrorCode.QUEUE_FULL,
                 f"{self.limits.max_queue} jobs are already queued or running",
             )
-        return JobRecord(
+        fields = dict(
             job=msg.job,
             seq=self.store.next_seq(),
             digest=digest,
@@ -118,8 +118,10 @@ class SubmitCheck:
             target_file=p.target_file,
             init_file=p.init_file,
             preview_points=msg.preview_points,
-            **(p.followup.record_fields() if p.followup is not None else {}),
         )
+        if p.followup is not None:  # its parent, mode, steps and effective prompts
+            fields.update(p.followup.record_fields())
+        return JobRecord(**fields)
 
     def _check_fields(self, msg: Submit) -> None:
         if msg.target_format is None and not msg.prompt.strip() and msg.parent is None:
