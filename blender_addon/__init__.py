@@ -17,7 +17,10 @@ Modules, one job each:
 - ``result_import.py``: the finished mesh, debug image and log into Blender data;
 - ``layout.py``: where a result lands (variations side by side, a refine beside its parent);
 - ``gaussian_ply.py``: 3D Gaussian Splatting .ply files as Gaussian objects;
-- ``history.py``: runs, kept in a file that outlives the .blend;
+- ``history.py``: runs, kept in a file that outlives the .blend (with the model set that made
+  each, so its licence can be told);
+- ``models_link.py`` (no bpy), ``models_ops.py``, ``models_panel.py``: the backend's model sets,
+  their licences and downloads, the hub token (the Models sub-panel);
 - ``backend_process.py``: starting a local backend.
 
 The add-on imports no torch: the heavy work happens in the backend process. This file imports
@@ -29,13 +32,15 @@ from __future__ import annotations
 
 
 def _classes():
-    from . import operators, panel, prefs
+    from . import models_ops, models_panel, operators, panel, prefs
 
     return (
         prefs.StableDreamerPreferences,
         prefs.StableDreamerSettings,
         *operators.CLASSES,
         *panel.CLASSES,
+        *models_ops.CLASSES,
+        *models_panel.CLASSES,
     )
 
 
@@ -43,11 +48,12 @@ def register():
     import bpy
     from bpy.props import PointerProperty
 
-    from . import operators, prefs, runtime, splat_nodes
+    from . import models_ops, operators, prefs, runtime, splat_nodes
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     bpy.types.Scene.stabledreamer = PointerProperty(type=prefs.StableDreamerSettings)
+    models_ops.register_props()
     bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
     runtime.register()
     splat_nodes.register()
@@ -56,11 +62,12 @@ def register():
 def unregister():
     import bpy
 
-    from . import operators, runtime, splat_nodes
+    from . import models_ops, operators, runtime, splat_nodes
 
     splat_nodes.unregister()
     runtime.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
+    models_ops.unregister_props()
     del bpy.types.Scene.stabledreamer
     for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

@@ -48,6 +48,8 @@ class Entry:
     """continue: the steps added; refine: the rerun stage's steps (0: the parent's)."""
     group: str = ""
     """Variations of one prompt share a group id (one collection, side by side)."""
+    models: str = ""
+    """The model set that made it (the backend's answer once done; what was asked before)."""
 
     @property
     def active(self) -> bool:
@@ -58,7 +60,14 @@ class Entry:
         when = time.strftime("%m-%d %H:%M", time.localtime(self.created))
         what = {"refine": "refined: ", "continue": f"+{self.steps} steps: "}.get(self.mode, "")
         seed = f" (seed {self.seed})" if self.group and self.seed is not None else ""
-        return f"{when}  {what}{self.prompt[:48]}{seed}"
+        models = self.metrics.get("model_set") or self.models
+        label = f"{when}  {what}{self.prompt[:48]}{seed}"
+        return label + (f"  [{models}]" if models else "")
+
+    @property
+    def licence(self) -> str:
+        """What the licence of the set that made it allows ("" when not known)."""
+        return str(self.metrics.get("licence", ""))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Entry:

@@ -123,6 +123,7 @@ def submit(rt, req, placement=None, source_object: str = "", parent_entry=None) 
             mode=req.mode or "",
             steps=req.steps or 0,
             group=req.group,
+            models=(parent.models if parent else req.models) or "",
         )
     )
     if parent is not None and rt.session.jobs.get(job) is not None:
@@ -147,9 +148,13 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
         if rt.session is None or not rt.session.connected:
             self.report({"ERROR"}, "Not connected to a backend: press Connect first.")
             return {"CANCELLED"}
+        from .models_ops import hold_generate
+
         n = max(1, context.scene.stabledreamer.variations)
         try:
             req, placement = job_request(context)
+            if hold_generate(self, context, req):  # its model set is missing: offer the download
+                return {"CANCELLED"}
             source = context.active_object.name if placement is not None else ""
             if n == 1:
                 submit(rt, req, placement, source)

@@ -21,7 +21,7 @@ from pathlib import Path
 import bpy
 from bpy.app.handlers import persistent
 
-from . import backend_process, preview, result_import
+from . import backend_process, models_link, preview, result_import
 from .history import Entry, History
 from .prefs import DEFAULT_ENDPOINT, get_prefs
 
@@ -116,6 +116,7 @@ def connect(timeout_s: float | None = None, auto_start: bool = True) -> None:
         rt.session.close()
     rt.session = Session(settings)
     rt.session.jobs, rt.session.selected = jobs, selected
+    models_link.of(rt.session)  # the Models panel's link: asks for the sets after the handshake
     rt.session.connect(timeout_s or CONNECT_TIMEOUT_S)
     ensure_timer()
 
@@ -460,6 +461,10 @@ def _small(metrics: dict) -> dict:
     for k, v in metrics.items():
         if isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) < 200):
             out[k] = v
+    ms = metrics.get("model_set")
+    if isinstance(ms, dict):  # which set made it, and so which licence applies
+        out["model_set"] = str(ms.get("id", ""))[:64]
+        out["licence"] = str(ms.get("output_use", ""))[:200]
     return out
 
 

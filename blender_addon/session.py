@@ -112,6 +112,9 @@ class JobRequest:
     """continue: steps to add; refine: steps of the rerun stage (None: the parent's)."""
     group: str = ""
     """Variations of one prompt share a group (their results land side by side)."""
+    models: str | None = None
+    """The model set (None: the backend's default); sent to backends with the feature."""
+    wait_for_models: bool = False
 
 
 @dataclass
@@ -160,6 +163,9 @@ class JobView:
         return min(max(self.step / self.total, 0.0), 1.0) if self.total else 0.0
 
     def progress_text(self) -> str:
+        if self.state == "queued" and self.stage == "waiting_models":
+            done = f"{self.step / self.total:.0%}" if self.total else "starting"
+            return f"Waiting for its models: downloading, {done}"
         if self.state == "queued":
             pos = self.queue_position
             return (
@@ -270,6 +276,9 @@ class Session:
         self._logs_id: str | None = None
         self._list_id: str | None = None
         self._last_list = 0.0
+        self.handlers: list = []
+        """``handler(event, out) -> bool`` called first for every event; True consumes it
+        (``models_link``)."""
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -417,6 +426,8 @@ class Session:
         )
         if req.parent is not None:
             fields.update(parent=req.parent, mode=req.mode, steps=req.steps)
+        if "models" in features and (req.models or req.wait_for_models):
+            fields.update(models=req.models, wait_for_models=req.wait_for_models)
         if req.init_points is not None:
             fields["init_points"] = np.ascontiguousarray(req.init_points, dtype="<f4")
             if req.init_colors is not None:
@@ -534,7 +545,7 @@ class Session:
             pass  # no connection at the moment
 
     def _on_listing(self, listing: Jobs) -> None:
-        newer = self.server is not None and _minor(self.server.protocol) >= 3
+        newer = self.server is not None and _minor(self.server.protocol) >= 4
         self.others_active = listing.others_active or 0
         for info in listing.jobs:
             view = self.jobs.get(info.job)
@@ -602,6 +613,8 @@ class Session:
     # --- events -------------------------------------------------------------------------------
 
     def _handle(self, event, out: list) -> None:
+        if any(handler(event, out) for handler in self.handlers):
+            return
         if isinstance(event, Hello):
             if event.re == self._hello_id and self.state in ("connecting", "lost"):
                 self._on_hello(event, out)

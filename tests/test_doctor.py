@@ -127,3 +127,14 @@ def test_gsplat_builds_and_matches_the_cpu_renderer(tiny, tmp_path):
     checks = {c.name: c for c in run_checks(cfg)}
     assert checks["cuda"].status == OK
     assert checks["gsplat cuda"].status == OK, checks["gsplat cuda"]
+
+
+def test_a_set_without_deepfloyd_needs_neither_if_nor_a_token(tiny, capsys):
+    """``doctor --models sd-only``: the IF model and the hub token are not needed."""
+    code, checks = doctor(capsys, "--models", "sd-only", "--sd-model", str(tiny / "sd"),
+                          "--device", "cpu")  # fmt: skip
+    assert checks["if model"]["status"] == OK and "not used" in checks["if model"]["detail"]
+    assert checks["hub token"]["status"] == OK and checks["sd model"]["status"] == OK
+    code, checks = doctor(capsys, "--models", "if-sd", "--sd-model", str(tiny / "sd"),
+                          "--device", "cpu")  # fmt: skip
+    assert checks["if model"]["status"] == FAIL  # the IF id, not in this offline cache

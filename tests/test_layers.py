@@ -3,7 +3,8 @@ protocol imports neither torch nor bpy, and the add-on never imports torch.
 
 Layers, top to bottom (a part may import any lower layer and itself, never a higher or equal
 one): cli -> server -> doctor -> runs -> presets -> config, memory_tiers -> optim -> guidance,
-mesh -> render, targets -> gaussians, cameras, ply -> device -> atomic -> errors, config_space.
+mesh -> render, targets -> gaussians, cameras, ply -> device -> models -> atomic -> errors,
+config_space.
 Imports inside functions count too.
 """
 
@@ -17,6 +18,7 @@ PKG = ROOT / "backend" / "stabledreamer"
 LAYERS = [
     {"__init__", "errors", "config_space"},
     {"atomic"},
+    {"models"},
     {"device"},
     {"gaussians", "cameras", "ply"},
     {"targets", "render"},

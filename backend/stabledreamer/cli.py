@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mesh_parser(sub)
     _add_doctor_parser(sub)
     _add_prior_parser(sub)
+    from .models.commands import add_parser as _add_models_parser
+
+    _add_models_parser(sub)
     tiny = sub.add_parser(
         "tiny-models",
         help="build tiny random IF-like and SD-like pipelines into DIR/if and DIR/sd "
@@ -151,9 +154,9 @@ def _config_from_args(args):
     return _resolve(args, options, {"target": target})
 
 
-def _resolve(args, options: dict[str, dict], fixed: dict):
+def _resolve(args, options: dict[str, dict], fixed: dict, models: str | None = None):
     """``presets.resolve`` with the given options (flag -> the settings it sets) and ``--set``
-    pairs as overrides; a refused value is reported under its flag."""
+    pairs as overrides, and the model set; a refused value is reported under its flag."""
     from .presets import resolve
 
     overrides, flag_of = {}, {}
@@ -163,7 +166,7 @@ def _resolve(args, options: dict[str, dict], fixed: dict):
                 overrides[key], flag_of[key] = value, flag
     overrides.update(_set_pairs(args.set))
     try:
-        return resolve(args.preset, overrides, fixed=fixed)
+        return resolve(args.preset, overrides, fixed=fixed, models=models)
     except ConfigError as e:
         key, sep, why = str(e).partition(": ")
         if sep and key in flag_of and not args.set:
@@ -217,6 +220,20 @@ def _add_generate_parser(sub) -> None:
         "from `stabledreamer prior build`, or catalogue (the built-in objects); offline, CPU",
     )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    from .models.sets import DEFAULT_SET, SET_IDS
+
+    p.add_argument(
+        "--models",
+        choices=SET_IDS,
+        help=f"model set (default {DEFAULT_SET}): if-sd (the paper's, research and non-commercial "
+        "only), if-sd-small (smaller IF), sd-only (Stable Diffusion in both stages, commercial "
+        "use allowed); `stabledreamer models list` shows them",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download the set's missing models first (with progress) instead of failing",
+    )
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
     p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
     p.add_argument("--steps-stage1", type=int, help="steps of the geometry stage (IF)")
@@ -272,10 +289,11 @@ def cmd_followup(args, out, resume: bool) -> dict:
     if not resume:
         if args.steps is not None and args.steps < 1:
             raise ConfigError(f"--steps {args.steps}: must be at least 1")
-        if args.prior or args.preset or args.init or args.steps_stage1 or args.steps_stage2:
+        if (args.prior or args.preset or args.init or args.steps_stage1 or args.steps_stage2
+                or getattr(args, "models", None)):  # fmt: skip
             raise ConfigError(
                 "--refine/--continue take the parent's settings: leave out --prior, --preset, "
-                "--init and --steps-stage1/2 (use --steps)"
+                "--models, --init and --steps-stage1/2 (use --steps)"
             )
         f = FollowUp(
             mode="refine" if args.refine else "continue",
@@ -375,11 +393,17 @@ def cmd_generate(args) -> int:
             },
             "--prior": {"example_prior.bank": _prior_bank(args.prior) if args.prior else None},
         }
-        cfg = _resolve(args, options, {"prompt": args.prompt or "", "init_from": args.init})
+        if args.models and args.prior:
+            raise ConfigError("--models chooses diffusion models; --prior uses none: drop one")
+        cfg = _resolve(
+            args, options, {"prompt": args.prompt or "", "init_from": args.init}, args.models
+        )
         if args.prior and not all(s.guidance == "example_prior" for s in cfg.stages):
             raise ConfigError(
                 f"--prior runs the toy preset, not {cfg.preset!r}: leave out --preset"
             )
+    if args.download and cfg.models:
+        _download_run_models(cfg, args.quiet)
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_generation(
@@ -391,6 +415,9 @@ def cmd_generate(args) -> int:
         if bar is not None:
             bar.close()
     print(f"{metrics['gaussians']} Gaussians, {metrics['seconds']:.0f} s; outputs in {out}/")
+    if "model_set" in metrics:
+        ms = metrics["model_set"]
+        print(f"model set {ms['id']}: {ms['output_use']}")
     if "psnr_heldout" in metrics:  # the prior's bank held the prompt's true mesh
         scores = [f"psnr_heldout {metrics['psnr_heldout']:.2f} dB"]
         if "chamfer" in metrics:
@@ -401,6 +428,20 @@ def cmd_generate(args) -> int:
     if "mesh_error" in metrics:
         print(f"mesh: not written ({metrics['mesh_error']})")
     return 0
+
+
+def _download_run_models(cfg, quiet: bool) -> None:
+    """``generate --download``: fetch the set's missing models (progress on stderr) first."""
+    from .models import ModelsMissingError
+    from .models.commands import cmd_download
+    from .models.store import require_run_models
+
+    try:
+        require_run_models(cfg)
+    except ModelsMissingError:
+        code = cmd_download(argparse.Namespace(set=cfg.models, quiet=quiet))
+        if code:
+            raise KeyboardInterrupt from None
 
 
 def _prior_bank(bank: str) -> str:
@@ -551,6 +592,15 @@ def _add_service_parsers(sub) -> None:
     )
     srv.add_argument("--if-model", help="DeepFloyd IF stage I weights (hub id or folder)")
     srv.add_argument("--sd-model", help="Stable Diffusion weights (hub id or folder)")
+    from .models.sets import DEFAULT_SET, SET_IDS
+
+    srv.add_argument(
+        "--models",
+        choices=SET_IDS,
+        default=DEFAULT_SET,
+        help=f"model set of text jobs whose submit names none (default {DEFAULT_SET}); "
+        "`stabledreamer models list` shows the sets and their licences",
+    )
     srv.add_argument(
         "--max-queue", type=int, help="jobs queued or running at once (default: the protocol's 32)"
     )
@@ -639,6 +689,7 @@ def cmd_serve(args) -> int:
         limits=limits,
         preview_points=args.preview_points,
         models=models,
+        model_set=args.models,
         retention=retention,
         handshake_s=args.handshake_s,
         stall_s=args.stall_s,
@@ -710,6 +761,13 @@ def _add_doctor_parser(sub) -> None:
         help="check what a real run needs (GPU and its memory, gsplat's CUDA build, models, "
         "hub token, disk) and say how to fix what is missing; exit code 1 if anything FAILs",
     )
+    from .models.sets import SET_IDS
+
+    p.add_argument(
+        "--models",
+        choices=SET_IDS,
+        help="check this model set's models (sd-only needs neither DeepFloyd IF nor a token)",
+    )
     p.add_argument("--if-model", help="DeepFloyd IF stage I: hub id or local folder")
     p.add_argument("--sd-model", help="Stable Diffusion: hub id or local folder")
     _add_device_option(p, "; cpu: check for a CPU run (tiny models), a missing GPU is no FAIL")
@@ -735,6 +793,15 @@ def cmd_tiny_models(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run a command. A ``StableDreamerError`` (what the user can fix) is one line and exit code
     2; anything else is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "models":  # no torch: answers at once
+        from .models import commands
+
+        try:
+            return commands.run(commands.build_parser().parse_args(argv))
+        except StableDreamerError as e:
+            print(f"stabledreamer: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     from .render.raster_torch import tune_allocator
 

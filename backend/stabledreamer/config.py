@@ -82,6 +82,11 @@ class RunConfig:
     """generate: what to make."""
     init_from: str = ""
     """generate: start from a point cloud / 3DGS .ply or a mesh's surface; empty = a ball."""
+    models: str = ""
+    """generate: the model set (``models.sets``: if-sd | if-sd-small | sd-only), which chooses
+    the models of each stage and their licence; set through ``presets.resolve(models=...)``
+    (``generate --models``), which also gives the stages their guidance. Empty: no set
+    (reconstruction, the example prior)."""
     deepfloyd_if: DeepFloydIFConfig = field(default_factory=DeepFloydIFConfig)
     stable_diffusion: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -118,6 +123,10 @@ class RunConfig:
             raise ConfigError(f"threads: {self.threads} is more than this machine's {cpus} CPUs")
         check_device_name(self.device)
         check_backend_name(self.render_backend)
+        if self.models:
+            from .models.sets import get_set
+
+            get_set(self.models)  # an unknown set is refused with the list
 
     @property
     def total_steps(self) -> int:

@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .gaussians import InitConfig
 from .guidance.stable_diffusion import SD_LATENT_SIDE
 from .mesh.config import MeshConfig
+from .models.sets import DEFAULT_SET, get_set
 from .optim.sds import NoiseConfig
 from .optim.strategy import StrategyConfig
 
@@ -81,6 +82,7 @@ def _text_to_3d(name: str, steps_geometry: int, steps_detail: int, sd_resolution
         strategy=StrategyConfig(enabled=False),  # geometry is settled: colour and detail only
     )
     cfg = RunConfig(preset=name, init=InitConfig(num_points=5000), stages=[geometry, detail])
+    cfg.models = DEFAULT_SET  # the paper's recipe; ``apply_model_set`` switches it
     # Renders may be cheaper than 512², but SD 2.1-base sees its native 512² input (64² latents):
     # smaller renders are upsampled before the VAE (``StableDiffusionConfig.resolution``).
     cfg.stable_diffusion.resolution = max(sd_resolution, 8 * SD_LATENT_SIDE)
@@ -167,6 +169,43 @@ OFFLINE_PRESETS: dict[str, Callable[[], RunConfig]] = {"toy": toy}
 """Presets of the command line only (``generate --prior``), not offered by the service."""
 
 
+TEXT_GUIDANCES = ("deepfloyd_if", "stable_diffusion")
+
+
+def apply_model_set(cfg: RunConfig, set_id: str) -> RunConfig:
+    """Make ``cfg`` (a text preset's) use model set ``set_id``: its hub ids, and for a set whose
+    stage 1 is Stable Diffusion (``sd-only``) the geometry stage's guidance. Presets stay
+    orthogonal to sets (step counts, resolutions and schedules are the preset's), and so do the
+    memory tiers (where the models live).
+
+    ``sd-only``'s stage 1 is latent SDS with Stable Diffusion on the geometry stage's cheap
+    renders (64 x 64 in every text preset), upsampled to the VAE's 512² input before encoding
+    (``StableDiffusionConfig.resolution``), at the geometry stage's high noise annealed down
+    (t ~ U(0.02, t_max), t_max 0.98 -> 0.5). From threestudio's ``dreamfusion-sd`` config: 64 x
+    64 renders, t in [0.02, 0.98] (its min/max_step_percent) and guidance scale 100 (the SD
+    guidance's default here, shared by both stages); threestudio's SD guidance also interpolates
+    renders to 512² before the VAE. The annealing of t_max down to 0.5 is StableDreamer's (its
+    stage 1 as with IF), not threestudio's, whose dreamfusion-sd keeps [0.02, 0.98] throughout."""
+    s = get_set(set_id)
+    if not any(st.guidance in TEXT_GUIDANCES for st in cfg.stages):
+        raise ConfigError(
+            f"model set {set_id!r} is for text presets ({', '.join(TEXT_PRESETS)}); preset "
+            f"{cfg.preset!r} uses no diffusion model",
+            code="bad_override",
+        )
+    cfg.models = s.id
+    for guidance in TEXT_GUIDANCES:
+        source = s.source_for(guidance)
+        if source:
+            getattr(cfg, guidance).model = source
+    if s.stage1 == "stable_diffusion":
+        for st in cfg.stages:
+            if st.guidance == "deepfloyd_if":
+                st.guidance = "stable_diffusion"  # noise, steps, resolution: the preset's
+        cfg.stable_diffusion.resolution = max(cfg.stable_diffusion.resolution, 8 * SD_LATENT_SIDE)
+    return cfg
+
+
 def get_preset(name: str) -> RunConfig:
     try:
         return {**PRESETS, **OFFLINE_PRESETS}[name]()
@@ -183,15 +222,24 @@ def resolve(
     *,
     fixed: dict[str, Any] | None = None,
     forbidden: dict[str, str] | None = None,
+    models: str | None = None,
 ) -> RunConfig:
     """The checked ``RunConfig`` of a run: the preset, then the dotted ``overrides`` (see
     ``config.apply_overrides``; ``forbidden`` top-level keys refused with a reason), then the
     ``fixed`` settings only the caller decides, as dotted keys too (``seed``, ``prompt``,
     ``target``, ``init_from``, ``deepfloyd_if.model``, ...). Every value is checked by
     ``config.from_dict`` (types, choices, ranges) and the whole by ``RunConfig.validate``; any
-    problem is a ``ConfigError`` naming the key."""
-    data = to_dict(get_preset(preset))
-    apply_overrides(data, overrides or {}, forbidden)
+    problem is a ``ConfigError`` naming the key. ``models``: the model set (``apply_model_set``,
+    before the overrides; an override ``models=SET`` means the same); None: the preset's own
+    (text presets: ``models.sets.DEFAULT_SET``)."""
+    overrides = dict(overrides or {})
+    if "models" in overrides:
+        models = str(overrides.pop("models"))
+    cfg = get_preset(preset)
+    if models:
+        apply_model_set(cfg, models)
+    data = to_dict(cfg)
+    apply_overrides(data, overrides, forbidden)
     apply_overrides(data, fixed or {})
     cfg = from_dict(RunConfig, data)
     cfg.validate()

@@ -40,9 +40,29 @@ from .messages import (
     Submit,
     new_id,
 )
+from .model_messages import (
+    CancelDownload,
+    DownloadModels,
+    DownloadState,
+    ListModels,
+    ModelInfo,
+    Models,
+    ModelSetInfo,
+    SetToken,
+    TokenState,
+)
 from .version import PROTOCOL_MAJOR, PROTOCOL_MINOR, PROTOCOL_VERSION, __version__
 
 __all__ = [
+    "CancelDownload",
+    "DownloadModels",
+    "DownloadState",
+    "ListModels",
+    "ModelInfo",
+    "ModelSetInfo",
+    "Models",
+    "SetToken",
+    "TokenState",
     "DEFAULT_ENDPOINT",
     "DEFAULT_LIMITS",
     "DEFAULT_PORT",

@@ -48,12 +48,17 @@ class ErrorCode:
     DISK_FULL = "disk_full"
     """The backend's disk is full (since 1.2); the message names the folder and the space."""
     UNKNOWN_PARENT = "unknown_parent"
-    """A refine or continue names a parent job the backend does not have (since 1.3)."""
+    """A refine or continue names a parent job the backend does not have (since 1.4)."""
     PARENT_NOT_DONE = "parent_not_done"
-    """A refine or continue names a parent job that is not done (since 1.3)."""
+    """A refine or continue names a parent job that is not done (since 1.4)."""
+    CURVE_REQUIRED = "curve_required"
+    """A secret (the hub token) refused on a link without CURVE encryption (since 1.3)."""
     # Failures while running a job.
     OUT_OF_MEMORY = "out_of_memory"
     MODEL_UNAVAILABLE = "model_unavailable"
+    MODELS_MISSING = "models_missing"
+    """A text job's model set is not downloaded on the backend (since 1.3); the message names
+    the set, what is missing and the command that downloads it."""
     JOB_FAILED = "job_failed"
     INTERNAL = "internal"
     # Client side only (never sent).
@@ -76,6 +81,8 @@ DEFAULT_HINTS: dict[str, str] = {
     ErrorCode.UNKNOWN_PRESET: "Pick one of the presets the backend lists.",
     ErrorCode.OUT_OF_MEMORY: "Use a lighter preset or fewer Gaussians, or free GPU memory.",
     ErrorCode.MODEL_UNAVAILABLE: "Download the model on the backend machine, or pick another.",
+    ErrorCode.MODELS_MISSING: "Download the model set on the backend (`stabledreamer models "
+    "download SET`), or pick a set that is there.",
     ErrorCode.BUSY: "Read the replies already sent (fewer requests in flight), then ask again.",
     ErrorCode.FORBIDDEN: "Only the client key that submitted a job (or an operator key) may "
     "see or change it.",
@@ -84,6 +91,8 @@ DEFAULT_HINTS: dict[str, str] = {
     ErrorCode.UNKNOWN_PARENT: "Refine or continue a finished run the backend still has (old "
     "runs are deleted by its retention policy); or generate it again.",
     ErrorCode.PARENT_NOT_DONE: "Refine or continue a run once it is done.",
+    ErrorCode.CURVE_REQUIRED: "Run the backend with CURVE (its default: leave out --no-curve), "
+    "or give the token on the backend machine: `stabledreamer models token set`.",
     ErrorCode.INSECURE_KEY_FILE: "Make the secret key file readable by you only (chmod 600).",
     ErrorCode.TIMEOUT: "Is the backend running, at this address, with matching keys?",
 }

@@ -35,7 +35,7 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 in (``stage1``, ``stage2``, ``mesh``...) is the separate ``stage`` field."""
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
 FOLLOWUP_MODES = ("refine", "continue")
-"""``submit.mode`` with a ``parent`` (since 1.3): rerun the parent's detail stage with an edited
+"""``submit.mode`` with a ``parent`` (since 1.4): rerun the parent's detail stage with an edited
 prompt, or add steps to its last stage."""
 MAX_FOLLOWUP_STEPS = 1_000_000
 TARGET_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "arrays", "demo")
@@ -358,6 +358,12 @@ class Submit(Message):
     target_name: str = ""
     preview_points: int | None = None
     """Most Gaussians per preview for this client; 0 = no previews; None = backend default."""
+    models: str | None = None
+    """Text jobs: the model set (``list_models``); None = the backend's default set. Since 1.3
+    (feature ``models``)."""
+    wait_for_models: bool = False
+    """Text jobs whose set is not downloaded: wait for its download (started if none runs)
+    instead of failing at once with ``models_missing``. Since 1.3 (feature ``models``)."""
     init_points: np.ndarray | None = None  # [N, 3] f32
     init_colors: np.ndarray | None = None  # [N, 3] f32
     target_file: np.ndarray | None = None  # [n] u8
@@ -365,12 +371,12 @@ class Submit(Message):
     target_faces: np.ndarray | None = None  # [F, 3] i32
     target_colors: np.ndarray | None = None  # [V, 3] f32
     parent: str | None = None
-    """A finished text job of the same client to refine or continue (since 1.3)."""
+    """A finished text job of the same client to refine or continue (since 1.4)."""
     mode: str | None = None
-    """With ``parent``: ``refine`` or ``continue`` (since 1.3)."""
+    """With ``parent``: ``refine`` or ``continue`` (since 1.4)."""
     steps: int | None = None
     """With ``parent``: continue: steps to add (required); refine: steps of the rerun stage
-    (None: the parent's). Since 1.3."""
+    (None: the parent's). Since 1.4."""
 
     def body(self):
         target = None
@@ -387,6 +393,11 @@ class Submit(Message):
         }
         if self.parent is not None:  # only then: the digests of other submits are unchanged
             body.update(parent=self.parent, mode=self.mode, steps=self.steps)
+        # Since 1.3; only when given, so the digest of a submit without them is unchanged.
+        if self.models is not None:
+            body["models"] = self.models
+        if self.wait_for_models:
+            body["wait_for_models"] = True
         return body
 
     def arrays(self):
@@ -410,6 +421,8 @@ class Submit(Message):
             ),  # fmt: skip
             mode=f.string("mode", None, nullable=True, choices=FOLLOWUP_MODES),
             steps=f.integer("steps", None, nullable=True, lo=1, hi=MAX_FOLLOWUP_STEPS),
+            models=f.string("models", None, nullable=True),
+            wait_for_models=f.boolean("wait_for_models"),
         )
         if (kw["parent"] is None) != (kw["mode"] is None):
             f.fail("mode", "parent and mode go together (refine or continue a finished job)")
@@ -504,7 +517,7 @@ class ListJobs(Message):
     offset: int = 0
     limit: int | None = None
     active: bool = False
-    """Only jobs queued or running (since 1.3; older backends list every job)."""
+    """Only jobs queued or running (since 1.4; older backends list every job)."""
 
     def body(self):
         body = {"offset": self.offset, "limit": self.limit}
@@ -691,16 +704,18 @@ class JobInfo:
     created: float | None = None
     """Unix time the job was submitted."""
     queue_position: int | None = None
-    """0 = next, while queued (since 1.3)."""
+    """0 = next, while queued (since 1.4)."""
     seed: int | None = None
-    """The job's seed (since 1.3)."""
+    """The job's seed (since 1.4)."""
     parent: str | None = None
-    """The job it refines or continues (since 1.3)."""
+    """The job it refines or continues (since 1.4)."""
     mode: str | None = None
-    """``refine`` or ``continue`` when it has a parent (since 1.3)."""
+    """``refine`` or ``continue`` when it has a parent (since 1.4)."""
     mine: bool = True
-    """Submitted with the asking client's key (since 1.3; an operator also sees other keys'
+    """Submitted with the asking client's key (since 1.4; an operator also sees other keys'
     jobs, with ``mine`` false)."""
+    models: str = ""
+    """Text jobs: the model set that makes it (since 1.3), so its licence can be told later."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -720,7 +735,7 @@ class Jobs(Message):
     next: int | None = None
     others_active: int | None = None
     """Jobs queued or running on the backend that other client keys submitted (counted, not
-    listed; since 1.3)."""
+    listed; since 1.4)."""
 
     def body(self):
         return {
@@ -757,6 +772,7 @@ class Jobs(Message):
                     ),  # fmt: skip
                     mode=e.string("mode", None, nullable=True, choices=FOLLOWUP_MODES),
                     mine=e.boolean("mine", True),
+                    models=e.string("models"),
                 )
             )
         return dict(
@@ -1120,3 +1136,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     )
 }
 """Every message type by its wire name."""
+
+# The model messages (since 1.3) live in their own module, which builds on this one.
+from .model_messages import MODEL_MESSAGE_TYPES  # noqa: E402
+
+MESSAGE_TYPES.update({cls.TYPE: cls for cls in MODEL_MESSAGE_TYPES})

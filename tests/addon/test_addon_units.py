@@ -179,7 +179,7 @@ def test_the_queue_lists_selects_and_cancels():
 
     s = session.Session(session.ConnectionSettings("tcp://127.0.0.1:1", use_curve=False))
     s.connect()
-    s.state, s.server = "connected", Hello(protocol="1.3")
+    s.state, s.server = "connected", Hello(protocol="1.4")
     attached, cancelled = [], []
     s.client.attach = lambda job, points=None: attached.append(job) or "m1"
     s.client.cancel = lambda job: cancelled.append(job) or "m2"
@@ -235,3 +235,45 @@ def test_a_follow_up_needs_a_backend_that_has_them():
         s.submit(req)
     with pytest.raises(session.SessionError, match="prompt is empty"):
         s.submit(session.JobRequest(prompt=" ", parent="p", mode="refine"))
+
+
+def test_models_link_keeps_the_sets_and_refuses_a_token_without_curve():
+    from stabledreamer_protocol import DownloadState, Error, Hello, Models, ModelSetInfo
+
+    models_link = load("models_link")
+    s = _followed_session()  # use_curve=False
+    s.server = Hello(features=["models"])
+    sent = []
+    s.client.send = lambda msg: sent.append(msg) or msg.id
+    link = models_link.of(s)
+    assert link is models_link.of(s) and link.supported
+    out: list = []
+    missing = ModelSetInfo(id="sd-only", title="SD only", bytes_missing=2_600_000_000,
+                           models=[], present=False)  # fmt: skip
+    s._handle(Models(sets=[missing], default="if-sd"), out)
+    assert link.listing.default == "if-sd" and link.resolve("backend") == "if-sd"
+    assert link.check_generate("sd-only").set_id == "sd-only"
+    assert link.check_generate("if-sd") is None  # not listed: the backend decides
+    with pytest.raises(session.SessionError, match="encrypted link"):
+        link.set_token("hf_x")
+    assert not any(m.TYPE == "set_token" for m in sent)
+    # a refusal of its own request becomes a notice and is consumed; a job's is not
+    rid = link.refresh()
+    s._handle(Error(re=rid, code="bad_field", message="nope"), out)
+    assert link.error == "nope" and out[-1].level == "ERROR"
+    s.job.acknowledged = False  # a refused submit
+    s._handle(Error(job="j1", code="models_missing", message="model set 'sd-only' is not "
+                    "downloaded: missing x"), out)  # fmt: skip
+    assert link.blocked.set_id == "sd-only" and s.job.state == "failed"
+    # a download's end asks for the list again
+    s._handle(DownloadState(set="sd-only", state="running", bytes_done=5, bytes_total=10), out)
+    assert link.downloading("sd-only").fraction == 0.5
+    n = len(sent)
+    s._handle(DownloadState(set="sd-only", state="failed", code="gated", message="gated",
+                            link="https://hub/x"), out)  # fmt: skip
+    assert link.downloading("sd-only") is None and "https://hub/x" in link.error
+    assert [m.TYPE for m in sent[n:]] == ["list_models"]
+    # a backend without the feature: nothing is sent
+    s.server = Hello(features=[])
+    with pytest.raises(session.SessionError, match="update it"):
+        link.download("sd-only")

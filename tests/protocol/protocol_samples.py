@@ -140,7 +140,54 @@ def samples_1_2() -> list[m.Message]:
 
 
 def samples_1_3() -> list[m.Message]:
-    """Fields added in protocol 1.3: follow-ups, the active listing and its new fields."""
+    """The model messages and fields added in protocol 1.3 (feature ``models``)."""
+    from stabledreamer_protocol import model_messages as mm
+
+    sd = mm.ModelInfo(
+        key="sd", title="Stable Diffusion 2.1-base", repo_id="sd2-community/sd", role="stage1+2",
+        present=False, bytes_expected=2_600_000_000, licence="CreativeML Open RAIL++-M",
+        hub_page="https://huggingface.co/sd2-community/sd",
+    )  # fmt: skip
+    info = mm.ModelSetInfo(
+        id="sd-only", title="Commercial-friendly (SD only)", bytes_missing=2_600_000_000,
+        download_bytes=2_600_000_000, memory_tier_gb=8, output_use="commercial use allowed",
+        commercial=True, licences=[mm.Licence("CreativeML Open RAIL++-M", "https://x.y/l")],
+        notes=["quality with real weights not measured yet"], models=[sd], download="running",
+    )  # fmt: skip
+    return [
+        m.Submit(job="job-5", prompt="a lamp", models="sd-only", wait_for_models=True),
+        m.Jobs(jobs=[m.JobInfo(job="job-5", state="queued", models="sd-only")]),
+        mm.ListModels(),
+        mm.DownloadModels(set="sd-only"),
+        mm.CancelDownload(set="sd-only"),
+        mm.SetToken(token="hf_abc"),
+        mm.SetToken(token=""),
+        mm.Models(sets=[info], default="if-sd", token_set=True, token_source="file"),
+        mm.DownloadState(
+            set="sd-only",
+            state="running",
+            bytes_done=10,
+            bytes_total=100,
+            files_done=1,
+            files_total=9,
+            rate_bps=5e6,
+            eta_s=18.0,
+            elapsed_s=2.0,
+            model="sd2-community/sd",
+        ),  # fmt: skip
+        mm.DownloadState(
+            set="if-sd",
+            state="failed",
+            code="gated",
+            message="DeepFloyd/IF-I-XL-v1.0 is gated",
+            link="https://huggingface.co/DeepFloyd/IF-I-XL-v1.0",
+        ),  # fmt: skip
+        mm.TokenState(set=True, source="file"),
+    ]
+
+
+def samples_1_4() -> list[m.Message]:
+    """Fields added in protocol 1.4: follow-ups, the active listing and its new fields."""
     info = m.JobInfo(job="job-7", state="queued", queue_position=2, seed=5, parent="job-1",
                      mode="refine", mine=False)  # fmt: skip
     return [
@@ -152,4 +199,4 @@ def samples_1_3() -> list[m.Message]:
 
 
 def all_samples() -> list[m.Message]:
-    return samples() + samples_1_1() + samples_1_2() + samples_1_3()
+    return samples() + samples_1_1() + samples_1_2() + samples_1_3() + samples_1_4()

@@ -147,10 +147,11 @@ def test_refusals_keep_serving(server):
             job = c.submit(**kw)
             err = c.wait_for(lambda e, j=job: isinstance(e, Error) and e.job == j, 10)
             assert err is not None and err.code == code, (kw, err)
-        # A text job on this offline machine: accepted, then it fails saying what to do.
+        # A text job whose model set is not downloaded: refused at once, saying what to fetch.
         job = c.submit("a ceramic teapot", preset="preview", seed=1)
-        err = c.wait_for(lambda e: isinstance(e, Error) and e.job == job, 60)
-        assert err is not None and err.code == "job_failed" and "HF_HUB_OFFLINE" in err.message
+        err = c.wait_for(lambda e: isinstance(e, Error) and e.job == job, 10)
+        assert err is not None and err.code == "models_missing", err
+        assert "'if-sd'" in err.message and "stabledreamer models download if-sd" in err.message
         for fields, code in [
             ({"preset": "huge"}, "unknown_preset"),
             ({"overrides": {"reconstruct.steps": "many"}}, "bad_override"),

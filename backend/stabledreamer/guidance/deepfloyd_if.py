@@ -13,14 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.sets import default_model
 from .diffusion import DiffusionConfig, DiffusionGuidance, from_threestudio_scale
 from .loading import deepfloyd_notice, load_weights, resize_renders
 
 
 @dataclass
 class DeepFloydIFConfig(DiffusionConfig):
-    model: str = "DeepFloyd/IF-I-XL-v1.0"
-    """Hub id or local folder (diffusers layout); threestudio's deepfloyd-if-guidance default.
+    model: str = default_model("deepfloyd_if")
+    """Hub id or local folder (diffusers layout); the default set's (``models.sets``): IF-I-XL,
+    threestudio's deepfloyd-if-guidance default.
     Gated: accept the licence on its hub page and log in (``hf auth login``)."""
     guidance_scale: float = from_threestudio_scale(20.0)
     """Classifier-free guidance scale, eps_u + s (eps_c - eps_u): 21 is threestudio's IF configs'

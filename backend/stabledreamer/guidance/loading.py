@@ -15,14 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..models.sets import DEEPFLOYD_IF_LICENCE
 from .base import GuidanceError
 
 log = logging.getLogger(__name__)
 
 DEEPFLOYD_NOTICE = (
     "DeepFloyd IF weights are under the DeepFloyd IF licence: research and non-commercial use "
-    "only (https://huggingface.co/spaces/DeepFloyd/deepfloyd-if-license). Outputs made with "
-    "stage 1 inherit its terms."
+    f"only ({DEEPFLOYD_IF_LICENCE.url}). Outputs made with stage 1 inherit its terms; the "
+    "sd-only model set (`--models sd-only`) allows commercial use."
 )
 _notice_shown = False
 
@@ -98,7 +99,8 @@ def explain_load_error(source: str, e: BaseException) -> GuidanceError:
     if not is_local and hub_offline():
         return GuidanceError(
             f"{source} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
-            f"downloading it: run `hf download {source}` with network (or unset HF_HUB_OFFLINE), "
+            "downloading it: run `stabledreamer models download SET` (`models list` names the "
+            f"sets) or `hf download {source}` with network (or unset HF_HUB_OFFLINE), "
             "or give a local folder made by save_pretrained"
         )
     if not is_local and any(isinstance(x, RepositoryNotFoundError) for x in errs):

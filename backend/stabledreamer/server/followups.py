@@ -103,16 +103,28 @@ def followup_prepared(msg: Submit, parent: ParentRef, models: dict[str, str]) ->
     seed = msg.seed if msg.seed is not None else random.randrange(2**31)
     try:
         parent_cfg = load_run_config(parent.files[f"{PARENT_DIR}/config.json"].parent)
-        followup_config_of(msg.mode, parent_cfg, prompt, negative, msg.steps or 0, seed,
-                           msg.overrides, models)  # fmt: skip
+        cfg = followup_config_of(msg.mode, parent_cfg, prompt, negative, msg.steps or 0, seed,
+                                 msg.overrides, models)  # fmt: skip
     except (ConfigError, FollowUpError) as e:
         raise ProtocolError(e.code, str(e)) from None
     except (OSError, ValueError) as e:  # an unreadable config.json
         raise ProtocolError(
             ErrorCode.UNKNOWN_PARENT, f"the parent job's config cannot be read ({e})"
         ) from None
+    missing = None
+    if cfg.models:  # the parent's model set: its last stage's models must be here
+        from ..models import ModelsMissingError
+        from ..models.store import require_run_models
+
+        try:
+            require_run_models(cfg)
+        except ModelsMissingError as e:
+            missing = e
     followup = FollowUpJob(p.job, msg.mode, msg.steps or 0, prompt, negative)
-    return Prepared("generate", p.preset, seed, dict(parent.files), "", "", followup)
+    return Prepared(
+        kind="generate", preset=p.preset, seed=seed, files=dict(parent.files), target_file="",
+        init_file="", model_set=p.model_set, models_missing=missing, followup=followup,
+    )  # fmt: skip
 
 
 def followup_config_of(mode, parent_cfg, prompt, negative, steps, seed, overrides, models):

@@ -99,6 +99,10 @@ class JobRecord:
     steps: int = 0
     """With a parent: continue: the steps added; refine: the rerun stage's steps (0: the
     parent's)."""
+    model_set: str = ""
+    """Text jobs: the model set that makes it (``models.sets``), so its licence can be told."""
+    wait_models: bool = False
+    """Text jobs: wait for the set's download instead of failing when it is missing."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -325,12 +329,14 @@ def build_config(
     negative: str = "",
     models: dict[str, str] | None = None,
     init_from: str = "",
+    model_set: str | None = None,
 ):
     """The ``RunConfig`` of a job, through ``presets.resolve`` (the path the CLI takes too): the
     preset, then the client's overrides, then what only the submit or the service decides: seed,
     target, prompt, the models the service was started with (``{"if": ..., "sd": ...}``; a client
     never names a path on the backend), and the initial point cloud the submit sent
-    (``init_from``, a file the worker wrote)."""
+    (``init_from``, a file the worker wrote), and the model set (``models.sets``; None: the
+    preset's default)."""
     from ..presets import resolve
 
     fixed: dict[str, Any] = {"seed": seed, "target": target, "prompt": prompt}
@@ -341,4 +347,6 @@ def build_config(
     for key, section in (("if", "deepfloyd_if"), ("sd", "stable_diffusion")):
         if models and models.get(key):
             fixed[f"{section}.model"] = models[key]
-    return resolve(preset, overrides, fixed=fixed, forbidden=FORBIDDEN_OVERRIDES)
+    return resolve(
+        preset, overrides, fixed=fixed, forbidden=FORBIDDEN_OVERRIDES, models=model_set or None
+    )

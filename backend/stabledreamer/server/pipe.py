@@ -37,6 +37,8 @@ class JobSpec:
     negative: str = ""
     models: dict[str, str] = field(default_factory=dict)
     """``{"if": ..., "sd": ...}`` from ``serve --if-model/--sd-model``."""
+    model_set: str = ""
+    """Text jobs: the model set (``JobRecord.model_set``; "" = the preset's default)."""
     target_file: str = ""
     init_file: str = ""
     preview_points: int = 0

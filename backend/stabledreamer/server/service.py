@@ -51,6 +51,7 @@ from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
 from .followups import resolve_parent
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
+from .models_service import ModelsService
 from .pool import Exited, WorkerHandle, WorkerPool
 from .retention import apply_retention
 from .settings import ServiceConfig
@@ -76,7 +77,7 @@ class Service:
         self.store = JobStore(cfg.state)
         self.delivery = Delivery(self._send, cfg.limits, cfg.preview_points)
         self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm)
-        self.submits = SubmitCheck(cfg.limits, self.store, cfg.model_ids())
+        self.submits = SubmitCheck(cfg.limits, self.store, cfg.model_ids(), cfg.model_set)
         self.uploads = Uploads(self.submits, self.store, cfg.upload_offload_bytes)
         self.device = "cpu"
         self.stopping = False
@@ -84,6 +85,7 @@ class Service:
         self.space = SpaceWait(self.store.root)
         self.access = Access(cfg.curve)
         self.logbuffer = LogBuffer()
+        self.models = ModelsService(self)
         self._last_housekeeping = 0.0
         self._last_retention = -RETENTION_INTERVAL_S
         self._progress_dirty: set[str] = set()
@@ -140,6 +142,7 @@ class Service:
     def close(self) -> None:
         self.pool.kill_all()
         self.uploads.close()
+        self.models.close()
         if self.socket is not None:
             self.socket.close(0)
             self.socket = None
@@ -166,6 +169,7 @@ class Service:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.uploads.fileno(), zmq.POLLIN)
+        poller.register(self.models.fileno(), zmq.POLLIN)
         for fd in self.pool.fileno_list():
             poller.register(fd, zmq.POLLIN)
         if timeout_ms is None:
@@ -175,6 +179,7 @@ class Service:
             self._read_clients()
         for done in self.uploads.finished():
             self._on_uploaded(done)
+        self.models.pump()
         for w in list(self.pool.workers):
             for msg in self.pool.read(w):
                 self._on_worker(w, msg)
@@ -260,7 +265,8 @@ class Service:
         if self.stopping:
             return
         running = self.pool.running()
-        queued = [r for r in self.store.queued() if not self.space.holds(r.job)]
+        held = self.space.holds
+        queued = [r for r in self.store.queued() if not held(r.job) and not self.models.holds(r)]
         while queued and len(running) < self.cfg.max_running:
             rec = queued.pop(0)
             try:
@@ -291,6 +297,7 @@ class Service:
             prompt=rec.prompt,
             negative=rec.negative,
             models=self.cfg.model_ids(),
+            model_set=rec.model_set,
             target_file=rec.target_file,
             init_file=rec.init_file,
             preview_points=self.delivery.preview_cap(rec.job),
@@ -443,7 +450,7 @@ class Service:
             Fetch: self._on_fetch,
             Delete: self._on_delete,
             GetLogs: self._on_get_logs,
-        }.get(type(msg))
+        }.get(type(msg)) or self.models.handlers.get(type(msg))
         if handler is None:
             raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, f"{msg.TYPE!r} is not a command")
         handler(peer, msg)
@@ -452,6 +459,7 @@ class Service:
         features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
         features += ["followups"]  # submit.parent/mode (refine, continue), since 1.3
         features += ["list_pages", "curve"] if self.cfg.curve else ["list_pages"]
+        features.append("models")
         reply = views.hello(msg.id, self.device, self.cfg.models, features, self.limits)
         reply.queue_length = self.store.active_count()
         self.delivery.reply(peer, reply)
@@ -521,6 +529,7 @@ class Service:
         try:
             if staged.error is not None:
                 raise staged.error
+            self.models.admit(msg, staged.prepared)  # models_missing, unless it waits
             rec = self.submits.record(msg, staged.digest, staged.prepared)
             rec.owner = peer.owner
             self.store.adopt(rec, staged.folder)

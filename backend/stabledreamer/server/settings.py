@@ -27,6 +27,8 @@ class ServiceConfig:
     """On SIGTERM: how long a running job may take to checkpoint and exit before it is killed."""
     models: list[str] = field(default_factory=list)
     """Guidance models named on the command line, as "if:X" / "sd:Y" (text jobs use them)."""
+    model_set: str = "if-sd"
+    """The model set of a text job whose submit names none (``serve --models``)."""
     prewarm: bool = True
     """Keep one idle worker with torch imported, so a job starts at once."""
     stall_s: float = 30.0

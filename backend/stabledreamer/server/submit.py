@@ -41,6 +41,10 @@ class Prepared:
     files: dict[str, bytes | memoryview | Path]
     target_file: str
     init_file: str
+    model_set: str = ""
+    """Text jobs: the model set it runs with (the submit's, else the service's default)."""
+    models_missing: Exception | None = None
+    """Text jobs: ``ModelsMissingError`` when the set's models are not on this machine."""
     followup: FollowUpJob | None = None
     """A refine or continue: its parent, mode, steps and effective prompts (``followups``)."""
 
@@ -50,11 +54,19 @@ class SubmitCheck:
     builds its files (it reads nothing of the store's state, so it may run on an upload thread),
     ``record`` makes the job record (queue limit, submission order: on the service loop)."""
 
-    def __init__(self, limits: Limits, store: JobStore, models: dict[str, str] | None = None):
+    def __init__(
+        self,
+        limits: Limits,
+        store: JobStore,
+        models: dict[str, str] | None = None,
+        default_set: str = "",
+    ) -> None:
         self.limits = limits
         self.store = store
         self.models = models or {}
-        """The service's models (``{"if": ..., "sd": ...}``): follow-ups are checked with them."""
+        """``serve --if-model/--sd-model``: {"if": ..., "sd": ...} (the worker uses the same;
+        follow-ups are checked with them too)."""
+        self.default_set = default_set
 
     def check(self, msg: Submit, digest: str, parent: ParentRef | None = None) -> NewJob:
         """``parent``: the resolved parent of a refine or continue (``followups``)."""
@@ -89,13 +101,24 @@ class SubmitCheck:
         if msg.init_points is not None:
             init_file = INIT_FILE
             files[init_file] = init_npz(msg)
+        model_set = (msg.models or self.default_set) if kind == "generate" else ""
         try:  # validate preset and overrides now, so the submitter gets a clear reply
-            cfg = build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative)
+            cfg = build_config(preset, msg.overrides, seed, "validate", msg.prompt, msg.negative,
+                               self.models, model_set=model_set or None)  # fmt: skip
         except ConfigError as e:
             raise ProtocolError(e.code, str(e)) from None
         if msg.init_points is not None:
             check_init_points(len(msg.init_points), cfg)
-        return Prepared(kind, preset, seed, files, target_file, init_file)
+        missing = None
+        if kind == "generate":
+            from ..models import ModelsMissingError
+            from ..models.store import require_run_models
+
+            try:  # the files only (no torch, no model loads): the reply comes at once
+                require_run_models(cfg)
+            except ModelsMissingError as e:
+                missing = e
+        return Prepared(kind, preset, seed, files, target_file, init_file, cfg.models, missing)
 
     def record(self, msg: Submit, digest: str, p: Prepared) -> JobRecord:
         if self.store.active_count() >= self.limits.max_queue:
@@ -118,6 +141,8 @@ class SubmitCheck:
             target_file=p.target_file,
             init_file=p.init_file,
             preview_points=msg.preview_points,
+            model_set=p.model_set,
+            wait_models=msg.wait_for_models and p.kind == "generate",
         )
         if p.followup is not None:  # its parent, mode, steps and effective prompts
             fields.update(p.followup.record_fields())

@@ -119,6 +119,7 @@ def job_info(rec: JobRecord, queue_position: int | None = None, mine: bool = Tru
         parent=rec.parent or None,
         mode=rec.mode or None,
         mine=mine,
+        models=rec.model_set,
     )
 
 

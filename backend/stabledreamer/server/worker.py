@@ -350,6 +350,24 @@ def _preflight(conn, run_dir: Path):
     return check
 
 
+def _hub_token(conn) -> None:
+    """Give this worker's model loads the backend's stored hub token (``models.token``: from
+    ``set_token`` or ``stabledreamer models token set``) unless ``HF_TOKEN`` is set: a gated
+    repository (DeepFloyd IF) is checked against the hub even when its files are in the cache,
+    and huggingface_hub reads ``HF_TOKEN`` at every call. The token is never logged."""
+    if os.environ.get("HF_TOKEN"):
+        return
+    from ..models.token import TokenError, load_token
+
+    try:
+        token = load_token()
+    except TokenError as e:  # a token file readable by others: not used, and said why
+        conn.send(pipe.LogLine(logging.WARNING, f"the stored hub token is not used: {e}"))
+        return
+    if token:
+        os.environ["HF_TOKEN"] = token
+
+
 def _run(conn, spec: pipe.JobSpec) -> None:
     import torch
 
@@ -376,7 +394,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
             if spec.kind == "generate":
                 cfg = build_config(
                     spec.preset, spec.overrides, spec.seed, "", spec.prompt, spec.negative,
-                    spec.models, _init_path(spec),
+                    spec.models, _init_path(spec), model_set=spec.model_set or None,
                 )  # fmt: skip
             else:
                 cfg = build_config(spec.preset, spec.overrides, spec.seed, _target_path(spec))
@@ -388,6 +406,7 @@ def _run(conn, spec: pipe.JobSpec) -> None:
 
             cfg = load_run_config(run_dir)
         if spec.kind == "generate":  # checked before any model loads
+            _hub_token(conn)
             metrics = run_generation(cfg, run_dir, resume=resume, callback=reporter,
                                      preflight=_preflight(conn, run_dir))  # fmt: skip
         else:
