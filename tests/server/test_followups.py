@@ -33,7 +33,7 @@ def test_refine_continue_and_bad_parents(tmp_path, make_server):
     alice_keys = {"client_secret": keys / "alice.key_secret", "server_public": keys / "server.key"}
     with s.client() as c, s.client(keys=None, **alice_keys) as alice:
         hello = c.handshake(timeout_s=10)
-        assert "followups" in hello.features and hello.protocol == "1.3"
+        assert "followups" in hello.features and hello.protocol == "1.4"
         alice.handshake(timeout_s=10)
         parent = c.submit("a red chair", preset="preview", seed=1, overrides=FAST)
         # refused while the parent runs, and by its kind, owner or absence
