@@ -4,7 +4,7 @@ Modules, one job each:
 
 - ``prefs.py``: the add-on preferences (backend address, keys, local backend, preview) and the
   scene settings the panel edits;
-- ``session.py``: the connection to one backend and the followed job, without bpy;
+- ``session.py``: the connection to one backend and the followed jobs (the queue), without bpy;
 - ``runtime.py``: the live state, the ``bpy.app.timers`` poll (callable directly) that applies
   what arrives, the load handler;
 - ``operators.py`` and ``panel.py``: what the artist presses and sees;
@@ -15,6 +15,7 @@ Modules, one job each:
   bounces for splats);
 - ``selection.py``: points from the selected mesh ("Start from Selected Mesh");
 - ``result_import.py``: the finished mesh, debug image and log into Blender data;
+- ``layout.py``: where a result lands (variations side by side, a refine beside its parent);
 - ``gaussian_ply.py``: 3D Gaussian Splatting .ply files as Gaussian objects;
 - ``history.py``: runs, kept in a file that outlives the .blend (with the model set that made
   each, so its licence can be told);

@@ -40,6 +40,14 @@ class Entry:
     object_name: str = ""
     """The imported object's name (renamed objects are simply not found again)."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""
+    """The run this one refines or continues ("" for a fresh run)."""
+    mode: str = ""
+    """``refine`` or ``continue`` with a parent."""
+    steps: int = 0
+    """continue: the steps added; refine: the rerun stage's steps (0: the parent's)."""
+    group: str = ""
+    """Variations of one prompt share a group id (one collection, side by side)."""
     models: str = ""
     """The model set that made it (the backend's answer once done; what was asked before)."""
 
@@ -50,8 +58,11 @@ class Entry:
 
     def label(self) -> str:
         when = time.strftime("%m-%d %H:%M", time.localtime(self.created))
+        what = {"refine": "refined: ", "continue": f"+{self.steps} steps: "}.get(self.mode, "")
+        seed = f" (seed {self.seed})" if self.group and self.seed is not None else ""
         models = self.metrics.get("model_set") or self.models
-        return f"{when}  {self.prompt[:48]}" + (f"  [{models}]" if models else "")
+        label = f"{when}  {what}{self.prompt[:48]}{seed}"
+        return label + (f"  [{models}]" if models else "")
 
     @property
     def licence(self) -> str:

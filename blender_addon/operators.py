@@ -1,4 +1,5 @@
-"""Operators: connect, start the backend, generate, cancel, log, history, the demo preview."""
+"""Operators: connect, start the backend, generate (queued, variations), cancel, select a job,
+refine and continue a finished run, log, history, the demo preview."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import bpy
 from bpy.props import IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
+
+from stabledreamer_protocol import new_id
 
 from . import backend_process, preview, runtime
 from .prefs import get_prefs
@@ -99,14 +102,46 @@ def job_request(context):
     return req, placement
 
 
+def submit(rt, req, placement=None, source_object: str = "", parent_entry=None) -> str:
+    """Send ``req`` and record it in the history (raises SessionError with what to do)."""
+    from .history import Entry
+
+    job = rt.session.submit(req)
+    parent = parent_entry
+    rt.history.add(
+        Entry(
+            job=job,
+            prompt=(req.prompt.strip() or (parent.prompt if parent else "")),
+            negative=req.negative if req.mode != "continue" else parent.negative,
+            preset=parent.preset if parent else req.preset,
+            seed=req.seed,
+            endpoint=rt.session.settings.endpoint,
+            placement=placement.to_list() if placement is not None else None,
+            source_object=source_object,
+            preview_points=req.preview_points,
+            parent=req.parent or "",
+            mode=req.mode or "",
+            steps=req.steps or 0,
+            group=req.group,
+            models=(parent.models if parent else req.models) or "",
+        )
+    )
+    if parent is not None and rt.session.jobs.get(job) is not None:
+        rt.session.jobs[job].prompt = rt.history.get(job).prompt
+    runtime.ensure_timer()
+    return job
+
+
 class STABLEDREAMER_OT_generate(bpy.types.Operator):
-    """Generate a 3D object from the prompt on the backend (streamed live into the viewport)"""
+    """Generate a 3D object from the prompt on the backend (streamed live into the viewport).
+    While jobs run, the prompt joins the queue; with Variations above 1, that many seeds"""
 
     bl_idname = "stabledreamer.generate"
     bl_label = "Generate"
 
     def execute(self, context):
-        from .history import Entry
+        from dataclasses import replace
+
         from .selection import SelectionError
 
         rt = runtime.get()
@@ -115,40 +150,34 @@ class STABLEDREAMER_OT_generate(bpy.types.Operator):
             return {"CANCELLED"}
         from .models_ops import hold_generate
 
+        n = max(1, context.scene.stabledreamer.variations)
         try:
             req, placement = job_request(context)
             if hold_generate(self, context, req):  # its model set is missing: offer the download
                 return {"CANCELLED"}
-            job = rt.session.submit(req)
+            source = context.active_object.name if placement is not None else ""
+            if n == 1:
+                submit(rt, req, placement, source)
+            else:  # N jobs of one prompt, each its own seed (the backend picks when random)
+                group = new_id()
+                for i in range(n):
+                    seed = None if req.seed is None else req.seed + i
+                    submit(rt, replace(req, seed=seed, group=group), placement, source)
         except (_session_error(), SelectionError) as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        rt.history.add(
-            Entry(
-                job=job,
-                prompt=req.prompt.strip(),
-                negative=req.negative,
-                preset=req.preset,
-                seed=req.seed,
-                endpoint=rt.session.settings.endpoint,
-                placement=placement.to_list() if placement is not None else None,
-                source_object=context.active_object.name if placement is not None else "",
-                preview_points=req.preview_points,
-                models=req.models or "",
-            )
-        )
-        runtime.ensure_timer()
-        self.report({"INFO"}, f"Submitted: {req.prompt.strip()[:60]}")
+        what = f"{n} variations of " if n > 1 else ""
+        self.report({"INFO"}, f"Submitted: {what}{req.prompt.strip()[:60]}")
         return {"FINISHED"}
 
 
-def _on_session(op, method: str, done: str = "") -> set[str]:
-    """Call ``Session.<method>()``; a SessionError becomes the operator's ERROR report."""
+def _on_session(op, method: str, done: str = "", *args) -> set[str]:
+    """Call ``Session.<method>(*args)``; a SessionError becomes the operator's ERROR report."""
     rt = runtime.get()
     try:
         if rt.session is None:
             raise _session_error()("Not connected to a backend: press Connect first.")
-        getattr(rt.session, method)()
+        getattr(rt.session, method)(*args)
     except _session_error() as e:
         op.report({"ERROR"}, str(e))
         return {"CANCELLED"}
@@ -158,13 +187,34 @@ def _on_session(op, method: str, done: str = "") -> set[str]:
 
 
 class STABLEDREAMER_OT_cancel(bpy.types.Operator):
-    """Cancel the running job (the backend stops within a step)"""
+    """Cancel the job: queued, or running (the backend stops within a step)"""
 
     bl_idname = "stabledreamer.cancel"
     bl_label = "Cancel"
+    bl_options = {"INTERNAL"}
+
+    job: StringProperty(options={"SKIP_SAVE"})  # noqa: F821  ("": the selected job)
 
     def execute(self, context):
-        return _on_session(self, "cancel")
+        return _on_session(self, "cancel", "", self.job or None)
+
+
+class STABLEDREAMER_OT_select_job(bpy.types.Operator):
+    """Show this job's live preview and debug strip"""
+
+    bl_idname = "stabledreamer.select_job"
+    bl_label = "Show Job"
+    bl_options = {"INTERNAL"}
+
+    job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
+
+    def execute(self, context):
+        try:
+            runtime.select_job(self.job)
+        except _session_error() as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        return {"FINISHED"}
 
 
 class STABLEDREAMER_OT_retry_download(bpy.types.Operator):
@@ -173,8 +223,116 @@ class STABLEDREAMER_OT_retry_download(bpy.types.Operator):
     bl_idname = "stabledreamer.retry_download"
     bl_label = "Retry Download"
 
+    job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
+
     def execute(self, context):
-        return _on_session(self, "retry_download")
+        return _on_session(self, "retry_download", "", self.job or None)
+
+
+def finished_run(context, job: str = ""):
+    """The finished run a Refine or Continue acts on: ``job``, else the selected imported
+    result's, else the panel's selected job; (entry, None) or (None, why not)."""
+    from .layout import job_of
+
+    rt = runtime.get()
+    job = job or job_of(context.active_object)
+    if not job and rt.session is not None and rt.session.job is not None:
+        job = rt.session.job.job
+    entry = rt.history.get(job) if job else None
+    if entry is None:
+        return None, "Select an imported result (or pick a run in the history) first."
+    if entry.state != "done":
+        return None, f"{entry.prompt[:40]!r} is {entry.state}: only finished runs go on."
+    return entry, None
+
+
+class _FollowUp:
+    """What Refine and Continue share: the parent run (a hidden job id, or the selection)."""
+
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    job: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # noqa: F821
+
+    @classmethod
+    def poll(cls, context):
+        rt = runtime.get()
+        return rt.session is not None and rt.session.connected
+
+    def follow_up(self, context, **fields):
+        from .session import JobRequest
+
+        rt = runtime.get()
+        entry, why = finished_run(context, self.job)
+        if entry is None:
+            self.report({"ERROR"}, why)
+            return {"CANCELLED"}
+        prefs = get_prefs()
+        s = context.scene.stabledreamer
+        points = (prefs.preview_points if prefs is not None else None) if s.live_preview else 0
+        req = JobRequest(parent=entry.job, preview_points=points, seed=None, **fields)
+        try:
+            submit(rt, req, parent_entry=entry)
+        except _session_error() as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Submitted: {req.mode} of {entry.prompt[:50]}")
+        return {"FINISHED"}
+
+
+class STABLEDREAMER_OT_refine(_FollowUp, bpy.types.Operator):
+    """Rerun the detail stage of this finished run from its Gaussians with an edited prompt:
+    the geometry is kept, colour and detail are redone (a new run, beside the original)"""
+
+    bl_idname = "stabledreamer.refine"
+    bl_label = "Refine"
+
+    prompt: StringProperty(name="Prompt")  # noqa: F821
+    negative: StringProperty(name="Negative")  # noqa: F821
+    steps: IntProperty(  # noqa: F821
+        name="Steps", description="Steps of the detail stage (0 = the run's own)", default=0,
+        min=0,
+    )  # fmt: skip
+
+    def invoke(self, context, event):
+        entry, why = finished_run(context, self.job)
+        if entry is None:
+            self.report({"ERROR"}, why)
+            return {"CANCELLED"}
+        self.job, self.prompt, self.negative = entry.job, entry.prompt, entry.negative
+        return context.window_manager.invoke_props_dialog(self, width=420)
+
+    def execute(self, context):
+        if not self.prompt.strip():
+            self.report({"ERROR"}, 'The prompt is empty: say what to make, e.g. "a blue chair".')
+            return {"CANCELLED"}
+        return self.follow_up(
+            context, prompt=self.prompt, negative=self.negative, mode="refine",
+            steps=self.steps or None,
+        )  # fmt: skip
+
+
+class STABLEDREAMER_OT_continue_run(_FollowUp, bpy.types.Operator):
+    """Add steps to this finished run's last stage, held at its final noise level (a new run,
+    beside the original)"""
+
+    bl_idname = "stabledreamer.continue_run"
+    bl_label = "Continue"
+
+    steps: IntProperty(  # noqa: F821
+        name="Steps", description="Steps to add to the last stage", default=300, min=1,
+        max=100_000,
+    )  # fmt: skip
+
+    def invoke(self, context, event):
+        entry, why = finished_run(context, self.job)
+        if entry is None:
+            self.report({"ERROR"}, why)
+            return {"CANCELLED"}
+        self.job = entry.job
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        return self.follow_up(context, prompt="", mode="continue", steps=self.steps)
 
 
 class STABLEDREAMER_OT_show_log(bpy.types.Operator):
@@ -287,7 +445,10 @@ CLASSES = (
     STABLEDREAMER_OT_start_backend,
     STABLEDREAMER_OT_generate,
     STABLEDREAMER_OT_cancel,
+    STABLEDREAMER_OT_select_job,
     STABLEDREAMER_OT_retry_download,
+    STABLEDREAMER_OT_refine,
+    STABLEDREAMER_OT_continue_run,
     STABLEDREAMER_OT_show_log,
     STABLEDREAMER_OT_history_recall,
     STABLEDREAMER_OT_history_import,

@@ -1,6 +1,9 @@
-"""The sidebar panels (3D viewport > N > StableDreamer): connection, prompt, progress, history."""
+"""The sidebar panels (3D viewport > N > StableDreamer): connection, prompt, the job queue and the
+selected job's progress, refine and continue, history."""
 
 from __future__ import annotations
+
+import math
 
 import bpy
 
@@ -9,6 +12,9 @@ from .prefs import get_prefs
 
 ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
 HISTORY_ROWS = 8
+QUEUE_ROWS = 8
+STATE_ICONS = {"queued": "SORTTIME", "running": "PLAY", "done": "CHECKMARK",
+               "failed": "ERROR", "cancelled": "X"}  # fmt: skip
 
 
 def protocol_version() -> str:
@@ -66,6 +72,7 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
         sub = row.row(align=True)
         sub.enabled = not s.random_seed
         sub.prop(s, "seed")
+        col.prop(s, "variations")
         col.prop(s, "live_preview")
         col.prop(s, "import_gaussians")
         row = col.row(align=True)
@@ -75,14 +82,21 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
         row = layout.row(align=True)
         row.scale_y = 1.4
         busy = session is not None and session.busy
+        queueing = session is not None and bool(session.active_jobs)
         gen = row.row(align=True)
-        gen.enabled = connected and not busy
-        gen.operator("stabledreamer.generate", icon="PLAY")
+        gen.enabled = connected
+        gen.operator(
+            "stabledreamer.generate", icon="PLAY", text="Add to Queue" if queueing else "Generate"
+        )
         can = row.row(align=True)
         can.enabled = busy
         can.operator("stabledreamer.cancel", icon="CANCEL")
 
-        # progress
+        if session is not None:
+            draw_queue(layout, session)
+        draw_follow_ups(layout, context)
+
+        # the selected job's progress
         job = session.job if session is not None else None
         if job is not None:
             box = layout.box()
@@ -93,7 +107,7 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
             else:
                 box.label(text=text)
             if job.download_failed:
-                box.operator("stabledreamer.retry_download", icon="FILE_REFRESH")
+                box.operator("stabledreamer.retry_download", icon="FILE_REFRESH").job = job.job
             if job.num_gaussians:
                 box.label(text=f"{job.num_gaussians:,} Gaussians")
             if rt.debug_tiles:
@@ -102,6 +116,67 @@ class STABLEDREAMER_PT_panel(_Sidebar, bpy.types.Panel):
                     cell = grid.column(align=True)
                     cell.template_icon(icon_value=icon, scale=4.0)
                     cell.label(text=label)
+
+
+def format_duration(seconds: float) -> str:
+    from .session import format_duration as fmt
+
+    return fmt(seconds)
+
+
+def job_label(job) -> str:
+    what = {"refine": "refine: ", "continue": "continue: "}.get(job.mode or "", "")
+    seed = f" ({job.seed})" if job.group and job.seed is not None else ""
+    return f"{what}{job.prompt[:32]}{seed}"
+
+
+def short_state(job, session) -> str:
+    eta = session.eta(job)
+    left = f", ~{format_duration(eta)}" if eta is not None and math.isfinite(eta) else ""
+    if job.state == "queued":
+        where = f"#{job.queue_position + 1}" if job.queue_position is not None else "queued"
+        return where + left
+    if job.state == "running":
+        return (f"{job.fraction:.0%}" if job.total else "starting") + left
+    if job.state == "done" and not job.imported:
+        return "downloading" if not job.download_failed else "download failed"
+    return job.state
+
+
+def draw_queue(layout, session) -> None:
+    """This client's jobs (prompt, state or queue position, progress, ETA), each with Cancel;
+    the selected one shows its preview. Other clients' jobs are only counted."""
+    jobs = list(session.jobs.values())[-QUEUE_ROWS:]
+    if not jobs and not session.others_active:
+        return
+    box = layout.box()
+    others = session.others_active
+    head = "Jobs" + (f" ({others} of other clients on this backend)" if others else "")
+    box.label(text=head, icon="SEQ_STRIP_DUPLICATE")
+    for job in jobs:
+        row = box.row(align=True)
+        mark = "RADIOBUT_ON" if job.job == session.selected else "RADIOBUT_OFF"
+        op = row.operator("stabledreamer.select_job", text="", icon=mark, emboss=False)
+        op.job = job.job
+        row.label(text=job_label(job), icon=STATE_ICONS.get(job.state, "DOT"))
+        row.label(text=short_state(job, session))
+        sub = row.row(align=True)
+        sub.enabled = not job.terminal
+        sub.operator("stabledreamer.cancel", text="", icon="X").job = job.job
+
+
+def draw_follow_ups(layout, context) -> None:
+    """Refine and Continue for the selected imported result (or the selected finished job)."""
+    from .operators import finished_run
+
+    entry, _why = finished_run(context)
+    if entry is None:
+        return
+    box = layout.box()
+    box.label(text=f"Result: {entry.prompt[:48]}", icon="MESH_MONKEY")
+    row = box.row(align=True)
+    row.operator("stabledreamer.refine", icon="BRUSH_DATA").job = entry.job
+    row.operator("stabledreamer.continue_run", icon="FORWARD").job = entry.job
 
 
 class STABLEDREAMER_PT_advanced(_Sidebar, bpy.types.Panel):
@@ -139,6 +214,10 @@ class STABLEDREAMER_PT_history(_Sidebar, bpy.types.Panel):
             sub.enabled = bool(e.result_dir)
             op = sub.operator("stabledreamer.history_import", text="", icon="IMPORT")
             op.job = e.job
+            sub = row.row(align=True)
+            sub.enabled = e.state == "done"
+            sub.operator("stabledreamer.refine", text="", icon="BRUSH_DATA").job = e.job
+            sub.operator("stabledreamer.continue_run", text="", icon="FORWARD").job = e.job
 
 
 CLASSES = (

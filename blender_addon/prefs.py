@@ -156,6 +156,14 @@ class StableDreamerSettings(bpy.types.PropertyGroup):
     seed: IntProperty(  # noqa: F821
         name="Seed", description="Random seed (used when Random is off)", default=0, min=0
     )
+    variations: IntProperty(  # noqa: F821
+        name="Variations",
+        description="Generate this many seeds of the prompt (queued; the results land side by "
+        "side in one collection)",
+        default=1,
+        min=1,
+        max=16,
+    )
     random_seed: BoolProperty(  # noqa: F821
         name="Random", description="Let the backend pick a new seed for every run", default=True
     )

@@ -41,14 +41,18 @@ def import_mesh(
     location=(0.0, 0.0, 0.0),
     scale: float = 1.0,
     scene: bpy.types.Scene | None = None,
+    collection: bpy.types.Collection | None = None,
 ) -> bpy.types.Object:
-    """Import ``glb`` into a new collection ``StableDreamer: <name>`` and return its mesh
-    object (renamed ``name``), moved to ``location`` and scaled by ``scale``."""
+    """Import ``glb`` into a new collection ``StableDreamer: <name>`` (or into ``collection``,
+    linked to the scene) and return its mesh object (renamed ``name``), moved to ``location``
+    and scaled by ``scale``."""
     if not glb.is_file():
         raise FileNotFoundError(f"{glb} is missing: the result has no mesh to import.")
     scene = scene or bpy.context.scene
-    coll = bpy.data.collections.new(f"{COLLECTION_PREFIX}: {name}")
-    scene.collection.children.link(coll)
+    shared = collection is not None
+    coll = collection or bpy.data.collections.new(f"{COLLECTION_PREFIX}: {name}")
+    if not shared:
+        scene.collection.children.link(coll)
     before = set(bpy.data.objects)
     layer = bpy.context.view_layer
     previous = layer.active_layer_collection
@@ -68,7 +72,8 @@ def import_mesh(
     if "FINISHED" not in result or not new:
         for o in new:
             bpy.data.objects.remove(o)
-        bpy.data.collections.remove(coll)
+        if not shared:
+            bpy.data.collections.remove(coll)
         raise RuntimeError(f"Blender's glTF importer could not read {glb}.")
     for o in new:  # the importer links to the active collection; make sure they are in ours
         if coll not in o.users_collection:

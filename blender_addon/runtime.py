@@ -6,8 +6,10 @@ session received, writes the newest preview into the preview object, the debug i
 image, downloads into the user folder and the finished mesh into the scene.
 
 State lives in this module (not in the .blend), so undo and opening another file keep the
-connection and the job; the history file keeps them across a reload of the add-on (``register``
-re-attaches the job that was running).
+connection and the jobs; the history file keeps them across a reload of the add-on (``register``
+re-attaches the jobs that were queued or running). Only the selected job's previews and debug
+strips reach the scene; every finished job's result is imported (variations side by side in one
+collection, a refine or continue beside its parent).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Runtime:
         """Name of the image holding the newest debug strip (for the Image Editor)."""
         self.debug_tiles: list[tuple[str, int]] = []
         """(label, icon id) of its tiles, drawn in the panel."""
+        self.shown_job: str | None = None
+        """The job whose preview the scene shows (the session's selected one, once drawn)."""
 
     @property
     def status(self) -> str:
@@ -104,13 +108,14 @@ def connect(timeout_s: float | None = None, auto_start: bool = True) -> None:
     rt = get()
     rt.auto_start_ok = auto_start
     settings = connection_settings()
-    job = rt.session.job if rt.session is not None else None
+    jobs, selected = {}, None
     if rt.session is not None:
-        if rt.session.settings.endpoint != settings.endpoint:
-            job = None  # that job lives on the other backend (its history entry remembers)
+        if rt.session.settings.endpoint == settings.endpoint:
+            jobs, selected = rt.session.jobs, rt.session.selected
+        # else those jobs live on the other backend (their history entries remember)
         rt.session.close()
     rt.session = Session(settings)
-    rt.session.job = job
+    rt.session.jobs, rt.session.selected = jobs, selected
     models_link.of(rt.session)  # the Models panel's link: asks for the sets after the handshake
     rt.session.connect(timeout_s or CONNECT_TIMEOUT_S)
     ensure_timer()
@@ -139,25 +144,32 @@ def start_backend() -> None:
 
 
 def reattach_active_job() -> None:
-    """After a reload: follow the job that was running (the backend kept it going)."""
+    """After a reload: follow the jobs that were queued or running (the backend kept them)."""
     rt = get()
-    entry = rt.history.active()
-    if entry is None:
+    entries = [e for e in rt.history.entries if e.active]
+    if not entries:
         return
     endpoint = connection_settings().endpoint
-    if entry.endpoint and entry.endpoint != endpoint:
-        rt.notify(
-            "WARNING",
-            f"The run {entry.prompt[:40]!r} is on the backend {entry.endpoint}; set that "
-            "address in the preferences and Connect to follow it.",
-        )
+    here = [e for e in entries if not e.endpoint or e.endpoint == endpoint]
+    for entry in entries:
+        if entry not in here:
+            rt.notify(
+                "WARNING",
+                f"The run {entry.prompt[:40]!r} is on the backend {entry.endpoint}; set that "
+                "address in the preferences and Connect to follow it.",
+            )
+    if not here:
         return
     try:
         connect(auto_start=False)
     except Exception as e:  # SessionError: missing keys, a bad address
-        rt.notify("WARNING", f"Could not reconnect to follow {entry.prompt[:40]!r}: {e}")
+        rt.notify("WARNING", f"Could not reconnect to follow {here[0].prompt[:40]!r}: {e}")
         return
-    rt.session.follow(entry.job, entry.prompt, entry.preview_points)
+    for entry in sorted(here, key=lambda e: e.created):  # the oldest first: it runs first
+        rt.session.follow(
+            entry.job, entry.prompt, entry.preview_points, parent=entry.parent or None,
+            mode=entry.mode or None, group=entry.group,
+        )  # fmt: skip
 
 
 # --- the timer ----------------------------------------------------------------------------------
@@ -195,6 +207,9 @@ def poll() -> float:
                 if rt.pending_imports and _can_import():
                     _import_pending(rt)
         _watch_backend_start(rt)
+        if session.selected != rt.shown_job and session.selected is not None:
+            rt.shown_job = session.selected  # the queue moved on: draw what arrived for it
+            select_job(session.selected)
     except Exception as e:  # never let the timer die: it would silently stop all updates
         traceback.print_exc()
         rt.notify("ERROR", f"Internal error while updating: {type(e).__name__}: {e}")
@@ -211,8 +226,8 @@ def _apply_safely(rt: Runtime, update) -> None:
     except Exception as e:
         traceback.print_exc()
         rt.notify("ERROR", f"Could not apply a {type(update).__name__}: {type(e).__name__}: {e}")
-        job = rt.session.job if rt.session is not None else None
-        if isinstance(update, ResultUpdate) and job is not None and job.job == update.job:
+        job = rt.session.jobs.get(update.job) if rt.session is not None else None
+        if isinstance(update, ResultUpdate) and job is not None:
             job.imported, job.download, job.download_failed = False, None, True
 
 
@@ -281,20 +296,12 @@ def apply(rt: Runtime, update) -> None:
     elif isinstance(update, PreviewUpdate):
         if settings is not None and not settings.live_preview:
             return
-        prefs = get_prefs()
-        g = update.gaussians
-        obj = preview.update_preview(
-            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"],
-            point_cap=prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP,
-        )  # fmt: skip
-        entry = rt.history.get(update.job)
-        placement = entry.placement if entry is not None else None
-        if placement:
-            preview.place(placement[:3], placement[3], obj)
-        else:
-            preview.place((0.0, 0.0, 0.0), 1.0, obj)
-        preview.set_visible(True, obj)
+        if rt.session is not None and update.job != rt.session.selected:
+            return  # another job of the queue: kept in the session until it is selected
+        show_preview(rt, update)
     elif isinstance(update, DebugUpdate):
+        if rt.session is not None and update.job != rt.session.selected:
+            return
         rt.debug_image = result_import.show_debug_image(update.image).name
         rt.debug_tiles = result_import.debug_tiles(update.image, update.labels)
     elif isinstance(update, LogUpdate):
@@ -304,14 +311,60 @@ def apply(rt: Runtime, update) -> None:
         _on_result(rt, update, scene)
 
 
+def show_preview(rt: Runtime, update) -> None:
+    """Draw a job's preview in the preview object, where its history entry places it."""
+    prefs = get_prefs()
+    g = update.gaussians
+    obj = preview.update_preview(
+        g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"],
+        point_cap=prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP,
+    )  # fmt: skip
+    entry = rt.history.get(update.job)
+    placement = entry.placement if entry is not None else None
+    if placement:
+        preview.place(placement[:3], placement[3], obj)
+    else:
+        preview.place((0.0, 0.0, 0.0), 1.0, obj)
+    preview.set_visible(True, obj)
+
+
+def select_job(job: str) -> None:
+    """Show ``job``: its newest preview at once (when one arrived), its later ones as they come."""
+    rt = get()
+    if rt.session is None:
+        return
+    update, debug = rt.session.select(job)
+    rt.shown_job = job
+    rt.debug_tiles = []
+    settings = getattr(bpy.context.scene, "stabledreamer", None)
+    if update is not None and (settings is None or settings.live_preview):
+        show_preview(rt, update)
+    elif rt.session.job is not None and rt.session.job.state != "running":
+        preview.set_visible(False)
+    if debug is not None:
+        rt.debug_image = result_import.show_debug_image(debug.image).name
+        rt.debug_tiles = result_import.debug_tiles(debug.image, debug.labels)
+
+
 def _on_result(rt: Runtime, update, scene) -> None:
     folder = rt.folder / "results" / update.job
     result_import.write_files(folder, update.files)
+    view = rt.session.jobs.get(update.job) if rt.session is not None else None
+    if rt.history.get(update.job) is None and view is not None:
+        # a job of this key found on the backend without an entry here (another Blender's):
+        # remembered, so its result is named and placed like any other
+        rt.history.add(
+            Entry(
+                job=view.job, prompt=view.prompt, seed=view.seed, parent=view.parent or "",
+                mode=view.mode or "", endpoint=rt.session.settings.endpoint,
+            )
+        )  # fmt: skip
     rt.history.update(
         update.job, state="done", result_dir=str(folder), metrics=_small(update.metrics)
     )
-    if rt.session is not None and rt.session.job is not None:
-        rt.session.job.imported = True  # even when the import waits or fails: files are saved
+    job = rt.session.jobs.get(update.job) if rt.session is not None else None
+    if job is not None:
+        job.imported = True  # even when the import waits or fails: files are saved
     if "mesh.glb" not in update.files:
         why = update.metrics.get("mesh_error") or "no reason given"
         rt.notify(
@@ -341,7 +394,9 @@ def _import_pending(rt: Runtime) -> None:
                 f"The result is saved in {entry.result_dir} but could not be imported: {e}",
             )
             continue
-        preview.set_visible(False)
+        selected = rt.session.job if rt.session is not None else None
+        if selected is None or selected.job == job or selected.state != "running":
+            preview.set_visible(False)  # else it shows the next job of the queue
         coll = obj.users_collection[0]
         rt.notify("INFO", f"Imported {obj.name!r} into the collection {coll.name!r}")
         blockout = bpy.data.objects.get(entry.source_object) if entry.source_object else None
@@ -355,7 +410,11 @@ def _import_pending(rt: Runtime) -> None:
 
 def import_entry(entry: Entry, scene=None, gaussians: bool = False):
     """Import a history entry's mesh (at its blockout, else at the 3D cursor), and with
-    ``gaussians`` its .ply as Gaussians into the same collection."""
+    ``gaussians`` its .ply as Gaussians into the same collection. Variations share one collection
+    and are named with their seed; variations and refined or continued runs land beside the
+    results they belong with (``layout.beside``), not on top of them."""
+    from . import layout
+
     scene = scene or bpy.context.scene
     if not entry.result_dir:
         raise FileNotFoundError("this run has no downloaded result")
@@ -364,9 +423,21 @@ def import_entry(entry: Entry, scene=None, gaussians: bool = False):
     else:
         location, scale = tuple(scene.cursor.location), 1.0
     name = result_import.object_name(entry.prompt)
+    collection = None
+    history = get().history
+    neighbours = layout.neighbours(entry, history)
+    if entry.group:
+        name = f"{name} (seed {entry.seed})" if entry.seed is not None else name
+        collection = layout.group_collection(entry, history, scene)
+    elif entry.mode:
+        name = f"{name} ({entry.mode})"
     folder = Path(entry.result_dir)
-    obj = result_import.import_mesh(folder / "mesh.glb", name, location, scale, scene)
-    get().history.update(entry.job, object_name=obj.name)
+    obj = result_import.import_mesh(
+        folder / "mesh.glb", name, location, scale, scene, collection=collection
+    )
+    obj[layout.JOB_PROPERTY] = entry.job
+    history.update(entry.job, object_name=obj.name)
+    moved = [layout.root_of(obj)]
     if gaussians and (folder / "gaussians.ply").is_file():
         from . import gaussian_ply
 
@@ -378,6 +449,9 @@ def import_entry(entry: Entry, scene=None, gaussians: bool = False):
             point_cap=prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP,
         )
         splats.location, splats.scale = location, (scale, scale, scale)
+        splats[layout.JOB_PROPERTY] = entry.job
+        moved.append(splats)
+    layout.beside(moved, obj, neighbours)
     return obj
 
 

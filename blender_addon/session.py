@@ -1,4 +1,4 @@
-"""The add-on's link to one backend, without bpy: connection, the followed job, what to show.
+"""The add-on's link to one backend, without bpy: connection, the followed jobs, what to show.
 
 A :class:`Session` wraps the protocol's :class:`~stabledreamer_protocol.client.Client` in a state
 machine that never blocks, so Blender's timer can call :meth:`Session.poll` on the main thread:
@@ -8,6 +8,12 @@ the backend's answer is waited for across polls) -> ``connected`` -> silence lon
 ``lost_after_s`` (a ``ping`` goes out every ``ping_interval_s``) -> ``lost``: the socket is
 rebuilt, the handshake repeated and the followed job re-attached (it keeps running on the
 backend meanwhile) -> ``connected``.
+
+Jobs form a queue: every job this client submitted (or found again on the backend under its
+key) is followed at once, in :attr:`Session.jobs`; one of them is *selected* (its preview and
+debug strip are shown). The backend's listing of active jobs (``list_jobs``, every few seconds)
+brings their queue positions, this client's jobs after a reconnect, and the count of other
+clients' jobs (shown, never listed).
 
 :meth:`poll` returns what the scene should change, as plain objects: :class:`PreviewUpdate`,
 :class:`DebugUpdate`, :class:`ResultUpdate`, :class:`JobUpdate` (state, for the history),
@@ -32,6 +38,7 @@ from stabledreamer_protocol import (
     ErrorCode,
     GetLogs,
     Hello,
+    Jobs,
     JobState,
     Logs,
     Pong,
@@ -50,6 +57,10 @@ CONNECT_TIMEOUT_S = 5.0
 """How long a handshake may take before the backend counts as not running."""
 STARTUP_TIMEOUT_S = 180.0
 """The same for a backend this add-on has just started (it imports torch and warms up)."""
+LIST_INTERVAL_S = 2.0
+"""How often the backend's list of active jobs is asked for (queue positions, other clients)."""
+MAX_SETTLED = 12
+"""Finished jobs kept in the panel's list (the history keeps them all)."""
 
 
 class SessionError(Exception):
@@ -94,6 +105,13 @@ class JobRequest:
     init_points: np.ndarray | None = None
     init_colors: np.ndarray | None = None
     preview_points: int | None = None
+    parent: str | None = None
+    """Refine or continue this finished job (``mode``; the backend's feature ``followups``)."""
+    mode: str | None = None
+    steps: int | None = None
+    """continue: steps to add; refine: steps of the rerun stage (None: the parent's)."""
+    group: str = ""
+    """Variations of one prompt share a group (their results land side by side)."""
     models: str | None = None
     """The model set (None: the backend's default); sent to backends with the feature."""
     wait_for_models: bool = False
@@ -124,10 +142,21 @@ class JobView:
     """What the submit asked for (a re-attach asks for the same)."""
     acknowledged: bool = False
     """The backend has sent a state for this job (so it was accepted)."""
+    parent: str | None = None
+    mode: str | None = None
+    group: str = ""
+    started: float | None = None
+    """Session clock when it was seen running first, and when it was seen done."""
+    ended: float | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to wait for: finished, and a done job's result imported (or failed)."""
+        return self.terminal and (self.state != "done" or self.imported or self.download_failed)
 
     @property
     def fraction(self) -> float:
@@ -139,7 +168,11 @@ class JobView:
             return f"Waiting for its models: downloading, {done}"
         if self.state == "queued":
             pos = self.queue_position
-            return "Queued" + (f" ({pos} ahead)" if pos else "")
+            return (
+                "Queued"
+                + (f" ({pos} ahead)" if pos else "")
+                + (f": {self.message}" if self.message == "cancelling" else "")
+            )
         if self.state == "running":
             text = f"{self.stage or 'starting'} {self.step}/{self.total}"
             if self.eta_s is not None and math.isfinite(self.eta_s):
@@ -224,7 +257,16 @@ class Session:
         self.unreachable = False
         """The last connect got no answer: the panel offers to start a backend."""
         self.server: Hello | None = None
-        self.job: JobView | None = None
+        self.jobs: dict[str, JobView] = {}
+        """Every job followed, in submission order."""
+        self.selected: str | None = None
+        """The job whose preview and debug strip are shown."""
+        self.others_active = 0
+        """Jobs queued or running on the backend for other client keys (counted, not shown)."""
+        self.latest_preview: dict[str, PreviewUpdate] = {}
+        """The newest preview of each running job (shown at once when it is selected)."""
+        self.latest_debug: dict[str, DebugUpdate] = {}
+        """The same for the debug strips."""
         self.log_lines: list[str] = []
         self._hello_id: str | None = None
         self._deadline = 0.0
@@ -232,23 +274,75 @@ class Session:
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._logs_id: str | None = None
+        self._list_id: str | None = None
+        self._last_list = 0.0
         self.handlers: list = []
         """``handler(event, out) -> bool`` called first for every event; True consumes it
         (``models_link``)."""
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    @property
+    def job(self) -> JobView | None:
+        """The selected job."""
+        return self.jobs.get(self.selected) if self.selected else None
+
+    @job.setter
+    def job(self, view: JobView | None) -> None:
+        if view is None:
+            self.selected = None
+            return
+        self.jobs[view.job] = view
+        self.selected = view.job
+
+    @property
+    def busy(self) -> bool:
+        """The selected job is not finished (or its result still downloading)."""
+        job = self.job
+        return job is not None and not job.settled
+
+    @property
+    def active_jobs(self) -> list[JobView]:
+        return [j for j in self.jobs.values() if not j.settled]
+
+    def _add(self, view: JobView) -> None:
+        """Follow ``view``; it is selected unless the selected job is still going."""
+        self.jobs[view.job] = view
+        if not self.busy:
+            self.selected = view.job
+        settled = [j for j in self.jobs.values() if j.settled and j.job != self.selected]
+        for old in settled[: max(0, len(settled) - MAX_SETTLED)]:
+            del self.jobs[old.job]
+
+    def eta(self, view: JobView) -> float | None:
+        """Seconds until ``view`` is done, roughly: the backend's estimate while it runs; while
+        queued, the estimates of this client's running jobs plus, for it and every job ahead of
+        it, the mean duration of the jobs this session saw from start to end (None until one
+        did)."""
+        if view.state == "running":
+            return view.eta_s
+        if view.state != "queued" or view.queue_position is None:
+            return None
+        seen = [v.ended - v.started for v in self.jobs.values()
+                if v.started is not None and v.ended is not None]  # fmt: skip
+        if not seen:
+            return None
+        running = sum(v.eta_s or 0.0 for v in self.jobs.values() if v.state == "running")
+        return running + (view.queue_position + 1) * sum(seen) / len(seen)
+
+    def select(self, job: str) -> tuple[PreviewUpdate | None, DebugUpdate | None]:
+        """Show ``job``: its newest preview and debug strip, when they arrived, are returned
+        to draw at once."""
+        if job not in self.jobs:
+            raise SessionError("That job is no longer in the list.")
+        self.selected = job
+        return self.latest_preview.get(job), self.latest_debug.get(job)
 
     # --- connection ---------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self.state == "connected"
-
-    @property
-    def busy(self) -> bool:
-        """A job is followed and not finished (or its result still downloading)."""
-        job = self.job
-        return job is not None and not (
-            job.terminal and (job.state != "done" or job.imported or job.download_failed)
-        )
 
     def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         """Start connecting (returns at once; :meth:`poll` completes the handshake)."""
@@ -296,12 +390,8 @@ class Session:
     def submit(self, req: JobRequest) -> str:
         """Send a text job; returns its id. Raises :class:`SessionError` with what to do."""
         client = self._need_connection()
-        if self.busy:
-            raise SessionError(
-                f"A job is already running ({self.job.prompt[:40]!r}): cancel it or wait."
-            )
         prompt = req.prompt.strip()
-        if not prompt:
+        if not prompt and req.mode != "continue":
             raise SessionError('The prompt is empty: say what to make, e.g. "a ceramic teapot".')
         limit = client.send_limits.max_prompt_chars
         for name, text in (("prompt", prompt), ("negative prompt", req.negative)):
@@ -317,6 +407,10 @@ class Session:
                 f"{', '.join(presets)}): update the backend or pick another."
             )
         features = self.server.features if self.server is not None else []
+        if req.parent is not None and "followups" not in features:
+            raise SessionError(
+                "This backend cannot refine or continue a run (it predates that): update it."
+            )
         if req.init_points is not None and "init_points" not in features:
             raise SessionError(
                 "This backend cannot start from a mesh (no init_points support): update it, "
@@ -330,6 +424,8 @@ class Session:
             overrides=req.overrides,
             preview_points=req.preview_points,
         )
+        if req.parent is not None:
+            fields.update(parent=req.parent, mode=req.mode, steps=req.steps)
         if "models" in features and (req.models or req.wait_for_models):
             fields.update(models=req.models, wait_for_models=req.wait_for_models)
         if req.init_points is not None:
@@ -340,23 +436,35 @@ class Session:
             client.submit(prompt, job=job, **fields)
         except ProtocolError as e:
             raise SessionError(f"{e.message}. {e.hint}".strip()) from None
-        self.job = JobView(job=job, prompt=prompt, seed=req.seed, preview_points=req.preview_points)
+        self._add(
+            JobView(
+                job=job, prompt=prompt, seed=req.seed, preview_points=req.preview_points,
+                parent=req.parent, mode=req.mode, group=req.group,
+            )
+        )  # fmt: skip
         self.status = self._connected_status()
+        self._last_list = 0.0  # the queue changed: ask for positions at the next poll
         return job
 
-    def follow(self, job: str, prompt: str = "", preview_points: int | None = None) -> None:
+    def follow(
+        self, job: str, prompt: str = "", preview_points: int | None = None, **kw: Any
+    ) -> None:
         """Follow a job submitted earlier (after a reload or a reconnect): attach to it."""
-        self.job = JobView(
-            job=job, prompt=prompt, state="queued", message="re-attaching",
-            preview_points=preview_points,
+        if job in self.jobs:
+            return
+        self._add(
+            JobView(
+                job=job, prompt=prompt, state="queued", message="re-attaching",
+                preview_points=preview_points, **kw,
+            )
         )  # fmt: skip
         if self.connected and self.client is not None:
             self.client.attach(job, preview_points)
 
-    def retry_download(self) -> None:
+    def retry_download(self, job_id: str | None = None) -> None:
         """Ask for a finished job's result again (re-attaching sends its manifest)."""
         client = self._need_connection()
-        job = self.job
+        job = self.jobs.get(job_id) if job_id else self.job
         if job is None or job.state != "done" or job.imported:
             raise SessionError("No finished job is waiting for its result.")
         try:
@@ -365,12 +473,17 @@ class Session:
             raise SessionError(f"{e.message}. {e.hint}".strip()) from None
         job.download_failed, job.download = False, None
 
-    def cancel(self) -> None:
+    def cancel(self, job_id: str | None = None) -> None:
+        """Cancel ``job_id`` (default: the selected job), queued or running."""
         client = self._need_connection()
-        if self.job is None or self.job.terminal:
+        job = self.jobs.get(job_id) if job_id else self.job
+        if job is None or job.terminal:
             raise SessionError("No job is running.")
-        client.cancel(self.job.job)
-        self.job.message = "cancelling"
+        try:
+            client.cancel(job.job)
+        except ProtocolError as e:
+            raise SessionError(f"{e.message}. {e.hint}".strip()) from None
+        job.message = "cancelling"
 
     def request_logs(self) -> None:
         client = self._need_connection()
@@ -408,7 +521,41 @@ class Session:
                     self.client.ping()
                 except ProtocolError:
                     pass  # no connection at the moment: the silence will tell
+            if now - self._last_list > LIST_INTERVAL_S:
+                self.request_listing(now)
+        self._advance()
         return out
+
+    def _advance(self) -> None:
+        """When the selected job is over, show the one that runs now (the queue moved on)."""
+        if self.busy:
+            return
+        running = [j for j in self.jobs.values() if j.state == "running"]
+        if running:
+            self.selected = running[-1].job
+
+    def request_listing(self, now: float | None = None) -> None:
+        """Ask for the backend's active jobs (queue positions, this key's jobs, the others')."""
+        self._last_list = self.clock() if now is None else now
+        if self.client is None or not self.connected:
+            return
+        try:
+            self._list_id = self.client.list_jobs(active=True)
+        except ProtocolError:
+            pass  # no connection at the moment
+
+    def _on_listing(self, listing: Jobs) -> None:
+        newer = self.server is not None and _minor(self.server.protocol) >= 4
+        self.others_active = listing.others_active or 0
+        for info in listing.jobs:
+            view = self.jobs.get(info.job)
+            if view is not None:
+                if view.state == "queued" and info.state == "queued":
+                    view.queue_position = info.queue_position
+            elif newer and info.mine and info.state in ("queued", "running"):
+                # this key's job that this session does not follow (another Blender, a lost
+                # history): follow it too
+                self.follow(info.job, info.prompt, parent=info.parent, mode=info.mode)
 
     def _try_hello(self, now: float, out: list) -> None:
         if self._hello_id is None:
@@ -446,7 +593,7 @@ class Session:
         self.state = "lost"
         self._connect_timeout = CONNECT_TIMEOUT_S  # not a just-started backend's long wait
         self.status = f"Connection lost; reconnecting to {self.settings.endpoint}..."
-        running = self.job is not None and not self.job.terminal
+        running = any(not j.terminal for j in self.jobs.values())
         out.append(
             Notice(
                 "WARNING",
@@ -485,8 +632,12 @@ class Session:
                 self.log_lines = list(event.lines)
                 out.append(LogUpdate(self.log_lines))
             return
-        job = self.job
-        if job is None or getattr(event, "job", None) != job.job:
+        if isinstance(event, Jobs):
+            if event.re is not None and event.re == self._list_id:
+                self._on_listing(event)
+            return
+        job = self.jobs.get(getattr(event, "job", None) or "")
+        if job is None:
             return
         if isinstance(event, JobState):
             self._on_state(job, event, out)
@@ -500,10 +651,13 @@ class Session:
             except ValueError as e:
                 out.append(Notice("WARNING", f"Skipped a malformed preview: {e}"))
                 return
-            out.append(PreviewUpdate(job.job, gaussians, event.step, event.total_gaussians))
+            update = PreviewUpdate(job.job, gaussians, event.step, event.total_gaussians)
+            self.latest_preview[job.job] = update
+            out.append(update)
         elif isinstance(event, DebugImage):
-            out.append(DebugUpdate(job.job, event.image, list(event.labels), event.stage,
-                                   event.step))  # fmt: skip
+            update = DebugUpdate(job.job, event.image, list(event.labels), event.stage, event.step)
+            self.latest_debug[job.job] = update
+            out.append(update)
         elif isinstance(event, Result):
             job.download = 0.0
         elif isinstance(event, ResultDownloaded):
@@ -528,11 +682,13 @@ class Session:
         self.unreachable = False
         self._last_heard = self._last_ping = self.clock()
         self.status = self._connected_status()
-        job = self.job
-        if job is not None and not (job.terminal and (job.imported or job.state != "done")):
+        for job in self.jobs.values():
+            if job.terminal and (job.imported or job.state != "done"):
+                continue
             if job.state == "done":
                 job.download_failed, job.download = False, None
             self.client.attach(job.job, job.preview_points)  # after a reload or a lost link
+        self.request_listing()  # this key's other jobs, queue positions, other clients
         out.append(Notice("INFO", ("Reconnected: " if was_lost else "") + self.status))
 
     def _on_state(self, job: JobView, msg: JobState, out: list) -> None:
@@ -542,13 +698,21 @@ class Session:
         job.queue_position, job.message = msg.queue_position, msg.message
         if msg.seed is not None:
             job.seed = msg.seed
+        if msg.state == "running" and job.started is None:
+            job.started = self.clock()
+        elif msg.state == "done" and before == "running" and job.started is not None:
+            job.ended = self.clock()
         out.append(JobUpdate(job))
         if before == msg.state:
             return
+        if msg.terminal:
+            self.latest_preview.pop(job.job, None)
+            self.latest_debug.pop(job.job, None)
+        what = f"{job.prompt[:40]!r}" if len(self.jobs) > 1 else "The job"
         if msg.state == "failed":
-            out.append(Notice("ERROR", f"The job failed: {msg.message or 'no reason given'}"))
+            out.append(Notice("ERROR", f"{what} failed: {msg.message or 'no reason given'}"))
         elif msg.state == "cancelled":
-            out.append(Notice("INFO", "The job was cancelled."))
+            out.append(Notice("INFO", f"{what} was cancelled."))
 
     def _on_error(self, job: JobView, err: Error, out: list) -> None:
         text = f"{err.message}. {err.hint}".strip() if err.hint else err.message
@@ -560,3 +724,11 @@ class Session:
         elif job.state == "done" and not job.imported:
             job.download, job.download_failed = None, True  # a failed fetch: offer a retry
         out.append(Notice("ERROR", text))
+
+
+def _minor(version: str) -> int:
+    """The minor part of a "major.minor" protocol string (0 when unreadable)."""
+    try:
+        return int(version.split(".")[1])
+    except (IndexError, ValueError):
+        return 0

@@ -261,8 +261,63 @@ def _add_generate_parser(sub) -> None:
         "--resume", nargs="?", const="", metavar="RUN_DIR",
         help="continue RUN_DIR (default: --out) from its last checkpoint",
     )  # fmt: skip
+    follow = p.add_mutually_exclusive_group()
+    follow.add_argument(
+        "--refine", metavar="RUN_DIR",
+        help="rerun RUN_DIR's detail stage from its final Gaussians with the prompt and "
+        "--negative given here (default: its own): geometry kept, colour and detail redone",
+    )  # fmt: skip
+    follow.add_argument(
+        "--continue", dest="continue_from", metavar="RUN_DIR",
+        help="add --steps N steps to RUN_DIR's last stage, held at its final noise level",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=int,
+        help="with --continue: steps to add; with --refine: steps of the rerun stage "
+        "(default: the parent's)",
+    )  # fmt: skip
     _add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_followup(args, out, resume: bool) -> dict:
+    """``generate --refine RUN_DIR`` / ``--continue RUN_DIR`` (or ``--resume`` of such a run):
+    the follow-up path of ``runs.followup``, shared with the service."""
+    from .runs.followup import FollowUp, run_followup
+
+    f = None
+    if not resume:
+        if args.steps is not None and args.steps < 1:
+            raise ConfigError(f"--steps {args.steps}: must be at least 1")
+        if (args.prior or args.preset or args.init or args.steps_stage1 or args.steps_stage2
+                or getattr(args, "models", None)):  # fmt: skip
+            raise ConfigError(
+                "--refine/--continue take the parent's settings: leave out --prior, --preset, "
+                "--models, --init and --steps-stage1/2 (use --steps)"
+            )
+        f = FollowUp(
+            mode="refine" if args.refine else "continue",
+            parent=Path(args.refine or args.continue_from),
+            prompt=args.prompt or "",
+            negative=args.negative,
+            steps=args.steps or 0,
+            seed=args.seed,
+        )
+    fixed = {}
+    if args.if_model:
+        fixed["deepfloyd_if.model"] = args.if_model
+    if args.sd_model:
+        fixed["stable_diffusion.model"] = args.sd_model
+    callback, bar = _progress_printer(args.quiet)
+    try:
+        return run_followup(
+            f, out, overwrite=args.overwrite, resume=resume, callback=callback,
+            device=args.device, cpu_offload=args.cpu_offload,
+            preflight=_preflight_for(args, out), overrides=_set_pairs(args.set), fixed=fixed,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _run_dir_and_saved_config(args):
@@ -303,10 +358,18 @@ def _preflight_for(args, out):
 
 def cmd_generate(args) -> int:
     from .presets import TEXT_PRESETS
+    from .runs.followup import is_followup
     from .runs.generate import run_generation
 
     out, cfg = _run_dir_and_saved_config(args)
     resume = cfg is not None
+    if args.refine or args.continue_from or (resume and is_followup(out)):
+        metrics = cmd_followup(args, out, resume)
+        print(f"{metrics['gaussians']} Gaussians, {metrics['seconds']:.0f} s ({metrics['mode']} "
+              f"of {metrics['parent']}); outputs in {out}/")  # fmt: skip
+        return 0
+    if args.steps is not None:
+        raise ConfigError("--steps goes with --refine or --continue (else --steps-stage1/2)")
     if not resume:
         args.preset = args.preset or ("toy" if args.prior else "preview")
         if args.preset not in (*TEXT_PRESETS, "toy"):

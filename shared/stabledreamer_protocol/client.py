@@ -297,9 +297,10 @@ class Client:
     def status(self, job: str) -> str:
         return self.send(Status(job=job))
 
-    def list_jobs(self, offset: int = 0, limit: int | None = None) -> str:
-        """One page of the backend's jobs (``jobs``; ask again with its ``next`` for more)."""
-        return self.send(ListJobs(offset=offset, limit=limit))
+    def list_jobs(self, offset: int = 0, limit: int | None = None, active: bool = False) -> str:
+        """One page of the backend's jobs (``jobs``; ask again with its ``next`` for more);
+        ``active``: only those queued or running (since 1.3)."""
+        return self.send(ListJobs(offset=offset, limit=limit, active=active))
 
     def attach(self, job: str, preview_points: int | None = None) -> str:
         self.followed.add(job)

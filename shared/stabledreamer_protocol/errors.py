@@ -47,6 +47,10 @@ class ErrorCode:
     """The job belongs to another client key (since 1.2)."""
     DISK_FULL = "disk_full"
     """The backend's disk is full (since 1.2); the message names the folder and the space."""
+    UNKNOWN_PARENT = "unknown_parent"
+    """A refine or continue names a parent job the backend does not have (since 1.5)."""
+    PARENT_NOT_DONE = "parent_not_done"
+    """A refine or continue names a parent job that is not done (since 1.5)."""
     CURVE_REQUIRED = "curve_required"
     """A secret (the hub token) refused on a link without CURVE encryption (since 1.3)."""
     # Failures while running a job.
@@ -84,6 +88,9 @@ DEFAULT_HINTS: dict[str, str] = {
     "see or change it.",
     ErrorCode.DISK_FULL: "Free space on the backend's disk (or delete old jobs); the job goes on "
     "by itself once there is room.",
+    ErrorCode.UNKNOWN_PARENT: "Refine or continue a finished run the backend still has (old "
+    "runs are deleted by its retention policy); or generate it again.",
+    ErrorCode.PARENT_NOT_DONE: "Refine or continue a run once it is done.",
     ErrorCode.CURVE_REQUIRED: "Run the backend with CURVE (its default: leave out --no-curve), "
     "or give the token on the backend machine: `stabledreamer models token set`.",
     ErrorCode.INSECURE_KEY_FILE: "Make the secret key file readable by you only (chmod 600).",

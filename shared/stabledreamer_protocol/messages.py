@@ -34,6 +34,10 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 """Job states; ``done``, ``failed`` and ``cancelled`` are terminal. Which stage a running job is
 in (``stage1``, ``stage2``, ``mesh``...) is the separate ``stage`` field."""
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
+FOLLOWUP_MODES = ("refine", "continue")
+"""``submit.mode`` with a ``parent`` (since 1.5): rerun the parent's detail stage with an edited
+prompt, or add steps to its last stage."""
+MAX_FOLLOWUP_STEPS = 1_000_000
 TARGET_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "arrays", "demo")
 """``submit`` reconstruction targets: a mesh file's bytes, vertex/face arrays, or ``demo`` (the
 backend's built-in demo object; no buffers). ``demo`` is new in protocol 1.1."""
@@ -416,6 +420,13 @@ class Submit(Message):
     target_vertices: np.ndarray | None = None  # [V, 3] f32
     target_faces: np.ndarray | None = None  # [F, 3] i32
     target_colors: np.ndarray | None = None  # [V, 3] f32
+    parent: str | None = None
+    """A finished text job of the same client to refine or continue (since 1.5)."""
+    mode: str | None = None
+    """With ``parent``: ``refine`` or ``continue`` (since 1.5)."""
+    steps: int | None = None
+    """With ``parent``: continue: steps to add (required); refine: steps of the rerun stage
+    (None: the parent's). Since 1.5."""
 
     def body(self):
         target = None
@@ -430,6 +441,8 @@ class Submit(Message):
             "target": target,
             "preview_points": self.preview_points,
         }
+        if self.parent is not None:  # only then: the digests of other submits are unchanged
+            body.update(parent=self.parent, mode=self.mode, steps=self.steps)
         # Since 1.3; only when given, so the digest of a submit without them is unchanged.
         if self.models is not None:
             body["models"] = self.models
@@ -453,9 +466,18 @@ class Submit(Message):
             preview_points=f.integer(
                 "preview_points", None, nullable=True, hi=lim.max_preview_points
             ),
+            parent=f.string(
+                "parent", None, nullable=True, max_chars=lim.max_id_chars, pattern=ID_RE
+            ),  # fmt: skip
+            mode=f.string("mode", None, nullable=True, choices=FOLLOWUP_MODES),
+            steps=f.integer("steps", None, nullable=True, lo=1, hi=MAX_FOLLOWUP_STEPS),
             models=f.string("models", None, nullable=True),
             wait_for_models=f.boolean("wait_for_models"),
         )
+        if (kw["parent"] is None) != (kw["mode"] is None):
+            f.fail("mode", "parent and mode go together (refine or continue a finished job)")
+        if kw["parent"] is not None and kw["mode"] == "continue" and kw["steps"] is None:
+            f.fail("steps", "continue needs the number of steps to add")
         target = f.mapping("target")
         kw["target_format"] = None
         if target:
@@ -465,7 +487,9 @@ class Submit(Message):
         kw.update(arrays)
 
         fmt = kw["target_format"]
-        if not kw["prompt"].strip() and fmt is None:
+        if kw["parent"] is not None and (fmt is not None or arrays):
+            f.fail("parent", "a refine or continue takes no target and no initial points")
+        if not kw["prompt"].strip() and fmt is None and kw["parent"] is None:
             f.fail("prompt", "empty: give a prompt or a reconstruction target")
         points = arrays.get("init_points")
         if "init_colors" in arrays:
@@ -542,15 +566,21 @@ class ListJobs(Message):
     DIRECTION = COMMAND
     offset: int = 0
     limit: int | None = None
+    active: bool = False
+    """Only jobs queued or running (since 1.5; older backends list every job)."""
 
     def body(self):
-        return {"offset": self.offset, "limit": self.limit}
+        body = {"offset": self.offset, "limit": self.limit}
+        if self.active:
+            body["active"] = True
+        return body
 
     @classmethod
     def parse(cls, f, arrays):
         return dict(
             offset=f.integer("offset"),
             limit=f.integer("limit", None, nullable=True, lo=1, hi=f.limits.max_jobs_listed),
+            active=f.boolean("active", False),
         )
 
 
@@ -729,6 +759,17 @@ class JobInfo:
     prompt: str = ""
     created: float | None = None
     """Unix time the job was submitted."""
+    queue_position: int | None = None
+    """0 = next, while queued (since 1.5)."""
+    seed: int | None = None
+    """The job's seed (since 1.5)."""
+    parent: str | None = None
+    """The job it refines or continues (since 1.5)."""
+    mode: str | None = None
+    """``refine`` or ``continue`` when it has a parent (since 1.5)."""
+    mine: bool = True
+    """Submitted with the asking client's key (since 1.5; an operator also sees other keys'
+    jobs, with ``mine`` false)."""
     models: str = ""
     """Text jobs: the model set that makes it (since 1.3), so its licence can be told later."""
 
@@ -748,6 +789,9 @@ class Jobs(Message):
     offset: int = 0
     total: int | None = None
     next: int | None = None
+    others_active: int | None = None
+    """Jobs queued or running on the backend that other client keys submitted (counted, not
+    listed; since 1.5)."""
 
     def body(self):
         return {
@@ -755,6 +799,7 @@ class Jobs(Message):
             "offset": self.offset,
             "total": self.total,
             "next": self.next,
+            "others_active": self.others_active,
         }
 
     @classmethod
@@ -772,6 +817,17 @@ class Jobs(Message):
                     total=e.integer("total"),
                     prompt=e.string("prompt", max_chars=f.limits.max_prompt_chars),
                     created=e.number("created"),
+                    queue_position=e.integer("queue_position", None, nullable=True),
+                    seed=e.integer("seed", None, nullable=True),
+                    parent=e.string(
+                        "parent",
+                        None,
+                        nullable=True,
+                        max_chars=f.limits.max_id_chars,
+                        pattern=ID_RE,
+                    ),  # fmt: skip
+                    mode=e.string("mode", None, nullable=True, choices=FOLLOWUP_MODES),
+                    mine=e.boolean("mine", True),
                     models=e.string("models"),
                 )
             )
@@ -780,6 +836,7 @@ class Jobs(Message):
             offset=f.integer("offset"),
             total=f.integer("total", None, nullable=True),
             next=f.integer("next", None, nullable=True),
+            others_active=f.integer("others_active", None, nullable=True),
         )
 
 

@@ -12,7 +12,7 @@ exchanges the full ``"major.minor"`` string for diagnostics.
 from __future__ import annotations
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 4
+PROTOCOL_MINOR = 5
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 """The string sent in ``hello`` bodies."""
 

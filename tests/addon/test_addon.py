@@ -199,7 +199,8 @@ def test_panel_draws(blender):
     props = [c[1][0] for c in blender["draw"] if c[0] == "prop"]
     ops = [c[1][0] if c[1] else None for c in blender["draw"] if c[0] == "operator"]
     assert props == [
-        "endpoint", "prompt", "negative", "preset", "random_seed", "seed", "live_preview",
+        "endpoint", "prompt", "negative", "preset", "random_seed", "seed", "variations",
+        "live_preview",
         "import_gaussians",
         "from_selected", "steps_geometry", "steps_detail", "overrides",
     ]  # fmt: skip

@@ -174,6 +174,69 @@ def test_a_job_of_another_key_ends_the_view_with_the_reason(code):
     assert not s.busy
 
 
+def test_the_queue_lists_selects_and_cancels():
+    from stabledreamer_protocol import Hello, JobInfo, Jobs, JobState
+
+    s = session.Session(session.ConnectionSettings("tcp://127.0.0.1:1", use_curve=False))
+    s.connect()
+    s.state, s.server = "connected", Hello(protocol="1.4")
+    attached, cancelled = [], []
+    s.client.attach = lambda job, points=None: attached.append(job) or "m1"
+    s.client.cancel = lambda job: cancelled.append(job) or "m2"
+    for j in ("a", "b", "c"):
+        s._add(session.JobView(job=j, prompt=f"prompt {j}", acknowledged=True))
+    assert list(s.jobs) == ["a", "b", "c"] and s.selected == "a"  # the going job stays shown
+    s._list_id = "L"
+    out: list = []
+    listing = Jobs(
+        re="L",
+        jobs=[
+            JobInfo(job="b", state="queued", queue_position=0),
+            JobInfo(job="x", state="running", prompt="from another Blender, same key"),
+            JobInfo(job="y", state="queued", mine=False),  # an operator sees other keys' jobs
+        ],
+        others_active=2,
+    )
+    s._handle(listing, out)
+    assert s.jobs["b"].queue_position == 0 and s.others_active == 2
+    assert "x" in s.jobs and "y" not in s.jobs and attached == ["x"]
+    s.cancel("c")  # the last of the queue, not the shown one
+    assert cancelled == ["c"] and s.jobs["c"].message == "cancelling"
+    s._handle(JobState(job="c", state="cancelled"), out)
+    s._handle(JobState(job="a", state="failed", message="boom"), out)
+    s._handle(JobState(job="b", state="running"), out)
+    s._advance()
+    assert s.selected == "b"  # the shown job ended: the one that runs now is shown
+    # ETA: the backend's while it runs; while queued, from the durations this session saw
+    s.jobs["b"].eta_s = 30.0
+    d = session.JobView(job="d", prompt="p", acknowledged=True)
+    s._add(d)
+    s._handle(JobState(job="d", state="queued", queue_position=1), out)
+    assert s.eta(s.jobs["b"]) == 30.0 and s.eta(d) is None  # nothing seen from start to end
+    s.jobs["x"].started, s.jobs["x"].ended = 100.0, 150.0  # one job took 50 s
+    assert s.eta(d) == pytest.approx(30.0 + 2 * 50.0)  # the running one, one ahead, itself
+    assert any("'prompt a' failed: boom" in n.text for n in out if hasattr(n, "text"))
+    with pytest.raises(session.SessionError, match="No job is running"):
+        s.cancel("c")
+    # a 1.2 backend lists every job without 'mine': nothing is adopted from it
+    s.server = Hello(protocol="1.2")
+    s._handle(Jobs(re="L", jobs=[JobInfo(job="z", state="running")]), out)
+    assert "z" not in s.jobs
+
+
+def test_a_follow_up_needs_a_backend_that_has_them():
+    from stabledreamer_protocol import Hello
+
+    s = session.Session(session.ConnectionSettings("tcp://127.0.0.1:1", use_curve=False))
+    s.connect()
+    s.state, s.server = "connected", Hello(protocol="1.2", presets=["standard"])
+    req = session.JobRequest(prompt="", parent="p", mode="continue", steps=3)
+    with pytest.raises(session.SessionError, match="update it"):
+        s.submit(req)
+    with pytest.raises(session.SessionError, match="prompt is empty"):
+        s.submit(session.JobRequest(prompt=" ", parent="p", mode="refine"))
+
+
 def test_models_link_keeps_the_sets_and_refuses_a_token_without_curve():
     from stabledreamer_protocol import DownloadState, Error, Hello, Models, ModelSetInfo
 

@@ -201,5 +201,17 @@ def samples_1_3() -> list[m.Message]:
     ]
 
 
+def samples_1_4() -> list[m.Message]:
+    """Fields added in protocol 1.4: follow-ups, the active listing and its new fields."""
+    info = m.JobInfo(job="job-7", state="queued", queue_position=2, seed=5, parent="job-1",
+                     mode="refine", mine=False)  # fmt: skip
+    return [
+        m.Submit(job="job-7", prompt="a blue chair", parent="job-1", mode="refine"),
+        m.Submit(job="job-8", parent="job-1", mode="continue", steps=300, seed=4),
+        m.ListJobs(active=True),
+        m.Jobs(jobs=[info], offset=0, total=1, next=None, others_active=3),
+    ]
+
+
 def all_samples() -> list[m.Message]:
-    return samples() + samples_1_1() + samples_1_2() + samples_1_3()
+    return samples() + samples_1_1() + samples_1_2() + samples_1_3() + samples_1_4()

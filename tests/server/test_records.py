@@ -42,6 +42,8 @@ def valid(field: str, value) -> bool:
             "state": value in ("queued", "running", "done", "failed", "cancelled"),
             "target_file": value in ("", "x"),
             "init_file": value in ("", "x"),
+            "parent": value == "",  # a parent goes with a mode (and the other way round)
+            "mode": value == "",
         }
         return rules.get(field, True)
     if base == "int":
@@ -157,3 +159,12 @@ def test_a_folder_that_is_not_a_job_id(tmp_path):
     (bad / "job.json").write_text(json.dumps({**GOOD, "job": "has space"}))
     store.load()
     assert store.records == {} and (bad / "job.json.bad").is_file()
+
+
+def test_a_follow_up_record_needs_a_parent_and_a_mode():
+    rec = parse_record({**GOOD, "kind": "generate", "parent": "p-1", "mode": "refine"}, "good")
+    assert (rec.parent, rec.mode) == ("p-1", "refine")
+    with pytest.raises(RecordError, match="not refine or continue"):
+        parse_record({**GOOD, "parent": "p-1", "mode": "remix"}, "good")
+    with pytest.raises(RecordError, match="not a job id"):
+        parse_record({**GOOD, "parent": "../p", "mode": "refine"}, "good")

@@ -262,6 +262,9 @@ def run_generation(
         "device": str(device),
         "render_backend": trainer.render_backend,
     }
+    from .followup import followup_info
+
+    metrics.update(followup_info(out))  # a refine or continue: its mode and parent
     if cfg.models:  # which set made this, so the licence that applies can be told later
         metrics["model_set"] = model_set_record(cfg)
     mesh = None

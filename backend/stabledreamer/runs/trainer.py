@@ -86,6 +86,8 @@ def _means_lr(stage: StageConfig, step: int) -> float:
     """Exponential decay from lr.means to lr.means_final over the stage (3DGS)."""
     p = min(step / max(stage.steps - 1, 1), 1.0)
     a, b = stage.lr.means, stage.lr.means_final
+    if a <= 0.0 or b <= 0.0:  # a frozen end (refine freezes positions: 0 -> 0): linear
+        return a + (b - a) * p
     return math.exp(math.log(a) * (1 - p) + math.log(b) * p)
 
 

@@ -92,6 +92,13 @@ class JobRecord:
     before ownership: then only operators see it)."""
     fetched: bool = False
     """A client fetched a chunk of its result (the retention policy spares unfetched results)."""
+    parent: str = ""
+    """The job this one refines or continues ("" for a fresh job; ``followups``)."""
+    mode: str = ""
+    """``refine`` or ``continue`` with a parent, else ""."""
+    steps: int = 0
+    """With a parent: continue: the steps added; refine: the rerun stage's steps (0: the
+    parent's)."""
     model_set: str = ""
     """Text jobs: the model set that makes it (``models.sets``), so its licence can be told."""
     wait_models: bool = False
@@ -99,6 +106,17 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (instant, no space: both live under the state folder;
+    the source is never rewritten in place), or a copy where links are not possible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        with atomic_path(dst, needed=src.stat().st_size) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def job_dir_name(job: str) -> str:
@@ -211,6 +229,9 @@ class JobStore:
         try:
             folder.mkdir(parents=True)
             for name, data in files.items():
+                if isinstance(data, Path):  # a file of another job (a parent's state): linked
+                    link_or_copy(data, folder / name)
+                    continue
                 with atomic_path(folder / name, needed=memoryview(data).nbytes) as tmp:
                     tmp.write_bytes(data)
         except BaseException:

@@ -46,6 +46,10 @@ class JobSpec:
     init_file: str = ""
     preview_points: int = 0
     preview_interval_s: float = 0.5
+    parent: str = ""
+    """A refine or continue: the parent job (its state is in ``job_dir/parent``)."""
+    mode: str = ""
+    steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,13 @@ def parse_record(data: Any, folder_job: str | None = None):
         value = out.get(name, "")
         if value and PLAIN_NAME.fullmatch(value) is None:
             raise RecordError(f"{name!r} {value[:40]!r} is not a plain file name")
+    if out.get("mode", "") not in ("", "refine", "continue"):
+        raise RecordError(f"'mode' {out['mode'][:40]!r} is not refine or continue")
+    parent = out.get("parent", "")
+    if parent and (ID_RE.fullmatch(parent) is None or len(parent) > 64):
+        raise RecordError(f"'parent' {parent[:40]!r} is not a job id")
+    if bool(parent) != bool(out.get("mode", "")):
+        raise RecordError("'parent' and 'mode' go together")
     if out.get("result") is not None:
         out["result"] = _check_result(out["result"])
     if out.get("state") == "done" and out.get("result") is None:

@@ -50,6 +50,7 @@ from ..atomic import DiskFullError
 from . import pipe, views
 from .access import Access
 from .delivery import SOCKET_HWM, Delivery, Peer, PeerGone
+from .followups import resolve_parent
 from .jobs import JobRecord, JobStore
 from .logbuffer import LogBuffer
 from .models_service import ModelsService
@@ -337,6 +338,9 @@ class Service:
             init_file=rec.init_file,
             preview_points=self.delivery.preview_cap(rec.job),
             preview_interval_s=self.cfg.preview_interval_s,
+            parent=rec.parent,
+            mode=rec.mode,
+            steps=rec.steps,
         )
 
     def _on_worker(self, w: WorkerHandle, msg: object) -> None:
@@ -497,7 +501,9 @@ class Service:
             Submit: self._on_submit,
             Cancel: self._on_cancel,
             Status: self._on_status,
-            ListJobs: lambda p, m: self.delivery.reply(p, self._jobs(p, m.id, m.offset, m.limit)),
+            ListJobs: lambda p, m: self.delivery.reply(
+                p, self._jobs(p, m.id, m.offset, m.limit, m.active)
+            ),
             Attach: self._on_attach,
             Detach: self._on_detach,
             PreviewAck: lambda p, m: self.delivery.ack(p, m.job),
@@ -511,7 +517,8 @@ class Service:
 
     def _on_hello(self, peer: Peer, msg: Hello) -> None:
         features = ["reconstruct", "demo", "preview_ack", "fetch", "delete", "logs", "init_points"]
-        features.append("workers")
+        features.append("workers")  # since 1.4
+        features.append("followups")  # submit.parent/mode (refine, continue), since 1.5
         features += ["list_pages", "curve"] if self.cfg.curve else ["list_pages"]
         features.append("models")
         reply = views.hello(msg.id, self.device, self.cfg.models, features, self.limits)
@@ -534,12 +541,13 @@ class Service:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"job {msg.job!r} belongs to another client key"
             )
-        if self.uploads.offloads(msg):  # digest, checks and files on an upload thread
+        if msg.parent is None and self.uploads.offloads(msg):  # checks and files on a thread
             self.uploads.start(peer, msg)
             return
         digest = msg.digest()
         if not self._resubmitted(peer, msg, digest):
-            self._accept(peer, msg, stage(msg, self.submits, self.store))
+            parent = resolve_parent(self.store, self.access, peer, msg)  # refine / continue
+            self._accept(peer, msg, stage(msg, self.submits, self.store, parent))
 
     def _on_uploaded(self, done: Finished) -> None:
         """An upload thread finished a submit: accept it (or say why not), then answer what
@@ -672,9 +680,11 @@ class Service:
         lines, cursor = self.logbuffer.since(msg.since, msg.max_lines, msg.job, budget, mine)
         self.delivery.reply(peer, Logs(re=msg.id, job=msg.job, lines=lines, cursor=cursor))
 
-    def _jobs(self, peer: Peer, re: str | None, offset: int = 0, limit: int | None = None) -> Jobs:
-        recs = [r for r in self.store.records.values() if self.access.may(peer, r)]
-        return views.jobs_page(recs, offset, limit, self.limits, re)
+    def _jobs(
+        self, peer: Peer, re: str | None, offset: int = 0, limit: int | None = None,
+        active: bool = False,
+    ) -> Jobs:  # fmt: skip
+        return views.listing(self.store, self.access, peer, re, offset, limit, active, self.limits)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

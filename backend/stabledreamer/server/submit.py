@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from stabledreamer_protocol import ErrorCode, Limits, ProtocolError, Submit
 
 from ..presets import TEXT_PRESETS
+from .followups import FollowUpJob, ParentRef, followup_prepared
 from .jobs import DEFAULT_PRESET, INIT_FILE, ConfigError, JobRecord, JobStore, build_config
 
 TEXT_DEFAULT_PRESET = "standard"
@@ -24,8 +26,9 @@ TEXT_DEFAULT_PRESET = "standard"
 @dataclass(frozen=True)
 class NewJob:
     record: JobRecord
-    files: dict[str, bytes | memoryview]
-    """File name (in the job folder) -> bytes: the uploaded target, the initial points."""
+    files: dict[str, bytes | memoryview | Path]
+    """File name (in the job folder) -> bytes: the uploaded target, the initial points; or a
+    path: a file of the parent job, linked (``followups``)."""
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,15 @@ class Prepared:
     kind: str
     preset: str
     seed: int
-    files: dict[str, bytes | memoryview]
+    files: dict[str, bytes | memoryview | Path]
     target_file: str
     init_file: str
     model_set: str = ""
     """Text jobs: the model set it runs with (the submit's, else the service's default)."""
     models_missing: Exception | None = None
     """Text jobs: ``ModelsMissingError`` when the set's models are not on this machine."""
+    followup: FollowUpJob | None = None
+    """A refine or continue: its parent, mode, steps and effective prompts (``followups``)."""
 
 
 class SubmitCheck:
@@ -59,15 +64,21 @@ class SubmitCheck:
         self.limits = limits
         self.store = store
         self.models = models or {}
-        """``serve --if-model/--sd-model``: {"if": ..., "sd": ...} (the worker uses the same)."""
+        """``serve --if-model/--sd-model``: {"if": ..., "sd": ...} (the worker uses the same;
+        follow-ups are checked with them too)."""
         self.default_set = default_set
 
-    def check(self, msg: Submit, digest: str) -> NewJob:
-        prepared = self.prepare(msg)
+    def check(self, msg: Submit, digest: str, parent: ParentRef | None = None) -> NewJob:
+        """``parent``: the resolved parent of a refine or continue (``followups``)."""
+        prepared = self.prepare(msg, parent)
         return NewJob(self.record(msg, digest, prepared), prepared.files)
 
-    def prepare(self, msg: Submit) -> Prepared:
+    def prepare(self, msg: Submit, parent: ParentRef | None = None) -> Prepared:
         self._check_fields(msg)
+        if msg.parent is not None:  # a refine or continue: from the parent's config and state
+            if parent is None:  # resolved by the service loop (it needs the client's key)
+                raise ProtocolError(ErrorCode.INTERNAL, "a follow-up reached prepare unresolved")
+            return followup_prepared(msg, parent, self.models)
         kind = {None: "generate", "demo": "demo"}.get(msg.target_format, "reconstruct")
         preset = msg.preset or (TEXT_DEFAULT_PRESET if kind == "generate" else DEFAULT_PRESET)
         if (kind == "generate") != (preset in TEXT_PRESETS):
@@ -115,7 +126,7 @@ class SubmitCheck:
                 ErrorCode.QUEUE_FULL,
                 f"{self.limits.max_queue} jobs are already queued or running",
             )
-        return JobRecord(
+        fields = dict(
             job=msg.job,
             seq=self.store.next_seq(),
             digest=digest,
@@ -133,9 +144,12 @@ class SubmitCheck:
             model_set=p.model_set,
             wait_models=msg.wait_for_models and p.kind == "generate",
         )
+        if p.followup is not None:  # its parent, mode, steps and effective prompts
+            fields.update(p.followup.record_fields())
+        return JobRecord(**fields)
 
     def _check_fields(self, msg: Submit) -> None:
-        if msg.target_format is None and not msg.prompt.strip():
+        if msg.target_format is None and not msg.prompt.strip() and msg.parent is None:
             raise ProtocolError(
                 ErrorCode.BAD_FIELD,
                 "the prompt is empty",

@@ -60,12 +60,13 @@ class Staged:
             self.folder = None
 
 
-def stage(msg: Submit, submits: SubmitCheck, store: JobStore) -> Staged:
-    """Digest, check and write one submit; never raises (the error travels in ``Staged``)."""
+def stage(msg: Submit, submits: SubmitCheck, store: JobStore, parent=None) -> Staged:
+    """Digest, check and write one submit; never raises (the error travels in ``Staged``).
+    ``parent``: a refine's or continue's resolved parent (``followups.resolve_parent``)."""
     staged = Staged(digest="")
     try:
         staged.digest = msg.digest()
-        staged.prepared = submits.prepare(msg)
+        staged.prepared = submits.prepare(msg, parent)
         staged.folder = store.stage(staged.prepared.files)
     except Exception as e:
         staged.error = e

@@ -104,7 +104,7 @@ def result_chunk(
     )
 
 
-def job_info(rec: JobRecord) -> JobInfo:
+def job_info(rec: JobRecord, queue_position: int | None = None, mine: bool = True) -> JobInfo:
     what = rec.prompt if rec.kind == "generate" else f"[{rec.kind}] {rec.target_name}"
     return JobInfo(
         job=rec.job,
@@ -114,8 +114,34 @@ def job_info(rec: JobRecord) -> JobInfo:
         total=rec.total,
         prompt=what[:2000],
         created=rec.created,
+        queue_position=queue_position if rec.state == "queued" else None,
+        seed=rec.seed,
+        parent=rec.parent or None,
+        mode=rec.mode or None,
+        mine=mine,
         models=rec.model_set,
     )
+
+
+def listing(store, access, peer, re, offset: int, limit, active: bool, limits: Limits) -> Jobs:
+    """The ``jobs`` reply to ``list_jobs``: a page of the jobs ``peer`` may see (``active``:
+    only those queued or running), each with its queue position and whether it is the peer's
+    own, and the count of other keys' queued or running jobs."""
+    positions = {r.job: i for i, r in enumerate(store.queued())}
+    recs, others = [], 0
+    for r in store.records.values():
+        mine = r.owner == peer.owner
+        if not mine and r.state in ("queued", "running"):
+            others += 1
+        if access.may(peer, r) and (not active or r.state in ("queued", "running")):
+            recs.append(r)
+
+    def info(r: JobRecord) -> JobInfo:
+        return job_info(r, positions.get(r.job), r.owner == peer.owner)
+
+    page = jobs_page(recs, offset, limit, limits, re, info)
+    page.others_active = others
+    return page
 
 
 HEADER_MARGIN = 2048
@@ -123,7 +149,12 @@ HEADER_MARGIN = 2048
 
 
 def jobs_page(
-    recs: list[JobRecord], offset: int, limit: int | None, limits: Limits, re: str | None = None
+    recs: list[JobRecord],
+    offset: int,
+    limit: int | None,
+    limits: Limits,
+    re: str | None = None,
+    info_of=job_info,
 ) -> Jobs:
     """One page of ``recs`` from ``offset``: at most ``limit`` (or ``max_jobs_listed``) entries,
     and no more than fit the header limit, whatever the entries hold."""
@@ -132,7 +163,7 @@ def jobs_page(
     page: list[JobInfo] = []
     size = 0
     for rec in recs[offset : offset + most]:
-        info = job_info(rec)
+        info = info_of(rec)
         while (n := _entry_bytes(info)) > budget and info.prompt:
             info.prompt = info.prompt[: len(info.prompt) // 2]  # only under a tiny header limit
         if page and size + n > budget:

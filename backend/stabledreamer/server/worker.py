@@ -432,6 +432,11 @@ def run_job(conn, spec: pipe.JobSpec, guidances=None):
     run_dir = Path(spec.run_dir)
     reporter = Reporter(conn, spec)
     try:
+        fresh = False  # a refine / continue whose run folder was just prepared from its parent
+        if spec.mode:
+            from .followups import prepare_job_followup
+
+            fresh = prepare_job_followup(spec, run_dir)
         resume = (run_dir / "config.json").is_file() and has_checkpoint(run_dir)
         reporter.resumed = resume
         cfg = None
@@ -445,8 +450,8 @@ def run_job(conn, spec: pipe.JobSpec, guidances=None):
                 )  # fmt: skip
             else:
                 cfg = build_config(spec.preset, spec.overrides, spec.seed, _target_path(spec))
-        conn.send(pipe.JobStarted(resume))
-        what = "resuming from the last checkpoint" if resume else "started"
+        conn.send(pipe.JobStarted(resume and not fresh))
+        what = "resuming from the last checkpoint" if resume and not fresh else "started"
         conn.send(pipe.LogLine(logging.INFO, what))
         if resume:
             from ..runs.folder import load_run_config
