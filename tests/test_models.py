@@ -302,3 +302,16 @@ def test_the_models_package_imports_no_torch():
     env = {"PYTHONPATH": f"{root / 'backend'}:{root / 'shared'}", "PATH": "/usr/bin:/bin"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_stored_token_reaches_model_loads_without_overriding_hf_token(tmp_path, monkeypatch):
+    from stabledreamer.models.token import export_stored_token, save_token
+
+    path = tmp_path / "hf_token"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert export_stored_token(path) is False  # nothing stored: nothing set
+    assert "HF_TOKEN" not in os.environ
+    save_token("hf_" + "s" * 30, path)
+    assert export_stored_token(path) is True and os.environ["HF_TOKEN"] == "hf_" + "s" * 30
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "e" * 30)  # the user's own environment wins
+    assert export_stored_token(path) is False and os.environ["HF_TOKEN"] == "hf_" + "e" * 30

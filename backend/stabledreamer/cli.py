@@ -404,6 +404,10 @@ def cmd_generate(args) -> int:
             )
     if args.download and cfg.models:
         _download_run_models(cfg, args.quiet)
+    if cfg.models:  # the token `models token set` stored, for gated models' checks
+        from .models.token import export_stored_token
+
+        export_stored_token()
     callback, bar = _progress_printer(args.quiet)
     try:
         metrics = run_generation(

@@ -115,3 +115,17 @@ def describe(path: str | os.PathLike | None = None) -> str:
     """One line for people: whether a token is set and where from, never its value."""
     t, where = token_source(path)
     return f"a hub token is set (from {where}; value not shown)" if t else "no hub token set"
+
+
+def export_stored_token(path: str | os.PathLike | None = None) -> bool:
+    """Put the stored token (``save_token``'s file) in ``HF_TOKEN`` for this process's model
+    loads, unless ``HF_TOKEN`` is set already; True when it did. A gated repository (DeepFloyd IF)
+    is checked against the hub even when its files are cached, and huggingface_hub reads only
+    ``HF_TOKEN`` and its own login, not this file. The value is never printed."""
+    if os.environ.get("HF_TOKEN", "").strip():
+        return False
+    token = _read_file(Path(path) if path else token_path())
+    if not token:
+        return False
+    os.environ["HF_TOKEN"] = token
+    return True
