@@ -8,8 +8,9 @@ busy workers SIGKILLed every few seconds (seeded, bounded). Afterwards:
 - none duplicated: a done job's result is produced once (one ``done`` in the log, one ``result``
   to its client, ``starts == 1 + crashes`` in its record, as many starts and crashes as the log
   has), and ``list_jobs`` lists each of a client's ids exactly once;
-- a job whose worker was killed after its first checkpoint resumed from a checkpoint (the log's
-  step > 0) and still ran all its steps;
+- a job whose worker was killed after its first checkpoint resumed from its last checkpoint (the
+  log's step > 0) and still ran all its steps; done jobs of one seed (each client submits seeds
+  0, 1, ...) end with the very same Gaussians, killed and resumed or not;
 - fairness: every start obeys ``FairQueue``'s policy (server/queue.py), replayed from the log: the
   job started is the oldest queued job of the owner, among those with queued jobs, served least
   recently (never served first, ties by the oldest queued job). So with everything queued at
@@ -30,6 +31,7 @@ are then cancelled. The test stops itself (a clear failure naming the unfinished
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -318,6 +320,16 @@ def test_soak_of_three_clients_with_worker_kills_and_cancels(tmp_path, make_serv
             assert steps and max(steps) >= max(2, step_seen - 2), (job, step_seen, steps)
             resumed[job] = max(steps)
     assert len(resumed) >= 2, f"too few kills landed to test resuming: {kills}"
+    # Clients submit seeds 0, 1, ...: done jobs of one seed end with the very same Gaussians,
+    # killed and resumed or not, whichever worker ran them (the CPU is bit-exact).
+    by_seed: dict[int, dict[str, str]] = {}
+    for name in COUNTS:
+        for seed, job in enumerate(mine[name]):
+            if soak.jobs[job].state == "done":
+                ply = soak.jobs[job].downloads[0].files["gaussians.ply"]
+                by_seed.setdefault(seed, {})[job] = hashlib.sha256(ply).hexdigest()
+    assert all(len(set(d.values())) == 1 for d in by_seed.values()), by_seed
+    twinned = [j for d in by_seed.values() if len(d) > 1 for j in d if j in resumed]
 
     # Fairness: every start (first ones and resumes) obeyed the policy.
     starts = check_fair_starts(lines, owner)
@@ -328,7 +340,8 @@ def test_soak_of_three_clients_with_worker_kills_and_cancels(tmp_path, make_serv
     print(
         f"soak: {len(jobs)} jobs in {runtime:.1f} s, {len(kills)} kills "
         f"({sum(count(CRASHED, j) for j in jobs)} landed), resumed at steps "
-        f"{sorted(resumed.values())}, {CANCEL_QUEUED} cancels while queued, "
+        f"{sorted(resumed.values())} ({len(twinned)} checked against a job of the same seed), "
+        f"{CANCEL_QUEUED} cancels while queued, "
         f"{answers.count('cancelled')} of {CANCEL_RUNNING} while running, "
         f"first starts {''.join(o[0] for o in first[:12])}"
     )
