@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import zmq
-from server_helpers import FAST, alive, make_keys, reply_to
+from server_helpers import FAST, make_keys, reply_to, workers_of
 
 from stabledreamer_protocol import Error, JobState, Progress, Result
 from stabledreamer_protocol.client import Client, ResultDownloaded
@@ -263,7 +263,7 @@ def test_soak_of_three_clients_with_worker_kills_and_cancels(tmp_path, make_serv
                 and 4 <= soak.jobs[j].step <= STEPS // 2 and now - soak.jobs[j].step_at < FRESH_S
             )  # fmt: skip
             pid = soak.pid_running(victim := rng.choice(candidates)) if candidates else None
-            if pid is not None and alive(pid):
+            if pid is not None and pid in workers_of(s.proc.pid):  # never a reused pid
                 os.kill(pid, signal.SIGKILL)
                 kills[victim] = soak.jobs[victim].step
                 next_kill = now + rng.uniform(*KILL_EVERY_S)
