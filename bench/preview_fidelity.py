@@ -43,7 +43,8 @@ DEFAULT_SETS = {
     "blocks": "runs/fidelity_blocks/gaussians.ply",
 }
 """Relative to the repo (or given on the command line): ``stabledreamer demo --out runs/demo``,
-``make demo-text`` (the text path on the example-based prior) and ``stabledreamer reconstruct`` on ``bench/reconstruct_meshes.py``'s gradient blob and blocks."""
+``make demo-text`` (the text path on the example-based prior) and ``stabledreamer reconstruct``
+on ``bench/reconstruct_meshes.py``'s gradient blob and blocks."""
 VIEWS = ((30.0, 20.0), (150.0, 35.0), (270.0, 5.0))
 """(azimuth, elevation) in degrees: front-left, back-right from above, the right side."""
 DISTANCE, FOV_Y = 2.5, 49.0
