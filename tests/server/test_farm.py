@@ -65,7 +65,17 @@ def farm(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("farm")
     make_keys(root / "keys")
     s = Server(root / "state", root / "keys", root / "server.log", "--ray", cluster.address)
-    s.start()
+    # Ray's verdict on a removed node comes within ~2 s when the machine is quiet, but took over
+    # the default 5 s under the whole suite's load (the loss then counted as a crash)
+    saved = os.environ.get("STABLEDREAMER_RAY_VERDICT_S")
+    os.environ["STABLEDREAMER_RAY_VERDICT_S"] = "30"
+    try:
+        s.start()
+    finally:
+        if saved is None:
+            os.environ.pop("STABLEDREAMER_RAY_VERDICT_S")
+        else:
+            os.environ["STABLEDREAMER_RAY_VERDICT_S"] = saved
     try:
         s.wait_ready(120)
         yield s

@@ -30,9 +30,11 @@ log = logging.getLogger("stabledreamer.farm")
 
 HANDSHAKE_S = 10.0
 """A connection that has not authenticated and named its worker by then is dropped."""
-VERDICT_WAIT_S = 5.0
+VERDICT_WAIT_S = float(os.environ.get("STABLEDREAMER_RAY_VERDICT_S", "5"))
 """After a worker's connection ends, how long its relay waits for Ray to say why before it
-closes the pool's end anyway (the pool then kills what is left of the actor)."""
+closes the pool's end anyway (the pool then kills what is left of the actor). A node Ray has
+not declared dead by then counts as the job's crash: raise it (``STABLEDREAMER_RAY_VERDICT_S``)
+where Ray's node health checks take longer (docs/farm.md)."""
 
 
 def code_digest() -> str:
