@@ -201,3 +201,23 @@ def test_an_upload_cut_short_by_a_stop_leaves_nothing(tmp_path):
     store = JobStore(service.cfg.state)
     store.load()
     assert not leftover.exists() and not store.records
+
+
+def test_what_waits_behind_an_upload_is_bounded_in_count_and_bytes(tmp_path):
+    from stabledreamer.server.delivery import Peer
+    from stabledreamer.server.uploads import Uploads
+    from stabledreamer_protocol import Ping
+
+    store = JobStore(tmp_path)
+    uploads = Uploads(None, store, max_waiting=3, max_waiting_bytes=100_000)
+    try:
+        peer = Peer(b"a")
+        big = Submit(job="j", target_format="ply", target_file=BIG)  # 64 KiB of buffers
+        assert uploads.wait(peer, big)
+        assert not uploads.wait(peer, Submit(job="k", target_format="ply", target_file=BIG))
+        assert uploads.wait(peer, Ping()) and uploads.wait(peer, Ping())
+        assert not uploads.wait(peer, Ping())  # the count bound
+        assert uploads.next_waiting(peer)[1] is big  # in order; its bytes are freed
+        assert uploads.wait(peer, Submit(job="k", target_format="ply", target_file=BIG))
+    finally:
+        uploads.close()

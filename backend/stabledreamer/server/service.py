@@ -490,7 +490,7 @@ class Service:
             re=msg.id,
             job=msg.job,
             code=ErrorCode.BUSY,
-            message=f"{self.uploads.max_waiting} messages already wait behind this client's upload",
+            message="too many messages (or upload bytes) already wait behind this client's upload",
             hint="Wait for the submit's reply before sending more.",
         )
 

@@ -38,6 +38,14 @@ upload costs the loop a few milliseconds inline; a 48 MiB one about 150 ms here)
 UPLOAD_THREADS = 2
 MAX_WAITING = 1000
 """Messages of one client that may wait behind its upload; more are refused with ``busy``."""
+MAX_WAITING_BYTES = 64 << 20
+"""Buffer bytes of one client's messages waiting behind its upload (one largest message): more
+submits are refused with ``busy``, so a client cannot pile up uploads in the service's memory
+faster than they are written."""
+
+
+def waiting_bytes(msg: Message) -> int:
+    return payload_bytes(msg) if isinstance(msg, Submit) else 0
 
 
 def payload_bytes(msg: Submit) -> int:
@@ -88,10 +96,11 @@ class Uploads:
         offload_bytes: int = OFFLOAD_BYTES,
         threads: int = UPLOAD_THREADS,
         max_waiting: int = MAX_WAITING,
+        max_waiting_bytes: int = MAX_WAITING_BYTES,
     ) -> None:
         self.submits, self.store = submits, store
         self.offload_bytes = offload_bytes
-        self.max_waiting = max_waiting
+        self.max_waiting, self.max_waiting_bytes = max_waiting, max_waiting_bytes
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
         self._done: SimpleQueue[Finished] = SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -100,6 +109,7 @@ class Uploads:
         self.in_flight: dict[bytes, Submit] = {}
         """Client identity -> its upload being staged (one at a time per client)."""
         self.waiting: dict[bytes, deque[tuple[Peer, Message]]] = {}
+        self._waiting_bytes: dict[bytes, int] = {}
         self.closed = False
 
     def fileno(self) -> int:
@@ -114,11 +124,14 @@ class Uploads:
         return peer.identity in self.in_flight or bool(self.waiting.get(peer.identity))
 
     def wait(self, peer: Peer, msg: Message) -> bool:
-        """Queue a message behind the client's upload; False when too many already wait."""
+        """Queue a message behind the client's upload; False when too many messages or bytes
+        already wait."""
         queue = self.waiting.setdefault(peer.identity, deque())
-        if len(queue) >= self.max_waiting:
+        size = self._waiting_bytes.get(peer.identity, 0) + waiting_bytes(msg)
+        if len(queue) >= self.max_waiting or size > self.max_waiting_bytes:
             return False
         queue.append((peer, msg))
+        self._waiting_bytes[peer.identity] = size
         return True
 
     def start(self, peer: Peer, msg: Submit) -> None:
@@ -157,8 +170,10 @@ class Uploads:
         if peer.identity in self.in_flight or not queue:
             return None
         item = queue.popleft()
+        self._waiting_bytes[peer.identity] -= waiting_bytes(item[1])
         if not queue:
             del self.waiting[peer.identity]
+            del self._waiting_bytes[peer.identity]
         return item
 
     def close(self) -> None:
