@@ -94,6 +94,9 @@ class TimedGuidance:
     def decode(self, x):
         return self.inner.decode(x)
 
+    def prepare(self, ctx):
+        self.inner.prepare(ctx)
+
     def view_bank(self):
         return None
 

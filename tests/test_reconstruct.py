@@ -118,3 +118,28 @@ def test_outputs_are_in_the_targets_frame(tmp_path):
     # the normalisation scaled the box's half-diagonal (~2.45) to 0.9: scales grow back by ~2.7x
     init_scale = torch.exp(g["scales"]).median()
     assert init_scale > 0.02
+
+
+def test_the_stage_clock_starts_once_the_guidance_is_ready_for_the_first_step(
+    tmp_path, monkeypatch
+):
+    """``prepare`` (a warm worker encodes the view prompts the first cameras need) runs before
+    every step's render and, like model loading, before the stage clock starts: a slow first
+    preparation does not count in ``elapsed_s`` or the ETA."""
+    from types import SimpleNamespace
+
+    from stabledreamer.guidance.oracle import OracleGuidance
+
+    now = [0.0]
+    monkeypatch.setattr(trainer_mod, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    prepared = []
+
+    def prepare(self, ctx):
+        prepared.append(len(ctx.cameras))
+        now[0] += 1000.0 if len(prepared) == 1 else 1.0
+
+    monkeypatch.setattr(OracleGuidance, "prepare", prepare)
+    seen = []
+    run_reconstruction(smoke(3), tmp_path / "run", callback=seen.append)
+    assert prepared == [smoke().camera.batch_size] * 3
+    assert [p.elapsed_s for p in seen] == [0.0, 1.0, 2.0]

@@ -111,3 +111,39 @@ def test_memory_pressure_drops_the_cache(monkeypatch):
     assert not cache.trim() and cache.names() == ["stable_diffusion"]
     monkeypatch.setattr(warm, "_host_short", lambda fraction: fraction == 0.10)
     assert cache.trim() and cache.entries == {}
+
+
+def test_a_warm_cpu_worker_encodes_a_new_prompts_views_as_cameras_need_them(tiny_models):
+    """On the CPU a kept text encoder encodes a new prompt's view prompts lazily, each alone:
+    the negative prompt is remembered from the first prompt, a camera's ``prepare`` encodes
+    only its view, and the embeddings still equal a fresh guidance's bit for bit."""
+    from stabledreamer.cameras import orbit_cameras
+    from stabledreamer.guidance.base import GuidanceContext
+    from stabledreamer.guidance.stable_diffusion import (
+        StableDiffusionConfig,
+        StableDiffusionGuidance,
+    )
+
+    cfg = StableDiffusionConfig(model=str(tiny_models / "sd"), variant=None)
+    warm = StableDiffusionGuidance("a red chair", cfg, CPU, keep_text_encoder=True)
+    encoded: list[list[str]] = []
+    real = warm._encode_texts
+
+    def counting(tokenizer, encoder, texts):
+        encoded.append(list(texts))
+        return real(tokenizer, encoder, texts)
+
+    warm._encode_texts = counting
+    warm.set_prompt("a blue vase")
+    assert encoded == [] and warm.embeddings.encoded() == []  # negative remembered, views lazy
+    side = orbit_cameras([90.0, 100.0], 20.0, 2.5, 49.0, 8, 8)
+    warm.prepare(GuidanceContext(cameras=side, background=torch.ones(2, 3), step=0))
+    assert encoded == [[warm.embeddings.texts[1]]] and warm.embeddings.encoded() == [1]
+    warm.prepare(GuidanceContext(cameras=side, background=torch.ones(2, 3), step=1))
+    assert len(encoded) == 1  # nothing new
+    fresh = StableDiffusionGuidance("a blue vase", cfg, CPU)
+    cond, uncond = warm.embeddings.for_cameras(side)
+    assert torch.equal(cond, fresh.embeddings.cond[[1, 1]])
+    assert torch.equal(uncond[0], fresh.embeddings.uncond[0])
+    assert torch.equal(warm.embeddings.cond, fresh.embeddings.cond)  # the other three now
+    assert sorted(len(e) for e in encoded) == [1, 1, 1, 1]

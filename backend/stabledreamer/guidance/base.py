@@ -2,10 +2,10 @@
 
 A guidance maps renders into its own space (pixels for DeepFloyd IF and the oracle, VAE latents
 for Stable Diffusion), tells the noise schedule's alpha_t and sigma_t, predicts the noise in a
-noised input, classifier-free guidance already applied, and may name fixed training cameras
-(``view_bank``). It does nothing else: the loss, the
-weighting w(t), clipping, ``nan_to_num`` and the debug values are made by ``stabledreamer.sds``
-for every guidance alike.
+noised input, classifier-free guidance already applied, may name fixed training cameras
+(``view_bank``) and may get ready for a batch's cameras before its step (``prepare``). It does
+nothing else: the loss, the weighting w(t), clipping, ``nan_to_num`` and the debug values are
+made by ``stabledreamer.sds`` for every guidance alike.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ class Guidance(Protocol):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
         """eps_hat [B, c, h, w] for the noised input x_t at timesteps t (no grad needed)."""
+
+    def prepare(self, ctx: GuidanceContext) -> None:
+        """Get ready to predict for ``ctx``'s cameras (a diffusion model on the CPU encodes the
+        view prompts they need); the trainer calls it before each step's render, so the first
+        step's preparation counts before the stage clock starts, as model loading does."""
 
     def view_bank(self) -> Cameras | None:
         """The fixed training cameras to draw from (the oracle's cached target views), or None:

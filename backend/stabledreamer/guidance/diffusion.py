@@ -43,6 +43,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 RECENT_PROMPTS = 8
 """Prompts whose embeddings a guidance that keeps its text encoder remembers (a few MiB each
 at most: 5 x 77 x 4096 values for T5-XXL)."""
+MEMO_TEXTS = 8
+"""Single texts (a view's prompt, the negative prompt) a kept text encoder remembers besides
+the prompts of ``RECENT_PROMPTS``: the negative prompt is the one that recurs."""
 THREESTUDIO_SCALE_OFFSET = 1.0
 """This project's CFG scale minus threestudio's/DreamFusion's for the same guidance."""
 
@@ -125,6 +128,8 @@ class DiffusionGuidance:
         self._text: tuple | None = None
         self._embedded: tuple | None = None
         self._recent: dict[tuple, ViewEmbeddings] = {}
+        self._memo: dict[tuple, Tensor] = {}
+        """With ``keep_text_encoder``, on the CPU: texts encoded alone (``_encode_kept``)."""
         """With ``keep_text_encoder``: the embeddings of the last ``RECENT_PROMPTS`` prompts
         (an artist going back to an earlier prompt encodes nothing)."""
         self.source = resolve_source(cfg.model)
@@ -197,8 +202,6 @@ class DiffusionGuidance:
             )
             self._embedded = key
             return
-        from functools import partial
-
         if key in self._recent:
             self.embeddings = self._recent.pop(key)
             self._recent[key] = self.embeddings  # the newest last
@@ -208,23 +211,47 @@ class DiffusionGuidance:
             self._text = load_text_encoder(
                 self.source, tokenizer_cls, encoder_cls, self.cfg, self.device, self.dtype
             )
-        tokenizer, encoder = self._text
+        on_cpu = self.device.type == "cpu"
         parks = self.device.type == "cuda" and not text_encoder_streamed(self.cfg)
         if parks:
-            encoder.to(self.device)
+            self._text[1].to(self.device)
         try:
-            encode = partial(self._encode_texts, tokenizer, encoder)
+            # On the CPU, where a 77-token prompt through a large text tower takes seconds, a
+            # view's prompt is encoded when a camera first needs it; on a GPU all at once.
             self.embeddings = ViewEmbeddings(
-                prompt, self.cfg.negative_prompt, self.cfg.view_prompts, encode
+                prompt,
+                self.cfg.negative_prompt,
+                self.cfg.view_prompts,
+                self._encode_kept,
+                one_by_one=on_cpu,
+                lazy=on_cpu,
             )
         finally:
             if parks:
-                encoder.to("cpu")
+                self._text[1].to("cpu")
                 release_memory()
         self._embedded = key
         self._recent[key] = self.embeddings
         while len(self._recent) > RECENT_PROMPTS:
             del self._recent[next(iter(self._recent))]
+
+    def _encode_kept(self, texts: list[str]) -> Tensor:
+        """The kept encoder's ``_encode_texts``; a text encoded alone is remembered, so the
+        negative prompt, the same for every prompt, is encoded once per worker."""
+        tokenizer, encoder = self._text
+        length = getattr(self.cfg, "max_text_length", None)
+        if len(texts) != 1:
+            return self._encode_texts(tokenizer, encoder, texts)
+        key = (texts[0], length)
+        if key not in self._memo:
+            self._memo[key] = self._encode_texts(tokenizer, encoder, texts)
+            while len(self._memo) > MEMO_TEXTS:
+                del self._memo[next(iter(self._memo))]
+        return self._memo[key]
+
+    def prepare(self, ctx: GuidanceContext) -> None:
+        """Encode the view prompts the batch's cameras need (``guidance.base``)."""
+        self.embeddings.prepare(ctx.cameras)
 
     # -- a long-lived worker's cache (``runs.warm``) --------------------------------------------
     def models(self) -> list[torch.nn.Module]:

@@ -123,6 +123,9 @@ class ExamplePriorGuidance:
         prior sees only their view bucket)."""
         return None
 
+    def prepare(self, ctx: GuidanceContext) -> None:
+        """Nothing to get ready (``guidance.base``)."""
+
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
         alpha, sigma = (v.to(x_t).view(-1, 1, 1, 1) for v in self.alphas_sigmas(t))

@@ -201,9 +201,26 @@ def enable_cpu_offload(module: Any, device: Any) -> Any:
 
 class ViewEmbeddings:
     """Text embeddings of one prompt: one per view suffix (``prompts.VIEWS``) and the negative
-    prompt's, cached so the text encoder can be freed."""
+    prompt's, cached so the text encoder can be freed.
 
-    def __init__(self, prompt: str, negative_prompt: str, view_cfg: Any, encode_texts) -> None:
+    ``encode_texts(texts) -> [N, L, D]`` is the model's tokenisation and forward. With
+    ``one_by_one`` each text is encoded alone, so a text's embedding never depends on which
+    texts it was batched with (on the CPU, where a warm worker's lazy encoding must match a
+    fresh one's bit for bit). With ``lazy`` (implies ``one_by_one``) a view's prompt is encoded
+    when a camera first needs it (``prepare``/``for_cameras``): a new prompt's first step then
+    waits for the views it sees, not all four; ``encode_texts`` is kept until every view is
+    encoded, so only a guidance that keeps its text encoder anyway may ask for it."""
+
+    def __init__(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        view_cfg: Any,
+        encode_texts,
+        *,
+        one_by_one: bool = False,
+        lazy: bool = False,
+    ) -> None:
         import torch
 
         from .prompts import VIEWS, view_prompt
@@ -212,17 +229,59 @@ class ViewEmbeddings:
         self.negative_prompt = negative_prompt
         self.view_cfg = view_cfg
         self.texts = [view_prompt(prompt, v, view_cfg) for v in VIEWS]
+        self._views: list = [None] * len(VIEWS)
+        self._encode = None
         with torch.no_grad():
-            emb = encode_texts([*self.texts, negative_prompt])  # [5, L, D]
-        self.cond = emb[: len(VIEWS)]  # [4, L, D]
-        self.uncond = emb[len(VIEWS) :]  # [1, L, D]
+            if lazy:
+                self._encode = encode_texts
+                self.uncond = encode_texts([negative_prompt])  # [1, L, D]
+            elif one_by_one:
+                self._views = [encode_texts([text]) for text in self.texts]
+                self.uncond = encode_texts([negative_prompt])
+            else:
+                emb = encode_texts([*self.texts, negative_prompt])  # [5, L, D]
+                self._views = list(emb[: len(VIEWS)].split(1))
+                self.uncond = emb[len(VIEWS) :]  # [1, L, D]
 
-    def for_cameras(self, cameras: Any):
-        """(cond [B, L, D], uncond [B, L, D]) for a batch of cameras."""
+    def encoded(self) -> list[int]:
+        """Indices into ``VIEWS`` of the views encoded so far."""
+        return [i for i, e in enumerate(self._views) if e is not None]
+
+    def _ensure(self, indices) -> None:
+        import torch
+
+        for i in sorted(set(indices)):
+            if self._views[i] is None:
+                with torch.no_grad():
+                    self._views[i] = self._encode([self.texts[i]])
+        if self._encode is not None and all(e is not None for e in self._views):
+            self._encode = None  # every view encoded: let go of the encoder
+
+    def _indices(self, cameras: Any) -> list[int]:
         from .prompts import view_indices
 
         idx = view_indices(self.view_cfg, cameras.azimuth_deg.cpu(), cameras.elevation_deg.cpu())
-        cond = self.cond[idx.to(self.cond.device)]
+        return idx.tolist()
+
+    def prepare(self, cameras: Any) -> None:
+        """Encode the views ``cameras`` need that are not encoded yet."""
+        self._ensure(self._indices(cameras))
+
+    @property
+    def cond(self):
+        """[4, L, D]: every view's embedding (encoding those not encoded yet)."""
+        import torch
+
+        self._ensure(range(len(self._views)))
+        return torch.cat(self._views)
+
+    def for_cameras(self, cameras: Any):
+        """(cond [B, L, D], uncond [B, L, D]) for a batch of cameras."""
+        import torch
+
+        idx = self._indices(cameras)
+        self._ensure(idx)
+        cond = torch.cat([self._views[i] for i in idx])
         return cond, self.uncond.expand_as(cond)
 
 
@@ -237,8 +296,9 @@ def embed_view_prompts(
     encode_texts,
 ) -> ViewEmbeddings:
     """Load the tokenizer and text encoder of ``source``, encode ``prompt`` for every view and
-    ``cfg.negative_prompt`` once, then free the encoder (the embeddings are all later steps
-    need; the encoder is the largest memory cost). ``encode_texts(tokenizer, encoder, texts)``
+    ``cfg.negative_prompt`` once (on the CPU each text alone, as a warm worker does), then free
+    the encoder (the embeddings are all later steps need; the encoder is the largest memory
+    cost). ``encode_texts(tokenizer, encoder, texts)``
     is the model's own tokenisation and forward. The tokenizer's own class, not
     ``AutoTokenizer``: transformers 5's ``AutoTokenizer`` also looks for ``tokenizer/config.json``,
     which pipelines do not have, and offline that fails for a hub id whose snapshot was
@@ -247,7 +307,10 @@ def embed_view_prompts(
 
     tokenizer, encoder = load_text_encoder(source, tokenizer_cls, encoder_cls, cfg, device, dtype)
     encode = partial(encode_texts, tokenizer, encoder)
-    embeddings = ViewEmbeddings(prompt, cfg.negative_prompt, cfg.view_prompts, encode)
+    one_by_one = getattr(device, "type", str(device)) == "cpu"
+    embeddings = ViewEmbeddings(
+        prompt, cfg.negative_prompt, cfg.view_prompts, encode, one_by_one=one_by_one
+    )
     del encode, encoder, tokenizer
     release_memory()
     return embeddings

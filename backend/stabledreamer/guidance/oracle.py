@@ -92,6 +92,9 @@ class OracleGuidance:
         a = self._alphas_cumprod[t.cpu().long()]
         return a.sqrt(), (1.0 - a).sqrt()
 
+    def prepare(self, ctx: GuidanceContext) -> None:
+        """Nothing to get ready (``guidance.base``)."""
+
     def predict_noise(self, x_t: Tensor, t: Tensor, ctx: GuidanceContext) -> Tensor:
         target = self.encode(self.target_views(ctx.cameras, ctx.background)).to(x_t)
         if self.cfg.mode == "imperfect":

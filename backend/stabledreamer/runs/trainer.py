@@ -203,12 +203,25 @@ class Trainer:
         done_before = sum(st.steps for st in cfg.stages[:index])
         t_start = time.perf_counter() - s.elapsed_s
         steps_at_start = done_before + s.step
+
+        def clock_starts() -> None:
+            # The stage clock starts once the guidance is ready for the first step's cameras
+            # (a kept text encoder on the CPU encodes their view prompts then), as it starts
+            # after model loading: elapsed_s and the ETA measure training steps only.
+            nonlocal t_start
+            t_start = time.perf_counter() - s.elapsed_s
+
+        first = True
         while s.step < stage.steps:
             step = s.step
             for k, o in s.optimizers.items():
                 if k == "means":
                     o.param_groups[0]["lr"] = _means_lr(stage, step)
-            losses, t, strip = self._step(stage, guidance, strategy, bank, done_before + step)
+            ready = clock_starts if first else None
+            first = False
+            losses, t, strip = self._step(
+                stage, guidance, strategy, bank, done_before + step, ready
+            )
             s.step += 1
             s.elapsed_s = time.perf_counter() - t_start
             global_done = done_before + s.step
@@ -236,7 +249,7 @@ class Trainer:
             if cancel:
                 raise TrainingCancelled(f"cancelled at {stage.name} step {s.step}")
 
-    def _step(self, stage, guidance, strategy, bank, global_step: int):
+    def _step(self, stage, guidance, strategy, bank, global_step: int, ready=None):
         s, cfg, gen = self.state, self.cfg, self.generator
         B = cfg.camera.batch_size
         if bank is not None:
@@ -245,12 +258,15 @@ class Trainer:
             cams = sample_cameras(cfg.camera, stage.resolution, stage.resolution, gen)
         cams = cams.to(self.device)
         bg = _backgrounds(stage.background, B, gen).to(self.device)
+        ctx = GuidanceContext(cameras=cams, background=bg, step=global_step)
+        guidance.prepare(ctx)
+        if ready is not None:
+            ready()
         out = render(s.params, cams, bg, backend=self.render_backend)
         if strategy is not None:
             strategy.step_pre_backward(s.params, s.optimizers, s.strategy_state, s.step, out.meta)
         progress = s.step / max(stage.steps - 1, 1)
         t = sample_timesteps(stage.noise, progress, B, guidance.num_train_timesteps, gen)
-        ctx = GuidanceContext(cameras=cams, background=bg, step=global_step)
         sds = sds_loss(guidance, out.rgb, ctx, t, stage.noise, gen)
         regs = regularization_losses(s.params, cfg.regularizer)
         loss = sds.loss + weighted_sum(regs, cfg.regularizer)
