@@ -145,3 +145,18 @@ def test_cpu_offload_is_saved_and_harmless_on_the_cpu(tiny, tmp_path, monkeypatc
     run_generation(cfg, out, device="cpu", cpu_offload=True)
     saved = json.loads((out / "config.json").read_text())
     assert saved["deepfloyd_if"]["cpu_offload"] and saved["stable_diffusion"]["cpu_offload"]
+
+
+def test_the_peak_resident_memory_is_the_runs_own():
+    """A long-lived worker resets the high-water mark when a job starts, so the job's
+    ``peak_memory_mb`` is not an earlier, bigger job's."""
+    from stabledreamer.device import peak_rss_mb, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("this system cannot reset the peak (not Linux)")
+    base = peak_rss_mb()
+    big = bytearray(96 * 2**20)
+    big[::4096] = b"x" * len(big[::4096])  # touch every page
+    assert peak_rss_mb() >= base + 80
+    del big
+    assert reset_peak_rss() and peak_rss_mb() < base + 48

@@ -1,6 +1,7 @@
 """Which torch device a run trains on: ``auto`` (CUDA when present, else the CPU), ``cpu``,
 ``cuda`` or ``cuda:N``. One place turns the config value into a ``torch.device`` with an error
-that says what to do when the asked-for device is not there."""
+that says what to do when the asked-for device is not there. Also the process's resident-memory
+high-water mark a run reports (``peak_rss_mb``), reset per run (``reset_peak_rss``)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,34 @@ def resolve_device(name: str = "auto") -> torch.device:
                 f"device {name!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})"
             )
     return dev
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's resident-memory high-water mark afresh, so a long-lived worker's
+    next job reports its own peak, not the worker's (Linux: writing 5 to /proc/self/clear_refs
+    sets VmHWM to the current resident size, the models already loaded included). False where
+    the system cannot: the peak then covers the process's whole life."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark in MiB (VmHWM, since ``reset_peak_rss``
+    where it worked; otherwise ``ru_maxrss``: the process's whole life)."""
+    import re
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as f:
+            found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M)
+        if found:
+            return int(found.group(1)) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux

@@ -22,7 +22,7 @@ from .. import gaussians as G
 from ..atomic import write_json
 from ..config import RunConfig, StageConfig
 from ..errors import ConfigError, InputError
-from ..device import DeviceError, resolve_device
+from ..device import DeviceError, peak_rss_mb, reset_peak_rss, resolve_device
 from ..guidance.base import Guidance
 from ..memory_tiers import apply_tier
 from ..models.store import require_run_models
@@ -241,6 +241,7 @@ def run_generation(
             cfg, stage, device, lambda: build_guidance(cfg, stage, device, keep_text_encoder=True)
         )
 
+    reset_peak_rss()
     trainer = Trainer(cfg, out, guidance_factory, init=init, callback=track)
     if resume:
         trainer.restore()
