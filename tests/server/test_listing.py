@@ -117,3 +117,20 @@ def test_the_service_deletes_expired_jobs_from_disk(tmp_path):
     service._apply_retention()
     assert sorted(store.records) == ["j3", "j4", "r"]
     assert sorted(p.name for p in store.root.iterdir()) == ["j-j3", "j-j4", "j-r"]
+
+
+def test_a_file_linked_into_a_follow_up_counts_once_across_the_jobs(tmp_path):
+    """A follow-up links its parent's files (``parent/``): the two jobs' sizes together are
+    the disk the file uses, so ``keep_bytes`` does not count it twice."""
+    store = JobStore(tmp_path)
+    parent = JobRecord(job="p", seq=store.next_seq(), digest="d", kind="demo", preset="smoke",
+                       seed=1, state="done")  # fmt: skip
+    store.create(parent, {"state.pt": b"x" * 1000, "log.txt": b"y" * 10})
+    child = JobRecord(job="c", seq=store.next_seq(), digest="e", kind="demo", preset="smoke",
+                      seed=1, state="done")  # fmt: skip
+    store.create(child, {"parent.pt": store.dir("p") / "state.pt", "own.txt": b"z" * 100})
+    if (store.dir("c") / "parent.pt").stat().st_nlink < 2:
+        pytest.skip("no hard links on this file system: the file is copied")
+    records = {j: (store.dir(j) / "job.json").stat().st_size for j in "pc"}
+    assert store.size("p") == 500 + 10 + records["p"]
+    assert store.size("c") == 500 + 100 + records["c"]

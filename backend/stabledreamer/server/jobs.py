@@ -286,16 +286,19 @@ class JobStore:
         self.remove_files(job)
 
     def size(self, job: str) -> int:
-        """Bytes the job's folder holds (measured once: asked only of finished jobs)."""
+        """Bytes the job's folder holds (measured once: asked only of finished jobs). A file
+        hard-linked into several jobs (a follow-up's ``parent/``) counts its share in each, so
+        the jobs' sizes add up to the disk they use, not a multiple of it."""
         if job not in self._sizes:
-            total = 0
+            total = 0.0
             for path in self.dir(job).rglob("*"):
                 try:
                     if path.is_file() and not path.is_symlink():
-                        total += path.stat().st_size
+                        st = path.stat()
+                        total += st.st_size / max(st.st_nlink, 1)
                 except OSError:
                     pass
-            self._sizes[job] = total
+            self._sizes[job] = round(total)
         return self._sizes[job]
 
     def remove_files(self, job: str) -> None:
