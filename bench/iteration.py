@@ -15,8 +15,9 @@ Measured per job, in the client:
 
 - submit -> first step: from ``submit`` to the start of the first guided step, the step itself
   excluded: the arrival of the job's first ``progress`` minus its ``elapsed_s`` (the trainer's
-  stage clock starts once the stage's guidance is built, so the difference is what came before
-  the step: queueing, config, initial Gaussians, model loading and prompt encoding);
+  stage clock starts once the stage's guidance is built and ready for the first step's cameras,
+  so the difference is what came before the step: queueing, config, initial Gaussians, model
+  loading and prompt encoding, the first cameras' view prompts included);
 - submit -> first preview: from ``submit`` to the job's first ``preview`` event (sent after its
   first guided step, so the step is included).
 
