@@ -3,7 +3,9 @@
 For each mode a real ``stabledreamer serve`` subprocess (loopback, CURVE off) runs tiny
 reconstruction jobs (the ``smoke`` preset on an octahedron, a checkpoint every 2 steps):
 
-- ``local``: the default service (one worker process per job, an idle spare kept warm);
+- ``local``: ``serve --standby 1`` (one long-lived worker process, and one spare started so a
+  lost worker is replaced at once, as Ray's default ``--ray-standby 1`` does); ``--local-standby
+  0`` measures the default service, which starts a fresh process after a loss;
 - ``ray``: ``serve --ray ADDRESS`` on a simulated local cluster (``ray.cluster_utils``: a head
   without GPUs and two nodes with one declared GPU each, fast node health checks).
 
@@ -129,6 +131,13 @@ def failover(c: Client, kill) -> tuple[float, int]:
     return dt, first.step
 
 
+def local_worker_of(serve: Serve, job: str) -> int:
+    """The pid of the local worker process running ``job`` (the service logs it)."""
+    pid = int(re.findall(rf"job {job} started on worker \d+ \(pid (\d+)", serve.log())[-1])
+    assert pid in workers_of(serve.proc.pid), (pid, workers_of(serve.proc.pid))
+    return pid
+
+
 def ray_worker_of(serve: Serve, job: str) -> tuple[int, str]:
     """(actor pid, node id prefix) of the Ray worker running ``job`` (from its log line)."""
     pattern = rf"job {job}: runs on Ray node \S+ \((\w+)\), pid \d+, actor pid (\d+)"
@@ -151,9 +160,9 @@ def cluster():
     return c
 
 
-def run_mode(mode: str, repeats: int, idle_s: float, tmp: Path) -> dict:
+def run_mode(mode: str, repeats: int, idle_s: float, tmp: Path, standby: int = 1) -> dict:
     ray_cluster = cluster() if mode == "ray" else None
-    extra = ("--ray", ray_cluster.address) if ray_cluster else ()
+    extra = ("--ray", ray_cluster.address) if ray_cluster else ("--standby", str(standby))
     serve = Serve(tmp / mode, *extra)
     out: dict = {"start_run": [], "start_first": [], "failover": [], "node": None}
     try:
@@ -169,8 +178,7 @@ def run_mode(mode: str, repeats: int, idle_s: float, tmp: Path) -> dict:
                 if ray_cluster is None:
 
                     def kill(job: str) -> None:
-                        (pid,) = workers_of(serve.proc.pid)
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(local_worker_of(serve, job), signal.SIGKILL)
                 else:
 
                     def kill(job: str) -> None:
@@ -193,22 +201,28 @@ def run_mode(mode: str, repeats: int, idle_s: float, tmp: Path) -> dict:
     return out
 
 
+def label(mode: str, standby: int) -> str:
+    return f"local, --standby {standby}" if mode == "local" else "Ray, --ray-standby 1"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="local,ray")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--idle-s", type=float, default=25.0)
+    ap.add_argument("--local-standby", type=int, default=1, help="serve --standby of local")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-farm-") as d:
         for mode in args.modes.split(","):
-            r = run_mode(mode, args.repeats, args.idle_s, Path(d))
+            r = run_mode(mode, args.repeats, args.idle_s, Path(d), args.local_standby)
             med = statistics.median
             fo = [t for t, _ in r["failover"]]
             steps = [s for _, s in r["failover"]]
             node = f"{r['node'][0]:.1f} s (step {r['node'][1]})" if r["node"] else "-"
             rows.append(
-                f"| {mode} | {med(r['start_run']) * 1000:.0f} ms | {med(r['start_first']):.2f} s "
+                f"| {label(mode, args.local_standby)} | {med(r['start_run']) * 1000:.0f} ms "
+                f"| {med(r['start_first']):.2f} s "
                 f"(max {max(r['start_first']):.2f}) | {med(fo):.1f} s (max {max(fo):.1f}; resumed "
                 f"at step {min(steps)}-{max(steps)}) | {node} |"
             )

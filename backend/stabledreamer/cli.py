@@ -616,6 +616,15 @@ def _add_service_parsers(sub) -> None:
         "between jobs (default %(default)s)",
     )
     srv.add_argument(
+        "--standby",
+        type=int,
+        default=0,
+        help="spare worker processes kept started (torch imported, nothing loaded): a job "
+        "whose worker died resumes on one at once instead of waiting seconds for a new "
+        "process; each costs the memory of an idle Python with torch (default %(default)s; "
+        "with --ray, see --ray-standby)",
+    )
+    srv.add_argument(
         "--cancel-grace-s",
         type=float,
         default=5.0,
@@ -749,6 +758,8 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--cancel-grace-s must be in [0, 3600], got {args.cancel_grace_s}")
     if not 1 <= args.workers <= 64:
         raise ConfigError(f"--workers must be in [1, 64], got {args.workers}")
+    if not 0 <= args.standby <= 8:
+        raise ConfigError(f"--standby must be in [0, 8], got {args.standby}")
     from .server.settings import resolve_gpus
 
     gpus = resolve_gpus(args.gpus) if args.gpus else None
@@ -765,6 +776,7 @@ def cmd_serve(args) -> int:
         handshake_s=args.handshake_s,
         stall_s=args.stall_s,
         workers=args.workers,
+        standby=args.standby,
         cancel_grace_s=args.cancel_grace_s,
         gpus=gpus,
         farm=farm,

@@ -159,3 +159,59 @@ def test_a_cancelled_worker_that_does_not_stop_is_killed_after_its_grace():
         assert [e.worker for e in exited] == [w] and not w.process.is_alive()
     finally:
         pool.kill_all()
+
+
+def test_a_standby_process_takes_over_a_lost_workers_slot_and_another_starts():
+    """``standby``: a spare, started and ready, replaces a worker that died mid-job at once (its
+    ``WorkerReady`` handed on, its heartbeats dropped); a new spare starts behind it; a spare
+    for another GPU does not take the slot; ``kill_all`` ends the spares too."""
+    pool = WorkerPool(echo_worker, slots=[Slot(0, gpu="3"), Slot(1, gpu="5")], standby=1)
+    try:
+        pool.fill()
+        assert len(pool.workers) == 2 and len(pool.spares) == 1
+        spare = pool.spares[0]
+        assert spare.slot.gpu == "3" and spare not in pool.workers
+        deadline = time.monotonic() + 30
+        while not spare.held and time.monotonic() < deadline:
+            pool.tend_spares()
+            time.sleep(0.05)
+        assert [type(m) for m in spare.held] == [pipe.WorkerReady]
+        for job, slot in (("crash", 0), ("crash", 1)):
+            w = next(w for w in pool.workers if w.slot.index == slot)
+            read_until(pool, w, pipe.WorkerReady)
+            pool.take(job)  # the first idle worker: the one in slot `slot`
+            pool.tell(w, pipe.RunJob(spec(job)))
+            deadline = time.monotonic() + 30
+            while not pool.reap() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pool.fill()
+            new = next(w for w in pool.workers if w.slot.index == slot)
+            if slot == 0:  # GPU 3: the spare, already started, now in slot 0
+                assert new is spare and new.slot.index == 0
+                assert [type(m) for m in pool.read(new)][:1] == [pipe.WorkerReady]
+                assert len(pool.spares) == 1 and pool.spares[0] is not spare
+                assert pool.spares[0].slot.gpu == "3"
+            else:  # GPU 5: no spare for it, a fresh process
+                assert new is not spare and new.process.pid not in (
+                    s.process.pid for s in pool.spares
+                )
+        spares = list(pool.spares)
+    finally:
+        pool.kill_all()
+    assert pool.spares == [] and not any(s.process.is_alive() for s in spares)
+
+
+def test_a_dead_spare_is_dropped_and_replaced_only_after_a_pause():
+    pool = WorkerPool(echo_worker, standby=1)
+    try:
+        pool.fill()
+        spare = pool.spares[0]
+        spare.process.kill()
+        spare.process.join(10)
+        pool.tend_spares()
+        assert pool.spares == []  # not restarted at once: a spare that keeps dying must not spin
+        pool._spare_retry_at = 0.0
+        pool.tend_spares()
+        assert len(pool.spares) == 1 and pool.spares[0] is not spare
+    finally:
+        pool.kill_all()

@@ -225,3 +225,33 @@ def test_a_job_whose_worker_keeps_dying_fails_after_three_tries(tmp_path):
     assert rec.state == "failed" and "3 times" in rec.message
     service._schedule()
     assert pool.running() == []
+
+
+def test_a_standby_process_takes_over_a_killed_workers_job(tmp_path, make_server):
+    """``serve --standby 1``: a spare process, started beside the worker, resumes the job of a
+    killed worker at once (no new process to wait for), and a new spare starts behind it."""
+    from server_helpers import workers_of
+
+    make_keys(tmp_path / "keys")
+    s = make_server(tmp_path / "state", tmp_path / "keys", "--standby", "1")
+    s.wait_ready()
+    overrides = {**FAST, "reconstruct.steps": 60, "checkpoint_every": 2}
+    with s.client() as c:
+        c.handshake(timeout_s=10)
+        job = c.submit(target_format="demo", preset="smoke", seed=7, overrides=overrides)
+        at = c.wait_for(lambda e: isinstance(e, Progress) and e.job == job and e.step >= 4, 120)
+        assert at is not None, s.log()
+        (victim,) = map(int, re.findall(rf"job {job} started on worker 0 \(pid (\d+)", s.log()))
+        spares = set(workers_of(s.proc.pid)) - {victim}
+        assert len(spares) == 1, (victim, workers_of(s.proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        wait_state(c, job, "queued", 30)
+        done(c, job)
+        took = re.findall(r"a standby process \(pid (\d+)\) takes over", s.log())
+        assert [int(p) for p in took] == list(spares), s.log()
+        restarted = re.findall(rf"job {job} started on worker 0 \(pid (\d+)", s.log())
+        assert int(restarted[-1]) in spares
+        deadline = time.monotonic() + 60
+        while len(workers_of(s.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(set(workers_of(s.proc.pid)) - spares - {victim}) == 1  # a new spare

@@ -8,6 +8,11 @@ imports torch), hands out idle workers, tells, reads, cancels (with a grace peri
 releases a worker whose job is over, and reaps the ones that ended, starting a fresh process in
 their slot. What a worker's messages and death mean for its job is the service's business.
 
+With ``standby`` > 0 the pool also keeps that many spare processes started (torch imported,
+nothing loaded, no job): a worker lost mid-job, or one that ended itself after a failure, is
+replaced by a ready spare at once instead of a process that must start first (seconds), and a
+new spare starts behind it. A spare takes over only a slot with its GPU and thread count.
+
 A worker's life: spawned (``starting``) -> ``WorkerReady`` (idle) -> a job (busy) -> its final
 message -> idle again, models still loaded. It leaves the pool when it dies (a crash, a kill
 after a cancel's grace) or ends itself after a failed job (a failure releases everything:
@@ -73,6 +78,9 @@ class WorkerHandle:
     """When it last said anything (a heartbeat at least every ``pipe.HEARTBEAT_S``)."""
     stalled: bool = False
     """No heartbeat for ``stall_s``: hung or stopped (SIGSTOP, a debugger, a dead disk)."""
+    held: list = field(default_factory=list)
+    """What a spare said while it waited (its ``WorkerReady``), handed on by ``read`` once it
+    takes over a slot; its heartbeats are dropped."""
 
     @property
     def state(self) -> str:
@@ -110,6 +118,7 @@ class WorkerPool:
         prewarm: bool = True,
         slots: list[Slot] | None = None,
         launcher: Any = None,
+        standby: int = 0,
     ) -> None:
         self.target = target
         """``target(conn, parent_pid, slot)``: the worker's entry point."""
@@ -120,16 +129,24 @@ class WorkerPool:
         """Keep every slot's worker started while idle (off: start one when a job needs it)."""
         self.slots = slots or [Slot(0)]
         self.workers: list[WorkerHandle] = []
+        self.standby = standby
+        """Spare local processes kept started (``serve --standby``; the farm has its own)."""
+        self.spares: list[WorkerHandle] = []
         self._mp = mp.get_context("spawn")
         self._retry_at: dict[int, float] = {}
+        self._spare_retry_at = 0.0
 
     # --- processes ---------------------------------------------------------------------------
 
     def spawn(self, slot: Slot) -> WorkerHandle:
         if self.launcher is not None:  # farm seam: a Ray actor, seen as a process and a pipe
             w = WorkerHandle(*self.launcher.start(slot), slot)
-            self.workers.append(w)
-            return w
+        else:
+            w = self._adopt_spare(slot) or self._start_process(slot)
+        self.workers.append(w)
+        return w
+
+    def _start_process(self, slot: Slot) -> WorkerHandle:
         parent, child = self._mp.Pipe(duplex=True)
         proc = self._mp.Process(
             target=self.target,
@@ -152,9 +169,57 @@ class WorkerPool:
                 else:
                     os.environ[k] = v
         child.close()
-        w = WorkerHandle(proc, parent, slot)
-        self.workers.append(w)
-        return w
+        return WorkerHandle(proc, parent, slot)
+
+    # --- spares (``standby``) ------------------------------------------------------------------
+
+    def _adopt_spare(self, slot: Slot) -> WorkerHandle | None:
+        """A live spare started for ``slot``'s GPU and threads, now in ``slot``; None if none."""
+        self.tend_spares(start=False)
+        for w in self.spares:
+            if (w.slot.gpu, w.slot.threads) == (slot.gpu, slot.threads):
+                self.spares.remove(w)
+                log.info("worker %d: a standby process (pid %s) takes over", slot.index,
+                         w.process.pid)  # fmt: skip
+                w.slot = slot
+                return w
+        return None
+
+    def tend_spares(self, start: bool = True) -> None:
+        """Read what the spares said (keeping ``WorkerReady``, dropping heartbeats), drop dead
+        ones and, with ``start``, start missing ones (one for each of the first ``standby``
+        slots; after a spare died, not before ``SPARE_RETRY_S``)."""
+        from .pipe import Heartbeat
+
+        for w in list(self.spares):
+            w.held += [m for m in self._read_conn(w) if not isinstance(m, Heartbeat)]
+            if not w.process.is_alive() or w.conn.closed:
+                log.error("a standby worker process ended (exit code %s)", w.process.exitcode)
+                self._discard(w)
+                self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
+        if not start or self.launcher is not None or time.monotonic() < self._spare_retry_at:
+            return
+        wanted = [self.slots[i % len(self.slots)] for i in range(self.standby)]
+        for w in self.spares:
+            for i, slot in enumerate(wanted):
+                if (slot.gpu, slot.threads) == (w.slot.gpu, w.slot.threads):
+                    del wanted[i]
+                    break
+        for slot in wanted:
+            try:
+                self.spares.append(self._start_process(slot))
+            except OSError as e:
+                log.error("cannot start a standby worker (%s)", e)
+                self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
+                return
+
+    def _discard(self, w: WorkerHandle) -> None:
+        if w.process.is_alive():
+            w.process.kill()
+        w.process.join(5)
+        w.conn.close()
+        if w in self.spares:
+            self.spares.remove(w)
 
     def _free_slots(self) -> list[Slot]:
         used = {w.slot.index for w in self.workers}
@@ -164,16 +229,18 @@ class WorkerPool:
         ]
 
     def fill(self) -> None:
-        """Start a worker in every empty slot when prewarming (unless one just died starting)."""
-        if not self.prewarm:
-            return
-        for slot in self._free_slots():
-            try:
-                self.spawn(slot)
-            except OSError as e:  # e.g. no descriptors left; try again later
-                log.error("cannot start a worker (%s)", e)
-                self._retry_at[slot.index] = time.monotonic() + SPARE_RETRY_S
-                return
+        """Start a worker in every empty slot when prewarming (unless one just died starting),
+        and then the spares (``standby``): an empty slot takes a ready spare first."""
+        if self.prewarm:
+            for slot in self._free_slots():
+                try:
+                    self.spawn(slot)
+                except OSError as e:  # e.g. no descriptors left; try again later
+                    log.error("cannot start a worker (%s)", e)
+                    self._retry_at[slot.index] = time.monotonic() + SPARE_RETRY_S
+                    break
+        if self.standby:
+            self.tend_spares()
 
     def idle(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.state == "idle"]
@@ -234,6 +301,10 @@ class WorkerPool:
 
     def read(self, w: WorkerHandle, most: int = 200) -> list:
         """What the worker has said (at most ``most`` messages; the rest waits)."""
+        held, w.held = w.held, []
+        return held + self._read_conn(w, most)
+
+    def _read_conn(self, w: WorkerHandle, most: int = 200) -> list:
         out = []
         try:
             for _ in range(most):
@@ -269,6 +340,8 @@ class WorkerPool:
     def kill_all(self) -> None:
         for w in list(self.workers):
             self.kill(w)
+        for w in list(self.spares):
+            self._discard(w)
 
     def reap(self, stopping: bool = False) -> list[Exited]:
         """Kill cancelled workers past their grace; collect the ones that ended (their slots

@@ -80,7 +80,7 @@ class Service:
         self.store = JobStore(cfg.state)
         self.delivery = Delivery(self._send, cfg.limits, cfg.preview_points)
         slots = plan_slots(cfg.workers, cfg.gpus)
-        self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm, slots=slots)
+        self.pool = WorkerPool(worker_main, prewarm=cfg.prewarm, slots=slots, standby=cfg.standby)
         self.fair = FairQueue()
         self.submits = SubmitCheck(cfg.limits, self.store, cfg.model_ids(), cfg.model_set)
         self.uploads = Uploads(self.submits, self.store, cfg.upload_offload_bytes)
@@ -313,8 +313,9 @@ class Service:
             rec.starts += 1
             rec.error_code = ""
             self._set_state(rec, "running", "")
-            log.info("job %s started on worker %d (%s)", rec.job, w.slot.index,
-                     w.device or "starting", extra={"job": rec.job})  # fmt: skip
+            log.info("job %s started on worker %d (pid %s, %s)", rec.job, w.slot.index,
+                     getattr(w.process, "pid", None), w.device or "starting",
+                     extra={"job": rec.job})  # fmt: skip
             started = True
         if started:
             for other in self.store.queued():  # everyone behind moved up

@@ -23,6 +23,10 @@ class ServiceConfig:
     """Jobs running at once at most (None: one per worker; 0: none start, for tests)."""
     workers: int = 1
     """Worker processes, each running one job at a time (``serve --workers N``; CPU slots)."""
+    standby: int = 0
+    """Spare local worker processes kept started (``serve --standby``, ``pool.py``): a lost
+    worker's job resumes on one at once. 0 by default: each costs an idle Python with torch
+    (a few hundred MB) for a rare event; a Ray cluster has its own (``--ray-standby``)."""
     gpus: list[str] | None = None
     """One worker per GPU (``serve --gpus``): the CUDA device each alone sees; overrides
     ``workers``."""
