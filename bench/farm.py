@@ -210,18 +210,25 @@ def main() -> None:
     ap.add_argument("--modes", default="local,ray")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--idle-s", type=float, default=25.0)
-    ap.add_argument("--local-standby", type=int, default=1, help="serve --standby of local")
+    ap.add_argument(
+        "--local-standby", default="1", help="serve --standby of local; a list (0,1): a row each"
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-farm-") as d:
-        for mode in args.modes.split(","):
-            r = run_mode(mode, args.repeats, args.idle_s, Path(d), args.local_standby)
+        runs = [
+            (mode, int(n))
+            for mode in args.modes.split(",")
+            for n in (args.local_standby.split(",") if mode == "local" else ["1"])
+        ]
+        for i, (mode, standby) in enumerate(runs):
+            r = run_mode(mode, args.repeats, args.idle_s, Path(d) / str(i), standby)
             med = statistics.median
             fo = [t for t, _ in r["failover"]]
             steps = [s for _, s in r["failover"]]
             node = f"{r['node'][0]:.1f} s (step {r['node'][1]})" if r["node"] else "-"
             rows.append(
-                f"| {label(mode, args.local_standby)} | {med(r['start_run']) * 1000:.0f} ms "
+                f"| {label(mode, standby)} | {med(r['start_run']) * 1000:.0f} ms "
                 f"| {med(r['start_first']):.2f} s "
                 f"(max {max(r['start_first']):.2f}) | {med(fo):.1f} s (max {max(fo):.1f}; resumed "
                 f"at step {min(steps)}-{max(steps)}) | {node} |"
