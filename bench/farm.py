@@ -56,6 +56,7 @@ class Serve:
     def __init__(self, state: Path, *extra: str) -> None:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.log_path = state.parent / f"{state.name}.log"
+        state.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "stabledreamer", "serve", "--bind", self.endpoint,
                "--no-curve", "--state", str(state), *extra]  # fmt: skip
         self._log = open(self.log_path, "ab")
