@@ -264,8 +264,10 @@ class ViewEmbeddings:
         return idx.tolist()
 
     def prepare(self, cameras: Any) -> None:
-        """Encode the views ``cameras`` need that are not encoded yet."""
-        self._ensure(self._indices(cameras))
+        """Encode the views ``cameras`` need that are not encoded yet (nothing to do, and no
+        look at the cameras, once every view is encoded)."""
+        if self._encode is not None:
+            self._ensure(self._indices(cameras))
 
     @property
     def cond(self):
