@@ -17,6 +17,7 @@ The table (``table.md``) and side-by-side pictures are written to ``--out``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def blender_pictures(addon: Path, npz: Path, cams, args, look, tmp: Path, tag: s
         "modes": args.modes,
         "look": look,
         "shell_alpha": args.shell_alpha,
+        "look_params": dict(getattr(args, "set", [])),
         "cycles_samples": args.cycles_samples,
         "transparent_bounces": args.transparent_bounces,
         "cycles_filter": args.cycles_filter,
@@ -159,6 +161,12 @@ def save_strip(path: Path, rows: list[np.ndarray], labels: list[str] | None = No
     img.save(path, optimize=True)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    name, _, value = text.partition("=")
+    parsed = ast.literal_eval(value)
+    return name, list(parsed) if isinstance(parsed, tuple) else parsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ply", nargs="*", help="3DGS .ply files (default: DEFAULT_SETS that exist)")
@@ -173,6 +181,15 @@ def main() -> None:
         help="the add-on looks to score: splats, ellipsoids, points",
     )
     ap.add_argument("--shell-alpha", type=float, default=None, help="override the add-on default")
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="override a splat_look setting for a study, e.g. OPAQUE_FROM=0.3 "
+        "COVERAGE_LEVELS=0.03,0.06 (a Python literal)",
+    )
     ap.add_argument("--cycles-samples", type=int, default=32)
     ap.add_argument(
         "--transparent-bounces",
