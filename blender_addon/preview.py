@@ -267,7 +267,7 @@ def restyle(
         mesh.attributes["cell"].data.foreach_get("value", cell)
         colours = splat_look.LEVELS**3
         cell %= colours
-        cell += colours * _solid_levels(look, opacity, shell_alpha)
+        cell += colours * np.asarray(_solid_levels(look, opacity, shell_alpha), dtype=np.int32)
         mesh.attributes["cell"].data.foreach_set("value", cell)
     mesh.update()
     _apply_look(_modifier(obj), look, points_only=n > point_cap or look == "POINTS")

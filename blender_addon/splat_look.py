@@ -33,8 +33,13 @@ SHELL_ALPHA = 0.02
 """Shell threshold of every look, measured with ``bench/preview_fidelity.py`` on the demo's 16,111
 Gaussians (PSNR against ``render()``, Workbench Flat | Cycles splats): 1/255 18.5 | 22.5, 0.02
 25.4 | 21.9, 0.05 25.5 | 20.4, 0.1 23.5 | 19.9 dB; 0.02 is near the best of both."""
-LEVELS = 6
-"""Grid levels per sRGB channel for the Solid-mode palette (6**3 = 216 colours)."""
+LEVELS = 4
+"""Grid levels per sRGB channel for the Solid-mode palette (4**3 = 64 colours, each the mean of its
+Gaussians, at 4 coverage levels: 256 materials). Instance on Points costs about 10 us per palette
+entry on every update (100k Gaussians: 216 entries 12.5 ms of depsgraph, 256 11.6, 375 13.3, 500
+14.4), so the colours were cut to pay for the levels: ``bench/preview_fidelity.py`` (Workbench
+Flat, demo | text path | synthetic) 6 levels 25.7 | 22.5 | 24.1 dB, 5 levels 26.0 | 22.5 | 24.1,
+4 levels 25.8 | 22.1 | 24.1."""
 COVERAGE_LEVELS = (0.035, 0.09, 0.22)
 """How opaque Solid mode draws a faint Gaussian's shell: its ``coverage``, rounded to the nearest
 of these in log space. Each level is a copy of the palette whose viewport colours have that
@@ -103,16 +108,17 @@ def solid_levels(
     levels: tuple | None = None,
     opaque_from: float | None = None,
 ) -> np.ndarray:
-    """Coverage level of each Gaussian's shell in Solid mode (int32 index into ``levels``,
+    """Coverage level of each Gaussian's shell in Solid mode (uint8 index into ``levels``,
     default ``COVERAGE_LEVELS``; ``len(levels)``: opaque, from ``opaque_from`` up, default
-    ``OPAQUE_FROM``). One comparison per level: ``searchsorted`` costs 100k Gaussians 2 ms more."""
+    ``OPAQUE_FROM``). One comparison per level, summed as bytes: 0.13 ms per 100k Gaussians
+    (``searchsorted`` 1.8 ms, int32 sums 0.5 ms)."""
     levels = COVERAGE_LEVELS if levels is None else tuple(levels)
     opaque_from = OPAQUE_FROM if opaque_from is None else opaque_from
     edges = _level_edges(float(alpha_min), levels, float(opaque_from), float(COVERAGE_GAIN))
     o = np.asarray(opacities, dtype=np.float32).reshape(-1)
-    out = np.zeros(len(o), dtype=np.int32)
-    for edge in edges:
-        out += o >= edge
+    out = (o >= edges[0]).view(np.uint8)
+    for edge in edges[1:]:
+        out += (o >= edge).view(np.uint8)
     return out
 
 
@@ -128,20 +134,21 @@ def palette_alphas(levels: tuple | None = None) -> np.ndarray:
     return np.append(face_alpha(levels), 1.0).astype(np.float32)
 
 
-def cells(rgb, levels: int = LEVELS, solid_level=None) -> np.ndarray:
+def cells(rgb, levels: int | None = None, solid_level=None) -> np.ndarray:
     """Palette cell of each sRGB colour: the nearest grid level per channel (int32), plus
     ``levels**3`` times its ``solid_level`` (coverage level) where given.
 
     In float32 throughout (floor, then a float dot product: exact, as cells < 2**24) and
     converted once: numpy's float-to-int casts and integer dot product cost the live preview ~1
     ms more per 100k Gaussians."""
+    levels = LEVELS if levels is None else levels
     q = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0)
     q *= np.float32(levels - 1)
     q += np.float32(0.5)
     np.floor(q, out=q)
     c = q @ np.array([levels * levels, levels, 1], dtype=np.float32)
     if solid_level is not None:
-        c += np.asarray(solid_level, dtype=np.float32) * np.float32(levels**3)
+        c += np.asarray(solid_level) * np.float32(levels**3)
     return c.astype(np.int32)
 
 
@@ -152,9 +159,9 @@ def _grid(levels: int) -> np.ndarray:
     return np.stack([r.ravel(), gg.ravel(), b.ravel()], axis=1)
 
 
-def cell_centres(levels: int = LEVELS) -> np.ndarray:
+def cell_centres(levels: int | None = None) -> np.ndarray:
     """The grid colour of every cell (sRGB, ``[levels**3, 3]``), in ``cells`` order."""
-    return _grid(levels).copy()
+    return _grid(LEVELS if levels is None else levels).copy()
 
 
 MEAN_SAMPLE = 20_000
@@ -163,10 +170,11 @@ mean of a cell that narrow barely changes, and the whole 100k costs more than th
 share of an update."""
 
 
-def cell_colors(rgb, index, levels: int = LEVELS, sample: int = MEAN_SAMPLE) -> np.ndarray:
+def cell_colors(rgb, index, levels: int | None = None, sample: int = MEAN_SAMPLE) -> np.ndarray:
     """Mean sRGB colour of the Gaussians in each colour cell (``[levels**3, 3]``; the grid colour
     where a cell is empty); ``index`` may carry coverage levels (``cells``): every level of a
     colour shows the same colour."""
+    levels = LEVELS if levels is None else levels
     rgb = np.asarray(rgb, dtype=np.float32)
     index = np.asarray(index)
     step = max(1, -(-len(index) // sample))
