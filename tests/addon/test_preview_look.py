@@ -121,6 +121,13 @@ prefs.preview_look = "POINTS"
 out["points"] = state(obj)
 prefs.preview_look = "ELLIPSOIDS"
 out["ellipsoids"] = state(obj)
+SLk = mod.splat_look
+opaque_from = len(SLk.COVERAGE_LEVELS) * SLk.LEVELS**3  # the first opaque palette entry
+obj.data.attributes["cell"].data.foreach_get("value", cells := np.empty(400, np.int32))
+out["ellipsoids_opaque"] = bool((cells >= opaque_from).all())  # restyled: every shell opaque
+prefs.preview_look = "SPLATS"
+obj.data.attributes["cell"].data.foreach_get("value", cells)
+out["splats_transparent"] = int((cells < opaque_from).sum())
 
 # a 3DGS .ply from another tool: ASCII, normals, degree-3 spherical harmonics
 n = 50
@@ -214,6 +221,7 @@ def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
     assert r["low_shell_next"]["instances"] == 400  # opacity 0.01 now clears the threshold
     assert r["points"]["points"] == 400 and r["points"]["instances"] == 0
     assert r["ellipsoids"]["instances"] == 400 and r["ellipsoids"]["splat"] is False
+    assert r["ellipsoids_opaque"] is True and r["splats_transparent"] > 100
     assert r["import_sh3"] == ["FINISHED"] and r["sh3_n"] == 50  # the file stays whole
     assert r["sh3_state"]["instances"] == 40
     assert "no spherical-harmonics degree" in r["errors"]["bad_sh"]
