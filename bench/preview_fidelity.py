@@ -2,6 +2,7 @@
 
     python bench/preview_fidelity.py [PLY ...] [--modes workbench_flat workbench_studio cycles]
         [--eevee] [--size 256] [--baseline /work/main] [--out runs/preview_fidelity]
+        [--set NAME=VALUE ...]
 
 For every set of Gaussians (3DGS .ply files; default: the demo's result and the runs listed in
 ``DEFAULT_SETS`` that exist), the project's ``render()`` draws the reference from a few orbit
@@ -10,7 +11,9 @@ object and renders them with Blender (bpy) from the same cameras in each mode: W
 Solid mode draws) with Flat and Studio lighting, Cycles on the CPU and, with ``--eevee`` (about
 45 s per process here), EEVEE. Each picture is composited over the reference's grey background
 and scored by PSNR over the union of both images' object masks (alpha above ``MASK_ALPHA``).
-``--baseline DIR`` scores another checkout's add-on too (today's look, before this change).
+``--baseline DIR`` scores another checkout's add-on too (today's look, before this change);
+``--set`` overrides settings of ``blender_addon/splat_look.py`` for a study (e.g. the Solid-mode
+palette: ``OPAQUE_FROM=0.8 COVERAGE_LEVELS=0.05,0.15 LEVELS=5``).
 The table (``table.md``) and side-by-side pictures are written to ``--out``.
 """
 
