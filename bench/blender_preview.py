@@ -9,7 +9,11 @@ message, then the same write). bpy runs as a module, so no viewport drawing is t
 Looks (``blender_addon/splat_look.py``): splats (the default: opacity-aware extents, palette
 and splat shader), opaque ellipsoids, fast points. ``--addon DIR`` times another checkout's add-on
 (e.g. the main branch, for before/after rows from one machine state).
-Run: ``python bench/blender_preview.py [--n 100000] [--repeats 20] [--addon DIR]``.
+``--interleave DIR`` times this checkout's add-on and DIR's in one process instead, alternating
+rounds of 10 updates (the same frames, a fresh file each round) so that both see the same load:
+on a shared machine separate runs swing by more than the difference between two add-ons.
+Run: ``python bench/blender_preview.py [--n 100000] [--repeats 20] [--addon DIR]
+[--interleave DIR]``.
 """
 
 from __future__ import annotations
@@ -100,13 +104,60 @@ def _time_messages(n: int, k: int, point_cap: int) -> tuple[float, float, float]
     return w, e, w + e
 
 
+def _load_addon(name: str, root: Path):
+    """Another checkout's add-on as package ``name`` (its modules import each other relatively)."""
+    import importlib
+    import importlib.util
+
+    init = root / "blender_addon" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(name + ".preview")
+
+
+def interleave(other: Path, n: int, rounds: int) -> None:
+    """Default look, same count: this add-on and ``other``'s in alternating rounds."""
+    addons = {"this": preview, other.name or str(other): _load_addon("other_addon", other)}
+    frames = _frames(n, 10, vary=False)
+    times = {name: ([], []) for name in addons}
+    for r in range(rounds):
+        order = list(addons.items())
+        for name, mod in order if r % 2 == 0 else order[::-1]:
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+            dg = bpy.context.evaluated_depsgraph_get()
+            for k, (pos, attrs) in enumerate(frames[:2] + frames):
+                t0 = time.perf_counter()
+                g = wire.unpack(pos, attrs)
+                mod.update_preview(
+                    g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=10 * n
+                )
+                t1 = time.perf_counter()
+                dg.update()
+                if k >= 2:  # the first two build the object and node groups
+                    times[name][0].append(t1 - t0)
+                    times[name][1].append(time.perf_counter() - t1)
+    print(f"{n:,} Gaussians, same count, default look, {rounds} alternating rounds of 10 updates")
+    print("median (ms): decode+write | depsgraph | total")
+    for name, (w, e) in times.items():
+        w, e = 1e3 * np.median(w), 1e3 * np.median(e)
+        print(f"  {name:30s} {w:7.2f} | {e:7.2f} | {w + e:7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--addon", type=Path, default=ROOT, help="checkout whose add-on to time")
+    ap.add_argument("--interleave", type=Path, default=None, help="checkout to alternate with")
     args = ap.parse_args()
     n, k = args.n, args.repeats
+    if args.interleave is not None:
+        interleave(args.interleave.resolve(), n, max(2, k // 2))
+        return
     print(f"add-on from {args.addon}" + ("" if HAS_LOOK else " (no look setting)"))
     print(f"{n:,} Gaussians, median of {k} updates (ms): decode+write | depsgraph | total")
     same = _frames(n, k, vary=False)

@@ -2,6 +2,7 @@
 
     python bench/preview_fidelity.py [PLY ...] [--modes workbench_flat workbench_studio cycles]
         [--eevee] [--size 256] [--baseline /work/main] [--out runs/preview_fidelity]
+        [--set NAME=VALUE ...]
 
 For every set of Gaussians (3DGS .ply files; default: the demo's result and the runs listed in
 ``DEFAULT_SETS`` that exist), the project's ``render()`` draws the reference from a few orbit
@@ -10,13 +11,16 @@ object and renders them with Blender (bpy) from the same cameras in each mode: W
 Solid mode draws) with Flat and Studio lighting, Cycles on the CPU and, with ``--eevee`` (about
 45 s per process here), EEVEE. Each picture is composited over the reference's grey background
 and scored by PSNR over the union of both images' object masks (alpha above ``MASK_ALPHA``).
-``--baseline DIR`` scores another checkout's add-on too (today's look, before this change).
+``--baseline DIR`` scores another checkout's add-on too (today's look, before this change);
+``--set`` overrides settings of ``blender_addon/splat_look.py`` for a study (e.g. the Solid-mode
+palette: ``OPAQUE_FROM=0.8 COVERAGE_LEVELS=0.05,0.15 LEVELS=5``).
 The table (``table.md``) and side-by-side pictures are written to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
@@ -125,6 +129,7 @@ def blender_pictures(addon: Path, npz: Path, cams, args, look, tmp: Path, tag: s
         "modes": args.modes,
         "look": look,
         "shell_alpha": args.shell_alpha,
+        "look_params": dict(getattr(args, "set", [])),
         "cycles_samples": args.cycles_samples,
         "transparent_bounces": args.transparent_bounces,
         "cycles_filter": args.cycles_filter,
@@ -159,6 +164,12 @@ def save_strip(path: Path, rows: list[np.ndarray], labels: list[str] | None = No
     img.save(path, optimize=True)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    name, _, value = text.partition("=")
+    parsed = ast.literal_eval(value)
+    return name, list(parsed) if isinstance(parsed, tuple) else parsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ply", nargs="*", help="3DGS .ply files (default: DEFAULT_SETS that exist)")
@@ -173,6 +184,15 @@ def main() -> None:
         help="the add-on looks to score: splats, ellipsoids, points",
     )
     ap.add_argument("--shell-alpha", type=float, default=None, help="override the add-on default")
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="override a splat_look setting for a study, e.g. OPAQUE_FROM=0.3 "
+        "COVERAGE_LEVELS=0.03,0.06 (a Python literal)",
+    )
     ap.add_argument("--cycles-samples", type=int, default=32)
     ap.add_argument(
         "--transparent-bounces",

@@ -84,7 +84,12 @@ def main() -> None:
     import bpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    from blender_addon import preview, splat_nodes
+    from blender_addon import preview, splat_look, splat_nodes
+
+    for name, value in (job.get("look_params") or {}).items():  # a study's settings
+        if not hasattr(splat_look, name):
+            raise SystemExit(f"splat_look has no {name}")
+        setattr(splat_look, name, tuple(value) if isinstance(value, list) else value)
 
     if hasattr(splat_nodes, "register"):  # its render handler, as the installed add-on has it
         splat_nodes.register()

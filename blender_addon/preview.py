@@ -184,7 +184,7 @@ def update_preview(
         opacities, extent = opacities[shown], extent[shown]
         n = len(means)
         shown = slice(None)
-    cell = splat_look.cells(rgb)
+    cell = splat_look.cells(rgb, solid_level=_solid_levels(look, opacities, shell_alpha))
 
     obj = obj or preview_object()
     mesh = obj.data
@@ -222,6 +222,14 @@ def update_preview(
     return obj
 
 
+def _solid_levels(look: str, opacities: np.ndarray, shell_alpha: float):
+    """Solid mode's coverage level per Gaussian: the Splats look draws faint Gaussians' shells
+    transparent (``splat_look.solid_levels``), the others opaque (the last level)."""
+    if look == "SPLATS":
+        return splat_look.solid_levels(opacities, shell_alpha)
+    return len(splat_look.COVERAGE_LEVELS)
+
+
 def _apply_look(mod: bpy.types.NodesModifier, look: str, points_only: bool) -> None:
     _set_input(mod, "Points Only", bool(points_only))
     _set_input(mod, "Splat Shading", look == "SPLATS")
@@ -254,6 +262,13 @@ def restyle(
     opacity = np.empty(n, dtype=np.float32)
     mesh.attributes["opacity"].data.foreach_get("value", opacity)
     mesh.attributes["extent"].data.foreach_set("value", splat_look.extents(opacity, shell_alpha))
+    if "cell" in mesh.attributes:  # the shells' Solid-mode coverage follows their new extents
+        cell = np.empty(n, dtype=np.int32)
+        mesh.attributes["cell"].data.foreach_get("value", cell)
+        colours = splat_look.LEVELS**3
+        cell %= colours
+        cell += colours * np.asarray(_solid_levels(look, opacity, shell_alpha), dtype=np.int32)
+        mesh.attributes["cell"].data.foreach_set("value", cell)
     mesh.update()
     _apply_look(_modifier(obj), look, points_only=n > point_cap or look == "POINTS")
     splat_nodes.sync_scene(bpy.context.scene)

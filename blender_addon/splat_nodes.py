@@ -5,9 +5,10 @@ Geometry nodes (``GROUP_NAME``): every visible point (``extent > 0``; the live p
 holds only those, an imported file's keeps all) gets an instance of a unit ico sphere scaled by
 ``scale * extent`` (standard deviations times the visible extent, see ``splat_look.extents``) and
 rotated by ``rot``. The instance is picked by the point's ``cell`` from the palette object
-(``PALETTE_OBJECT``: ``LEVELS**3`` unit ico spheres, one per material, which its own modifier
+(``PALETTE_OBJECT``: ``palette_size()`` unit ico spheres, one per material, which its own modifier
 splits into an instance each), so Workbench, which shows one colour per material, draws each
-Gaussian in its palette cell's colour.
+Gaussian in its palette cell's colour, and a faint one's shell transparent (the material's
+viewport colour carries the alpha of the cell's coverage level: ``splat_look.solid_levels``).
 The shader reads ``color`` and ``opacity`` (carried over from the points), ``extent`` (times the
 group's Extent Scale) and ``falloff`` (stored) on the instances.
 
@@ -219,7 +220,7 @@ def splat_shader() -> bpy.types.ShaderNodeTree:
     return nt
 
 
-def _palette_material(i: int, rgb) -> bpy.types.Material:
+def _palette_material(i: int, rgb, alpha: float = 1.0) -> bpy.types.Material:
     name = PALETTE_MATERIAL.format(i)
     mat = bpy.data.materials.get(name)
     if mat is None:
@@ -235,7 +236,7 @@ def _palette_material(i: int, rgb) -> bpy.types.Material:
         if hasattr(mat, "surface_render_method"):  # EEVEE: order-independent (dithered) alpha
             mat.surface_render_method = "DITHERED"
     lin = splat_look.srgb_to_linear(rgb)
-    mat.diffuse_color = (float(lin[0]), float(lin[1]), float(lin[2]), 1.0)
+    mat.diffuse_color = (float(lin[0]), float(lin[1]), float(lin[2]), float(alpha))
     return mat
 
 
@@ -259,16 +260,27 @@ def _split_group() -> bpy.types.NodeTree:
     return group
 
 
-def palette_object(levels: int = splat_look.LEVELS) -> bpy.types.Object:
-    """``levels**3`` unit ico spheres at the origin, sphere i with palette material i, split into
-    one instance each by its modifier (the object lives in no scene: the geometry nodes read it
-    through Object Info)."""
+def palette_size(levels: int | None = None) -> int:
+    """Palette materials: every colour cell at every Solid-mode coverage level."""
+    levels = splat_look.LEVELS if levels is None else levels
+    return levels**3 * (len(splat_look.COVERAGE_LEVELS) + 1)
+
+
+def palette_object(levels: int | None = None) -> bpy.types.Object:
+    """``palette_size`` unit ico spheres at the origin, sphere i with palette material i (colour
+    cell ``i % levels**3`` at coverage level ``i // levels**3``: its viewport colour's alpha),
+    split into one instance each by its modifier (the object lives in no scene: the geometry
+    nodes read it through Object Info)."""
+    levels = splat_look.LEVELS if levels is None else levels
     obj = bpy.data.objects.get(PALETTE_OBJECT)
-    if obj is not None and obj.type == "MESH" and len(obj.data.materials) == levels**3:
+    size = palette_size(levels)
+    if obj is not None and obj.type == "MESH" and len(obj.data.materials) == size:
         if not obj.modifiers:
             obj.modifiers.new("Split", "NODES").node_group = _split_group()
         return obj
-    centres = splat_look.cell_centres(levels)
+    grid = splat_look.cell_centres(levels)
+    alphas = np.repeat(splat_look.palette_alphas(), len(grid))
+    centres = np.tile(grid, (len(alphas) // len(grid), 1))
     bm = bmesh.new()
     bmesh.ops.create_icosphere(bm, subdivisions=ICO_SUBDIVISIONS, radius=1.0)
     verts = np.array([v.co[:] for v in bm.verts], dtype=np.float32)
@@ -287,7 +299,7 @@ def palette_object(levels: int = splat_look.LEVELS) -> bpy.types.Object:
     mesh.polygons.foreach_set("material_index", np.repeat(np.arange(n, dtype=np.int32), nf))
     mesh.polygons.foreach_set("use_smooth", np.ones(n * nf, dtype=bool))
     for i in range(n):
-        mesh.materials.append(_palette_material(i, centres[i]))
+        mesh.materials.append(_palette_material(i, centres[i], alphas[i]))
     mesh.update()
     if obj is None:
         obj = bpy.data.objects.new(PALETTE_OBJECT, mesh)
@@ -299,34 +311,42 @@ def palette_object(levels: int = splat_look.LEVELS) -> bpy.types.Object:
 
 
 _shown: dict[int, np.ndarray] = {}
-"""The palette colours last written, by palette mesh (reading 216 colours back costs more)."""
+"""The palette colours last written, by palette mesh (reading them back costs more)."""
 
 
 PALETTE_WRITES = 16
-"""At most this many palette colours are written per update, the largest changes first (the rest
-on the next updates): each write re-evaluates a material, and a stream's first updates or a
-sudden change would otherwise write dozens at a time (~1-2 ms per update for 40 of them)."""
+"""At most this many palette materials are written per update (a colour cell's at every coverage
+level together), the largest changes first (the rest on the next updates): each write
+re-evaluates a material, and a stream's first updates or a sudden change would otherwise write
+dozens at a time (~1-2 ms per update for 40 of them)."""
 
 
 def set_palette_colors(
     rgb_by_cell, changed_only: float = 1.0 / 128.0, limit: int | None = PALETTE_WRITES
 ) -> int:
-    """Show each cell's colour (sRGB ``[levels**3, 3]``) in Solid mode; returns how many changed
-    by more than ``changed_only`` (linear; 1/128 is under 2/255 in sRGB from mid-grey up) and were
-    written (each write costs a material update): at most ``limit``, the largest changes first."""
+    """Show each colour cell's colour (sRGB ``[levels**3, 3]``) in Solid mode, at every coverage
+    level; returns how many cells changed by more than ``changed_only`` (linear; 1/128 is under
+    2/255 in sRGB from mid-grey up) and were written (each write costs a material update per
+    coverage level): at most ``limit`` materials' worth, the largest changes first."""
     mats = palette_object().data.materials
     lin = splat_look.srgb_to_linear(rgb_by_cell)
+    cells = len(lin)
     key = mats.id_data.as_pointer()
     last = _shown.get(key)
     if last is None or last.shape != lin.shape:  # the first colours of this session: all of them
-        last = np.array([m.diffuse_color[:3] for m in mats], dtype=np.float32)
+        last = np.array([m.diffuse_color[:3] for m in mats[:cells]], dtype=np.float32)
         limit = None
+    alphas = splat_look.palette_alphas()
     diff = np.abs(lin - last).max(axis=1)
     changed = np.flatnonzero(diff > changed_only)
-    if limit is not None and len(changed) > limit:
-        changed = changed[np.argsort(-diff[changed], kind="stable")[:limit]]
+    if limit is not None:
+        limit = max(1, limit // len(alphas))
+        if len(changed) > limit:
+            changed = changed[np.argsort(-diff[changed], kind="stable")[:limit]]
     for i in changed:
-        mats[int(i)].diffuse_color = (float(lin[i, 0]), float(lin[i, 1]), float(lin[i, 2]), 1.0)
+        r, g, b = (float(x) for x in lin[i])
+        for level, a in enumerate(alphas):
+            mats[int(i) + level * cells].diffuse_color = (r, g, b, float(a))
     last[changed] = lin[changed]
     _shown[key] = last
     return len(changed)
