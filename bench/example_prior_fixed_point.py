@@ -51,9 +51,12 @@ def _angle_deg(az1, el1, az2, el2) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(
-    prompt: str, bank, resolution: int, ts: list[float], draws: int, seed: int, run=None
-) -> dict:
+    prompt: str, bank, resolution: int, ts: list[float], draws: int, seed: int, run=None,
+    overhead_deg: float | None = None,
+) -> dict:  # fmt: skip
     cfg = get_preset("toy").example_prior
+    if overhead_deg is not None:
+        cfg.view_prompts.overhead_threshold_deg = overhead_deg
     guidance = ExamplePriorGuidance(prompt, bank, cfg, resolution)
     cams = heldout_cameras(resolution, resolution, bank.distance, bank.fov_y_deg)
     white = torch.ones(len(cams), 3)
@@ -116,6 +119,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overhead-deg", type=float, help="the overhead bucket's threshold (toy's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bank = open_bank(args.bank)
@@ -133,7 +137,7 @@ def main() -> None:
         print(f"{first}| {head} | nearest example: PSNR | angle (deg) | elevation (deg) |")
         print("|---|" + "---|" * (len(args.t) + 3 + bool(args.runs)))
         for prompt, run in items:
-            r = measure(prompt, bank, res, args.t, args.draws, args.seed, run)
+            r = measure(prompt, bank, res, args.t, args.draws, args.seed, run, args.overhead_deg)
             vals = " | ".join(f"{r[t]:.2f} [{r[('self', t)]:.2f}]" for t in args.t)
             first = f"| {run} | {r['render']:.2f} " if run else f"| {prompt} "
             print(
