@@ -78,7 +78,7 @@ STUDIES: dict[str, dict[str, Variant]] = {
     # spans -10..threshold, and a render from 20 deg can match a side example from far higher.
     "overhead": {
         f"overhead above {d}": _set("example_prior.view_prompts.overhead_threshold_deg", float(d))
-        for d in (60, 40)
+        for d in (60, 40, 30)
     },
     "guidance": {
         f"scale {s}": _set("example_prior.guidance_scale", s) for s in (1.0, 3.0, 7.5, 20.0)
