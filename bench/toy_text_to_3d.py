@@ -8,7 +8,10 @@ Each run is ``generate --prior catalogue`` (``runs.generate.run_generation``) wi
 change to the ``toy`` preset; the table gives held-out PSNR (dB, the ring of ``reconstruct`` on
 white), the mesh's Chamfer distance, the multi-face score (dB; objects with a front; negative =
 no second face) and seconds, per run and as means per variant. ``--steps-stage1/2`` shorten the
-runs (say so when quoting them). Results go to ``OUT/results.json`` as they come.
+runs (say so when quoting them). ``--oracle`` runs the same variants with the oracle guidance on
+the prompt's true mesh (known camera) instead of the prior: the ceiling of the Gaussians at these
+sizes and steps, to tell the prior's shortfall from the representation's. Results go to
+``OUT/results.json`` as they come.
 """
 
 from __future__ import annotations
@@ -71,12 +74,22 @@ STUDIES: dict[str, dict[str, Variant]] = {
         "view prompts on": _set("example_prior.view_prompts.enabled", True),
         "view prompts off": _set("example_prior.view_prompts.enabled", False),
     },
+    # The elevation above which a camera is "overhead" (threestudio's 60): the side bucket then
+    # spans -10..threshold, and a render from 20 deg can match a side example from far higher.
+    "overhead": {
+        f"overhead above {d}": _set("example_prior.view_prompts.overhead_threshold_deg", float(d))
+        for d in (60, 40, 30)
+    },
     "guidance": {
         f"scale {s}": _set("example_prior.guidance_scale", s) for s in (1.0, 3.0, 7.5, 20.0)
     },
     "stages": {"two stages": lambda cfg: None, "one stage": _one_stage},
     "init": {f"init radius {r}": _set("init.radius", r) for r in (0.5, 0.8)},
     "weighting": {w: _set("stages[0].noise.weighting", w) for w in ("sds", "uniform", "snr")},
+    # The detail stage's weighting (stage 1 keeps the preset's): sigma^2 is the toy default.
+    "detail_weighting": {
+        f"stage 2 {w}": _set("stages[1].noise.weighting", w) for w in ("sds", "snr")
+    },
     "densify": {
         f"grow_grad2d {g}": _set("stages[0].strategy.grow_grad2d", g) for g in (0.1, 0.3, 1.0)
     },
@@ -96,7 +109,7 @@ def run_one(prompt: str, seed: int, variant: Variant, out: Path, args) -> dict:
     if args.steps_stage2 and len(cfg.stages) > 1:
         cfg.stages[1].steps = args.steps_stage2
     start = time.perf_counter()
-    m = run_generation(cfg, out, overwrite=True)
+    m = run_oracle(cfg, out) if args.oracle else run_generation(cfg, out, overwrite=True)
     return {
         "psnr_heldout": m.get("psnr_heldout"),
         "chamfer": m.get("chamfer"),
@@ -104,6 +117,40 @@ def run_one(prompt: str, seed: int, variant: Variant, out: Path, args) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
         "gaussians": m.get("gaussians"),
     }
+
+
+def run_oracle(cfg: RunConfig, out: Path) -> dict:
+    """The same run with the oracle in every stage instead of the prior: x0_hat is the prompt's
+    true mesh seen from the camera itself (``reconstruct``'s guidance), so the result is what the
+    Gaussians can reach at these sizes, steps and noise (a ceiling); scored like ``generate``."""
+    import torch
+
+    from stabledreamer import gaussians as G
+    from stabledreamer.guidance.oracle import OracleGuidance
+    from stabledreamer.guidance.prior_bank import open_bank
+    from stabledreamer.mesh import MeshError, gaussians_to_mesh
+    from stabledreamer.runs.folder import open_run
+    from stabledreamer.runs.prior_metrics import ground_truth_metrics
+    from stabledreamer.runs.trainer import Trainer
+
+    bank = open_bank(cfg.example_prior.bank)
+    target = bank.target_mesh(cfg.prompt)
+    for stage in cfg.stages:
+        stage.guidance = "oracle"
+    cfg, _ = open_run(cfg, out, overwrite=True, resume=False, device=None)
+
+    def factory(stage, index: int) -> OracleGuidance:
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)  # as reconstruct's
+        return OracleGuidance(
+            target, cfg.oracle, cfg.camera, stage.resolution, stage.resolution, gen
+        )
+
+    params = Trainer(cfg, out, factory).train()
+    try:
+        mesh = gaussians_to_mesh(params, cfg.mesh)
+    except MeshError:
+        mesh = None
+    return {**ground_truth_metrics(params, mesh, cfg, bank, out), "gaussians": G.count(params)}
 
 
 def _fmt(v, spec: str) -> str:
@@ -152,6 +199,11 @@ def main() -> None:
     ap.add_argument("--steps-stage1", type=int)
     ap.add_argument("--steps-stage2", type=int)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument(
+        "--oracle",
+        action="store_true",
+        help="the oracle (true mesh, known camera) instead of the prior in every stage: a ceiling",
+    )
     ap.add_argument("--bank", default="catalogue", help="the prior bank (default %(default)s)")
     ap.add_argument("--out", default="runs/bench_toy")
     args = ap.parse_args()

@@ -119,3 +119,22 @@ def test_multi_face_score_sign():
             front = orbit_cameras([180.0 - az], [20.0], 2.5, 49.0, 32, 32)
             janus[k] = render_mesh(mesh, front, torch.ones(3), supersample=2)[0][0].flip(dims=[1])
     assert multi_face_score(janus, cams, truth, mesh) > 10.0
+
+
+def test_toy_prior_calls_views_above_40_degrees_overhead(bank_dir):
+    """The toy preset narrows the prior's side bucket to -10..40 deg (bench/toy_text_to_3d.py
+    --study overhead): a camera at 50 deg gets the overhead examples, one at 30 deg the side's."""
+    import torch
+
+    from stabledreamer.cameras import orbit_cameras
+    from stabledreamer.guidance.base import GuidanceContext
+    from stabledreamer.guidance.example_prior import ExamplePriorGuidance
+    from stabledreamer.guidance.prior_bank import open_bank
+    from stabledreamer.guidance.prompts import VIEWS
+
+    cfg = small_toy(bank_dir)
+    g = ExamplePriorGuidance(cfg.prompt, open_bank(cfg.example_prior.bank), cfg.example_prior, 16)
+    cams = orbit_cameras(torch.tensor([90.0, 90.0, 90.0]), torch.tensor([30.0, 50.0, 70.0]),
+                         2.5, 49.0, 16, 16)  # fmt: skip
+    ctx = GuidanceContext(cameras=cams, background=torch.ones(3, 3), step=0)
+    assert [VIEWS[i] for i in g.buckets_of(ctx).tolist()] == ["side", "overhead", "overhead"]
