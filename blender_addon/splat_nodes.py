@@ -274,7 +274,13 @@ def palette_object(levels: int | None = None) -> bpy.types.Object:
     levels = splat_look.LEVELS if levels is None else levels
     obj = bpy.data.objects.get(PALETTE_OBJECT)
     size = palette_size(levels)
-    if obj is not None and obj.type == "MESH" and len(obj.data.materials) == size:
+    built_as = palette_signature(levels)
+    if (
+        obj is not None
+        and obj.type == "MESH"
+        and len(obj.data.materials) == size
+        and obj.get(PALETTE_SIGNATURE) == built_as
+    ):
         if not obj.modifiers:
             obj.modifiers.new("Split", "NODES").node_group = _split_group()
         return obj
@@ -305,9 +311,21 @@ def palette_object(levels: int | None = None) -> bpy.types.Object:
         obj = bpy.data.objects.new(PALETTE_OBJECT, mesh)
     else:
         obj.data = mesh
+    obj[PALETTE_SIGNATURE] = built_as
     if not obj.modifiers:
         obj.modifiers.new("Split", "NODES").node_group = _split_group()
     return obj
+
+
+PALETTE_SIGNATURE = "stabledreamer_palette"
+"""The palette object's property naming what it was built for (``palette_signature``): a .blend
+saved by an add-on with other colour or coverage levels of the same count is rebuilt, not
+reused with the wrong colours or alphas."""
+
+
+def palette_signature(levels: int) -> str:
+    alphas = ",".join(f"{a:.6f}" for a in splat_look.palette_alphas())
+    return f"{levels} colour levels; alphas {alphas}"
 
 
 _shown: dict[int, np.ndarray] = {}

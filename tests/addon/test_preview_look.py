@@ -201,6 +201,13 @@ shader = bpy.data.node_groups[N.SHADER_NAME]
 out["pixel_angle"] = [t.nodes[N.PIXEL_ANGLE_LABEL].outputs[0].default_value
                       for t in (group, shader)]
 out["pixel_angle_expected"] = 2 * __import__("math").tan(cam.data.angle_y / 2) / 540
+SN = mod.splat_nodes
+pal = bpy.data.objects[SN.PALETTE_OBJECT]
+out["palette_signed"] = pal.get(SN.PALETTE_SIGNATURE) == SN.palette_signature(mod.splat_look.LEVELS)
+pal[SN.PALETTE_SIGNATURE] = "an older add-on's levels"  # as if from a .blend saved by it
+kept = pal.data.name
+out["palette_rebuilt"] = SN.palette_object().data.name != kept
+out["palette_reused"] = SN.palette_object().data.name == pal.data.name
 save()
 """
 
@@ -209,6 +216,8 @@ save()
 def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
     r = run_blender(SCRIPT, addon_zip, tmp_path)
     assert r["look_default"] == "SPLATS"
+    # a palette built for other levels of the same size is rebuilt; the right one is reused
+    assert r["palette_signed"] and r["palette_rebuilt"] and r["palette_reused"]
     d = r["default"]
     assert d["instances"] == 300 and d["points"] == 0 and d["splat"] is True
     assert {"color", "opacity", "extent", "falloff"} <= set(d["attrs"])
