@@ -66,16 +66,19 @@ def farm(cluster, tmp_path_factory):
     make_keys(root / "keys")
     s = Server(root / "state", root / "keys", root / "server.log", "--ray", cluster.address)
     # Ray's verdict on a removed node comes within ~2 s when the machine is quiet, but took over
-    # the default 5 s under the whole suite's load (the loss then counted as a crash)
-    saved = os.environ.get("STABLEDREAMER_RAY_VERDICT_S")
-    os.environ["STABLEDREAMER_RAY_VERDICT_S"] = "30"
+    # the default 5 s under the whole suite's load (the loss then counted as a crash); and a
+    # removed node's actor can die before Ray marks the node dead (NODE_VERDICT_S watches it)
+    waits = {"STABLEDREAMER_RAY_VERDICT_S": "30", "STABLEDREAMER_RAY_NODE_VERDICT_S": "12"}
+    saved = {k: os.environ.get(k) for k in waits}
+    os.environ.update(waits)
     try:
         s.start()
     finally:
-        if saved is None:
-            os.environ.pop("STABLEDREAMER_RAY_VERDICT_S")
-        else:
-            os.environ["STABLEDREAMER_RAY_VERDICT_S"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     try:
         s.wait_ready(120)
         yield s

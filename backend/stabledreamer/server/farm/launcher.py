@@ -18,7 +18,9 @@ was lost. A lost node is not the job's fault:
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections import Counter
 
 import ray
@@ -35,6 +37,12 @@ DIED = -1
 """``exitcode`` of a worker whose actor died (Ray does not say how; its log line does)."""
 KILLED = -9
 """``exitcode`` of an actor the pool killed."""
+NODE_VERDICT_S = float(os.environ.get("STABLEDREAMER_RAY_NODE_VERDICT_S", "3"))
+"""When an actor died and Ray has not (yet) declared its node dead, how long to watch the node
+before calling the death the job's crash: a lost node's workers can die (their raylet gone)
+before Ray's health checks mark the node dead. A crash on a healthy node waits this long before
+its job is queued again (a standby then takes it); a node Ray declares dead later than this
+counts as the job's crash (raise it where the cluster's health checks are slower)."""
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -136,11 +144,17 @@ class ActorProcess:
             return f"{where} running it was lost"
         if hello is None:
             return ""
-        try:
-            alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
-        except Exception:
-            return ""
-        return "" if alive.get(hello.node_id, True) else f"{where} running it was lost"
+        deadline = time.monotonic() + NODE_VERDICT_S
+        while True:
+            try:
+                alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+            except Exception:
+                return ""
+            if not alive.get(hello.node_id, True):
+                return f"{where} running it was lost"
+            if time.monotonic() >= deadline:
+                return ""
+            time.sleep(0.25)
 
 
 class RayLauncher:
