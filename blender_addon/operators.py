@@ -258,13 +258,19 @@ class _FollowUp:
         rt = runtime.get()
         return rt.session is not None and rt.session.connected
 
+    def parent(self, context):
+        """The finished run to follow up, or None (reported: why there is none)."""
+        entry, why = finished_run(context, self.job)
+        if entry is None:
+            self.report({"ERROR"}, why)
+        return entry
+
     def follow_up(self, context, **fields):
         from .session import JobRequest
 
         rt = runtime.get()
-        entry, why = finished_run(context, self.job)
+        entry = self.parent(context)
         if entry is None:
-            self.report({"ERROR"}, why)
             return {"CANCELLED"}
         prefs = get_prefs()
         s = context.scene.stabledreamer
@@ -294,9 +300,8 @@ class STABLEDREAMER_OT_refine(_FollowUp, bpy.types.Operator):
     )  # fmt: skip
 
     def invoke(self, context, event):
-        entry, why = finished_run(context, self.job)
+        entry = self.parent(context)
         if entry is None:
-            self.report({"ERROR"}, why)
             return {"CANCELLED"}
         self.job, self.prompt, self.negative = entry.job, entry.prompt, entry.negative
         return context.window_manager.invoke_props_dialog(self, width=420)
@@ -324,9 +329,8 @@ class STABLEDREAMER_OT_continue_run(_FollowUp, bpy.types.Operator):
     )  # fmt: skip
 
     def invoke(self, context, event):
-        entry, why = finished_run(context, self.job)
+        entry = self.parent(context)
         if entry is None:
-            self.report({"ERROR"}, why)
             return {"CANCELLED"}
         self.job = entry.job
         return context.window_manager.invoke_props_dialog(self)

@@ -195,7 +195,7 @@ class WorkerPool:
             w.held += [m for m in self._read_conn(w) if not isinstance(m, Heartbeat)]
             if not w.process.is_alive() or w.conn.closed:
                 log.error("a standby worker process ended (exit code %s)", w.process.exitcode)
-                self._discard(w)
+                self.kill(w)
                 self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
         if not start or self.launcher is not None or time.monotonic() < self._spare_retry_at:
             return
@@ -212,14 +212,6 @@ class WorkerPool:
                 log.error("cannot start a standby worker (%s)", e)
                 self._spare_retry_at = time.monotonic() + SPARE_RETRY_S
                 return
-
-    def _discard(self, w: WorkerHandle) -> None:
-        if w.process.is_alive():
-            w.process.kill()
-        w.process.join(5)
-        w.conn.close()
-        if w in self.spares:
-            self.spares.remove(w)
 
     def _free_slots(self) -> list[Slot]:
         used = {w.slot.index for w in self.workers}
@@ -334,14 +326,13 @@ class WorkerPool:
             w.process.kill()
         w.process.join(5)
         w.conn.close()
-        if w in self.workers:
-            self.workers.remove(w)
+        for held in (self.workers, self.spares):
+            if w in held:
+                held.remove(w)
 
     def kill_all(self) -> None:
-        for w in list(self.workers):
+        for w in [*self.workers, *self.spares]:
             self.kill(w)
-        for w in list(self.spares):
-            self._discard(w)
 
     def reap(self, stopping: bool = False) -> list[Exited]:
         """Kill cancelled workers past their grace; collect the ones that ended (their slots
