@@ -57,16 +57,22 @@ def _look(look: str | None) -> dict:
     return {"look": look} if HAS_LOOK and look else {}
 
 
+def _decode_and_write(addon, codec, pos, attrs, **kw) -> None:
+    """What the add-on does with a preview: decode it as its session does (``codec``: that
+    checkout's ``stabledreamer_protocol.preview``) and write it as its runtime does."""
+    if hasattr(addon, "update_from_gaussians"):
+        addon.update_from_gaussians(codec.unpack(pos, attrs, log_scales=False), **kw)
+    else:  # add-ons before it: everything decoded, written from the separate arrays
+        g = codec.unpack(pos, attrs)
+        addon.update_preview(g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], **kw)
+
+
 def _time(frames, point_cap: int, look: str | None = None) -> tuple[float, float, float]:
     dg = bpy.context.evaluated_depsgraph_get()
     write, evaluate = [], []
     for pos, attrs in frames:
         t0 = time.perf_counter()
-        g = wire.unpack(pos, attrs)
-        preview.update_preview(
-            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=point_cap,
-            **_look(look),
-        )  # fmt: skip
+        _decode_and_write(preview, wire, pos, attrs, point_cap=point_cap, **_look(look))
         t1 = time.perf_counter()
         dg.update()
         t2 = time.perf_counter()
@@ -92,10 +98,7 @@ def _time_messages(n: int, k: int, point_cap: int) -> tuple[float, float, float]
     write, evaluate = [], []
     for frames in messages:
         t0 = time.perf_counter()
-        g = codec.decode(frames, direction="event").gaussians()
-        preview.update_preview(
-            g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=point_cap
-        )
+        preview.update_from_preview(codec.decode(frames, direction="event"), point_cap=point_cap)
         t1 = time.perf_counter()
         dg.update()
         write.append(t1 - t0)
@@ -105,9 +108,15 @@ def _time_messages(n: int, k: int, point_cap: int) -> tuple[float, float, float]
 
 
 def _load_addon(name: str, root: Path):
-    """Another checkout's add-on as package ``name`` (its modules import each other relatively)."""
+    """Another checkout's add-on as package ``name`` (its modules import each other relatively),
+    with its preview codec (``stabledreamer_protocol/preview.py``, numpy only)."""
     import importlib
     import importlib.util
+
+    path = root / "shared" / "stabledreamer_protocol" / "preview.py"
+    spec = importlib.util.spec_from_file_location(name + "_codec", path)
+    codec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(codec)
 
     init = root / "blender_addon" / "__init__.py"
     spec = importlib.util.spec_from_file_location(
@@ -116,35 +125,34 @@ def _load_addon(name: str, root: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return importlib.import_module(name + ".preview")
+    return importlib.import_module(name + ".preview"), codec
 
 
 def interleave(other: Path, n: int, rounds: int) -> None:
     """Default look, same count: this add-on and ``other``'s in alternating rounds."""
-    addons = {"this": preview, other.name or str(other): _load_addon("other_addon", other)}
+    addons = {"this": (preview, wire), other.name or str(other): _load_addon("other_addon", other)}
     frames = _frames(n, 10, vary=False)
     times = {name: ([], []) for name in addons}
     for r in range(rounds):
         order = list(addons.items())
-        for name, mod in order if r % 2 == 0 else order[::-1]:
+        for name, (mod, codec) in order if r % 2 == 0 else order[::-1]:
             bpy.ops.wm.read_factory_settings(use_empty=True)
             dg = bpy.context.evaluated_depsgraph_get()
             for k, (pos, attrs) in enumerate(frames[:2] + frames):
                 t0 = time.perf_counter()
-                g = wire.unpack(pos, attrs)
-                mod.update_preview(
-                    g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], point_cap=10 * n
-                )
+                _decode_and_write(mod, codec, pos, attrs, point_cap=10 * n)
                 t1 = time.perf_counter()
                 dg.update()
                 if k >= 2:  # the first two build the object and node groups
                     times[name][0].append(t1 - t0)
                     times[name][1].append(time.perf_counter() - t1)
     print(f"{n:,} Gaussians, same count, default look, {rounds} alternating rounds of 10 updates")
-    print("median (ms): decode+write | depsgraph | total")
+    print("median (ms): decode+write | depsgraph | total | total / the other's")
+    totals = {name: 1e3 * (np.median(w) + np.median(e)) for name, (w, e) in times.items()}
     for name, (w, e) in times.items():
         w, e = 1e3 * np.median(w), 1e3 * np.median(e)
-        print(f"  {name:30s} {w:7.2f} | {e:7.2f} | {w + e:7.2f}")
+        other = next(t for k, t in totals.items() if k != name)
+        print(f"  {name:30s} {w:7.2f} | {e:7.2f} | {w + e:7.2f} | {(w + e) / other:5.2f}x")
 
 
 def main() -> None:

@@ -147,6 +147,7 @@ def update_preview(
     shell_alpha: float | None = None,
     size: float | None = None,
     keep_all: bool = False,
+    rgba=None,
     obj: bpy.types.Object | None = None,
 ) -> bpy.types.Object:
     """Write N Gaussians into the preview object (created if needed) and return it.
@@ -157,7 +158,9 @@ def update_preview(
     shell ends (both default to the add-on preferences); Gaussians fainter than that everywhere are
     left out of the mesh, or with ``keep_all`` kept there and not drawn (an imported file stays
     whole, so a lower Shell Opacity can show them). ``size`` scales every extent. More than
-    ``point_cap`` Gaussians switch the modifier to plain points.
+    ``point_cap`` Gaussians switch the modifier to plain points. ``rgba [N,4]``, when the caller
+    has it (the wire decodes colour and opacity together), must hold ``rgb`` and ``opacities``:
+    it is written as the colour attribute as it is, not assembled again.
     """
     means = np.asarray(means, dtype=np.float32)
     if means.ndim != 2 or means.shape[1] != 3:
@@ -169,6 +172,8 @@ def update_preview(
     quats = _check("quats", quats, n, 4)
     rgb = _check("rgb", rgb, n, 3)
     opacities = _check("opacities", opacities, n, 1)
+    if rgba is not None:
+        rgba = _check("rgba", rgba, n, 4)
     if look is None or shell_alpha is None:
         pref_look, pref_alpha = current_look()
         look = look or pref_look
@@ -182,6 +187,7 @@ def update_preview(
     elif not keep_all:  # leave out those fainter than the shell everywhere
         means, scales, quats, rgb = means[shown], scales[shown], quats[shown], rgb[shown]
         opacities, extent = opacities[shown], extent[shown]
+        rgba = rgba[shown] if rgba is not None else None
         n = len(means)
         shown = slice(None)
     cell = splat_look.cells(rgb, solid_level=_solid_levels(look, opacities, shell_alpha))
@@ -193,9 +199,11 @@ def update_preview(
         mesh.clear_geometry()
         mesh.vertices.add(n)
 
-    colors = np.empty((n, 4), dtype=np.float32)
-    colors[:, :3] = rgb
-    colors[:, 3] = opacities
+    colors = rgba
+    if colors is None:
+        colors = np.empty((n, 4), dtype=np.float32)
+        colors[:, :3] = rgb
+        colors[:, 3] = opacities
     mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(means).ravel())
     values = {"scale": scales, "rot": quats, "color": colors, "opacity": opacities,
               "extent": extent, "cell": cell}  # fmt: skip
@@ -283,10 +291,16 @@ def restyle_all(**kw) -> int:
     return len(objs)
 
 
+def update_from_gaussians(g: dict, **kw) -> bpy.types.Object:
+    """Update from decoded Gaussians (``Preview.gaussians()``: its ``rgba`` is used when there)."""
+    return update_preview(
+        g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], rgba=g.get("rgba"), **kw
+    )
+
+
 def update_from_preview(preview, **kw) -> bpy.types.Object:
     """Update from a protocol ``Preview`` message (anything with ``gaussians()``)."""
-    g = preview.gaussians()
-    return update_preview(g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"], **kw)
+    return update_from_gaussians(preview.gaussians(log_scales=False), **kw)
 
 
 def demo_gaussians(n: int, seed: int = 0) -> dict[str, np.ndarray]:

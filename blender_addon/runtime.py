@@ -314,11 +314,10 @@ def apply(rt: Runtime, update) -> None:
 def show_preview(rt: Runtime, update) -> None:
     """Draw a job's preview in the preview object, where its history entry places it."""
     prefs = get_prefs()
-    g = update.gaussians
-    obj = preview.update_preview(
-        g["means"], g["scales"], g["quats"], g["rgb"], g["opacities"],
+    obj = preview.update_from_gaussians(
+        update.gaussians,
         point_cap=prefs.point_cap if prefs is not None else preview.DEFAULT_POINT_CAP,
-    )  # fmt: skip
+    )
     entry = rt.history.get(update.job)
     placement = entry.placement if entry is not None else None
     if placement:

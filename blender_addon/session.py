@@ -647,7 +647,7 @@ class Session:
             job.num_gaussians = event.num_gaussians
         elif isinstance(event, Preview):
             try:
-                gaussians = event.gaussians()
+                gaussians = event.gaussians(log_scales=False)  # the viewport needs the scales only
             except ValueError as e:
                 out.append(Notice("WARNING", f"Skipped a malformed preview: {e}"))
                 return

@@ -917,9 +917,10 @@ class Preview(Message):
         kw.setdefault("total_gaussians", int(np.asarray(means).shape[0]))
         return cls(job=job, position=position, attributes=attributes, **kw)
 
-    def gaussians(self) -> dict[str, np.ndarray]:
-        """Unpacked float32 arrays: means, log_scales, scales, quats, rgb, opacities."""
-        return _preview.unpack(self.position, self.attributes)
+    def gaussians(self, log_scales: bool = True) -> dict[str, np.ndarray]:
+        """Unpacked float32 arrays: means, log_scales (unless ``log_scales`` is false), scales,
+        quats, rgba, and rgb and opacities (views into rgba); see ``preview.unpack``."""
+        return _preview.unpack(self.position, self.attributes, log_scales=log_scales)
 
     @property
     def count(self) -> int:

@@ -29,6 +29,8 @@ LOG_SCALE = slice(0, 3)
 QUAT = slice(3, 7)
 RGB = slice(7, 10)
 OPACITY = 10
+RGBA = slice(7, 11)
+"""Colour and opacity together: the four columns a colour attribute holds."""
 BYTES_PER_GAUSSIAN = 3 * POSITION_DTYPE.itemsize + ATTRIBUTE_COLUMNS * ATTRIBUTE_DTYPE.itemsize
 assert BYTES_PER_GAUSSIAN == 34
 
@@ -93,9 +95,13 @@ def pack(
     return np.ascontiguousarray(position), attributes
 
 
-def unpack(position: np.ndarray, attributes: np.ndarray) -> dict[str, np.ndarray]:
-    """Decode into float32 arrays: ``means [N,3]``, ``log_scales [N,3]``, ``scales [N,3]``,
-    ``quats [N,4]`` (w x y z), ``rgb [N,3]``, ``opacities [N]``."""
+def unpack(
+    position: np.ndarray, attributes: np.ndarray, log_scales: bool = True
+) -> dict[str, np.ndarray]:
+    """Decode into float32 arrays: ``means [N,3]``, ``log_scales [N,3]`` (left out when
+    ``log_scales`` is false: a viewport needs only the scales), ``scales [N,3]``, ``quats [N,4]``
+    (w x y z), ``rgba [N,4]`` (colour and opacity, as a colour attribute holds them), and ``rgb
+    [N,3]`` and ``opacities [N]``, which are views into ``rgba``."""
     position = np.asarray(position)
     attributes = np.asarray(attributes)
     n = position.shape[0]
@@ -104,30 +110,28 @@ def unpack(position: np.ndarray, attributes: np.ndarray) -> dict[str, np.ndarray
             f"preview arrays must be [N, 3] and [N, {ATTRIBUTE_COLUMNS}], "
             f"got {list(position.shape)} and {list(attributes.shape)}"
         )
+    out = {"means": position.astype(np.float32)}
     if attributes.dtype == ATTRIBUTE_DTYPE:
         # float16 -> float32 through a 65536-entry table, each field gathered straight into its
         # own contiguous array (and the scales' exp from a second table): a third of the cost of
         # a full astype, four contiguous copies and an exp, on the live preview's path
         bits = attributes.view(np.uint16)
         as_f32, as_exp = _tables()
-        return {
-            "means": position.astype(np.float32),
-            "log_scales": np.take(as_f32, bits[:, LOG_SCALE]),
-            "scales": np.take(as_exp, bits[:, LOG_SCALE]),
-            "quats": np.take(as_f32, bits[:, QUAT]),
-            "rgb": np.take(as_f32, bits[:, RGB]),
-            "opacities": np.take(as_f32, bits[:, OPACITY]),
-        }
-    attrs = attributes.astype(np.float32)
-    log_scales = np.ascontiguousarray(attrs[:, LOG_SCALE])
-    return {
-        "means": position.astype(np.float32),
-        "log_scales": log_scales,
-        "scales": np.exp(log_scales),
-        "quats": np.ascontiguousarray(attrs[:, QUAT]),
-        "rgb": np.ascontiguousarray(attrs[:, RGB]),
-        "opacities": np.ascontiguousarray(attrs[:, OPACITY]),
-    }
+        if log_scales:
+            out["log_scales"] = np.take(as_f32, bits[:, LOG_SCALE])
+        out["scales"] = np.take(as_exp, bits[:, LOG_SCALE])
+        out["quats"] = np.take(as_f32, bits[:, QUAT])
+        rgba = np.take(as_f32, bits[:, RGBA])
+    else:
+        attrs = attributes.astype(np.float32)
+        logs = np.ascontiguousarray(attrs[:, LOG_SCALE])
+        if log_scales:
+            out["log_scales"] = logs
+        out["scales"] = np.exp(logs)
+        out["quats"] = np.ascontiguousarray(attrs[:, QUAT])
+        rgba = np.ascontiguousarray(attrs[:, RGBA])
+    out.update(rgba=rgba, rgb=rgba[:, :3], opacities=rgba[:, 3])
+    return out
 
 
 _TABLES: tuple[np.ndarray, np.ndarray] | None = None

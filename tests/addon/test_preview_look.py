@@ -105,6 +105,12 @@ g["opacities"][:100] = 0.01  # below the default shell opacity (0.02): left out
 g["rgb"][100:] = (0.9, 0.1, 0.1)
 obj = P.update_preview(**g)
 out["default"] = state(obj)
+# as the session decodes a preview: colour and opacity in one [N, 4] array, written as it is
+rgba = np.concatenate([g["rgb"], g["opacities"][:, None]], axis=1).astype(np.float32)
+obj = P.update_from_gaussians({**g, "rgba": rgba, "rgb": rgba[:, :3], "opacities": rgba[:, 3]})
+obj.data.attributes["color"].data.foreach_get("color", col := np.empty(300 * 4, np.float32))
+out["rgba_written"] = float(np.abs(col.reshape(-1, 4) - rgba[100:]).max())
+out["rgba_state"] = state(obj)
 out["look_default"] = prefs.preview_look
 cell = int(mod.splat_look.cells(g["rgb"][100:101])[0])
 mat = bpy.data.materials[mod.splat_nodes.PALETTE_MATERIAL.format(cell)]
@@ -221,6 +227,7 @@ def test_look_preference_import_and_one_click_fixes(addon_zip, tmp_path):
     d = r["default"]
     assert d["instances"] == 300 and d["points"] == 0 and d["splat"] is True
     assert {"color", "opacity", "extent", "falloff"} <= set(d["attrs"])
+    assert r["rgba_written"] == 0.0 and r["rgba_state"] == d  # the faint ones left out of it too
     red = SL.srgb_to_linear([0.9, 0.1, 0.1])
     np.testing.assert_allclose(r["cell_color"][:3], red, atol=1e-4)  # the cell's mean colour
     o, a = np.array(r["opacity_alpha"]).T  # Solid mode: faint shells transparent, the rest not

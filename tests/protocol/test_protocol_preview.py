@@ -35,6 +35,23 @@ def test_pack_unpack_accuracy():
     assert all(a.dtype == np.float32 for a in out.values())
 
 
+def test_a_viewport_decode_skips_the_log_scales_and_keeps_colour_and_opacity_together():
+    position, attributes = pv.pack(**gaussians(2000, seed=5))
+    full = pv.unpack(position, attributes)
+    lean = pv.unpack(position, attributes, log_scales=False)
+    assert "log_scales" not in lean and set(full) - set(lean) == {"log_scales"}
+    for name, a in lean.items():
+        np.testing.assert_array_equal(a, full[name])
+    rgba = lean["rgba"]
+    assert rgba.shape == (2000, 4) and rgba.flags.c_contiguous
+    np.testing.assert_array_equal(rgba[:, :3], lean["rgb"])
+    np.testing.assert_array_equal(rgba[:, 3], lean["opacities"])
+    # the float32 path (attributes not float16) decodes the same way
+    wide = pv.unpack(position, attributes.astype(np.float32), log_scales=False)
+    for name, a in wide.items():
+        np.testing.assert_array_equal(a, lean[name])
+
+
 def test_round_trip_through_the_wire():
     g = gaussians(100)
     msg = Preview.from_gaussians("job", **g, step=7, stage="stage2")
