@@ -45,10 +45,15 @@ DEFAULT_SETS = {
     "text": "runs/demo-text/gaussians.ply",
     "blob": "runs/fidelity_blob/gaussians.ply",
     "blocks": "runs/fidelity_blocks/gaussians.ply",
+    "rocket": "runs/text-a-rocket/gaussians.ply",
+    "car": "runs/text-a-toy-car/gaussians.ply",
+    "mushroom": "runs/text-a-mushroom/gaussians.ply",
 }
 """Relative to the repo (or given on the command line): ``stabledreamer demo --out runs/demo``,
-``make demo-text`` (the text path on the example-based prior) and ``stabledreamer reconstruct``
-on ``bench/reconstruct_meshes.py``'s gradient blob and blocks."""
+``make demo-text`` (the text path on the example-based prior: "a toy creature"), ``stabledreamer
+reconstruct`` on ``bench/reconstruct_meshes.py``'s gradient blob and blocks, and more of the text
+path: ``stabledreamer generate "a rocket" --prior catalogue --out runs/text-a-rocket`` (likewise
+"a toy car", "a mushroom"). Those missing are skipped."""
 VIEWS = ((30.0, 20.0), (150.0, 35.0), (270.0, 5.0))
 """(azimuth, elevation) in degrees: front-left, back-right from above, the right side."""
 DISTANCE, FOV_Y = 2.5, 49.0

@@ -29,17 +29,27 @@ SPLAT_ALPHA = 1.0 / 255.0
 """The reference 3DGS rasteriser's and gsplat's cut-off: alpha below 1/255 is not drawn."""
 MAX_SIGMAS = 3.0
 """Largest extent in standard deviations (the reference rasteriser's 3-sigma radius)."""
-SHELL_ALPHA = 0.02
-"""Shell threshold of every look, measured with ``bench/preview_fidelity.py`` on the demo's 16,111
-Gaussians (PSNR against ``render()``, Workbench Flat | Cycles splats): 1/255 18.5 | 22.5, 0.02
-25.4 | 21.9, 0.05 25.5 | 20.4, 0.1 23.5 | 19.9 dB; 0.02 is near the best of both."""
+SHELL_ALPHA = 0.05
+"""Shell threshold of every look, measured with ``bench/preview_fidelity.py`` (PSNR against
+``render()``, Workbench Flat, dB) on seven sets: the demo's reconstruction | the text path's "a
+toy creature", "a rocket", "a toy car", "a mushroom" (``generate --prior catalogue``) | the
+gradient blob and blocks (``reconstruct``). 0.02: 25.8 | 21.4 22.0 23.1 21.2 | 23.2 32.4 (the
+text path below 22); 0.03 (four sets) 25.3 | 22.2 | 23.5 32.0; 0.04: 24.7 | 22.8 23.0 24.1 23.0
+| 23.6 31.4; **0.05**: 24.1 | 23.2 23.2 24.4 23.6 | 23.6 30.6; 0.06: 23.6 | 23.6 23.3 24.7 24.2 |
+23.5 30.0; 0.07: 23.2 | 24.0 23.4 24.8 24.6 | 23.4 29.4; 0.1 (four sets) 21.9 | 24.4 | 23.2 27.8.
+The text path's fewer, larger Gaussians want a higher threshold than a dense reconstruction's;
+0.05 to 0.07 give the best worst case (23.2-23.3) and 0.05 keeps the most of the demo. Cycles
+(splat shader, five sets with the synthetic one) stays at 28.1-34.8 (0.02: 28.7-33.9)."""
 LEVELS = 4
 """Grid levels per sRGB channel for the Solid-mode palette (4**3 = 64 colours, each the mean of its
-Gaussians, at 4 coverage levels: 256 materials). Instance on Points costs about 10 us per palette
-entry on every update (100k Gaussians: 216 entries 12.5 ms of depsgraph, 256 11.6, 375 13.3, 500
-14.4), so the colours were cut to pay for the levels: ``bench/preview_fidelity.py`` (Workbench
-Flat, demo | text path | synthetic) 6 levels 25.7 | 22.5 | 24.1 dB, 5 levels 26.0 | 22.5 | 24.1,
-4 levels 25.8 | 22.1 | 24.1."""
+Gaussians, at 4 coverage levels: 256 materials). Picking a palette entry per point costs the
+depsgraph ~4 ms per 100k Gaussians whatever the palette's size, and each entry a few us more (one
+process, quiet machine, each palette evaluated: 4 entries 7.3 ms, 108 7.6, 256 8.4, 500 9.2, 864
+10.7; a plain ico sphere without the pick 3.2). Colour levels against Solid mode
+(``bench/preview_fidelity.py``, Workbench Flat, demo | text path "a toy creature" | blob |
+blocks, shell opacity 0.02): 4 levels 25.8 | 21.4 | 23.2 | 32.4 dB, 5 levels 26.0 | 21.3 | 24.6
+| 32.5, 6 levels 25.7 | 21.1 | 25.3 | 32.1: more colours help the smooth gradient of the blob,
+not the text path, whose shortfall was the shells' size (``SHELL_ALPHA``)."""
 COVERAGE_LEVELS = (0.035, 0.09, 0.22)
 """How opaque Solid mode draws a faint Gaussian's shell: its ``coverage``, rounded to the nearest
 of these in log space. Each level is a copy of the palette whose viewport colours have that
